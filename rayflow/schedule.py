@@ -22,13 +22,13 @@ from .validation import check_finite, check_int, check_scalar
 
 
 def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
-    """``a = 1 / (1 + sigma^2)`` (eq. S1), computed in float64. Shape preserved."""
+    """``a = 1 / (1 + sigma^2)`` (eq. 1.2), computed in float64. Shape preserved."""
     s = sigma.to(torch.float64)
     return 1.0 / (1.0 + s * s)
 
 
 def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """``sigma = sqrt((1 - a) / a)`` (eq. S1), computed in float64. Shape preserved."""
+    """``sigma = sqrt((1 - a) / a)`` (eq. 1.2), computed in float64. Shape preserved."""
     a = alpha_bar.to(torch.float64)
     return ((1.0 - a) / a).sqrt()
 
