@@ -39,16 +39,25 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype for reductions over a trajectory: float64 where the device has it (not Apple MPS)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
 def per_sample(c: Alpha, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-sample coefficient (scalar or ``[B]``) to ``like``'s rank, in compute dtype."""
-    c = torch.as_tensor(c, dtype=torch.float64, device=like.device)
-    if c.ndim == 0:
-        return c.to(compute_dtype(like))
-    return c.reshape(-1, *([1] * (like.ndim - 1))).to(compute_dtype(like))
+    """Broadcast a per-sample coefficient (scalar or ``[B]``) to ``like``'s rank, in compute dtype.
+
+    The coefficient is rounded to the compute dtype on the CPU before it moves to ``like``'s
+    device, so float64 never reaches devices without it (Apple MPS).
+    """
+    c = torch.as_tensor(c).detach().to("cpu", torch.float64).to(compute_dtype(like))
+    if c.ndim > 0:
+        c = c.reshape(-1, *([1] * (like.ndim - 1)))
+    return c.to(like.device)
 
 
 def _check_alpha(name: str, a: Alpha, allow_one: bool = False) -> torch.Tensor:
-    t = torch.as_tensor(a, dtype=torch.float64)
+    t = torch.as_tensor(a).detach().to("cpu", torch.float64)
     check_finite(name, t)
     ok = (t > 0) & ((t <= 1) if allow_one else (t < 1))
     if not bool(ok.all()):
@@ -78,18 +87,18 @@ class RayProcess:
     # ------------------------------------------------------------ coefficients (eq. 2.1, 4.2, 6.2)
     def drift(self, a: Alpha) -> torch.Tensor:
         """``k(a)``: weight of ``eps_mu`` in the marginal mean (eq. 2.1). float64."""
-        a = torch.as_tensor(a, dtype=torch.float64)
+        a = torch.as_tensor(a).detach().to("cpu", torch.float64)
         return (1.0 - a).sqrt() if self.path == "sigma" else 1.0 - a.sqrt()
 
     def eps_coef(self, a: Alpha) -> torch.Tensor:
         """``c(a) = k(a) / sqrt(1 - a)``: weight of ``eps_mu`` in the noise target ``n_t`` (eq. 4.2)."""
-        a = torch.as_tensor(a, dtype=torch.float64)
+        a = torch.as_tensor(a).detach().to("cpu", torch.float64)
         return self.drift(a) / (1.0 - a).sqrt()
 
     def sigma_offset(self, s: Alpha) -> torch.Tensor:
         """``m(s) = k(a) / sqrt(a)`` at sigma-space level ``s`` (eq. 6.2): ``s`` on the sigma path,
         ``sqrt(1 + s^2) - 1`` on the linear path. ``m(0) = 0``. float64."""
-        s = torch.as_tensor(s, dtype=torch.float64)
+        s = torch.as_tensor(s).detach().to("cpu", torch.float64)
         return s.clone() if self.path == "sigma" else (1.0 + s * s).sqrt() - 1.0
 
     # ------------------------------------------------------------ forward process (section 2)
@@ -219,17 +228,20 @@ class RayProcess:
             ``[B]`` float64: ``sum_k log N(eps_k; c(a_k) eps_mu, sigma^2 I)``.
         """
         K = eps_preds.shape[0]
-        a_k = _check_alpha("a_k", a_k).to(eps_preds.device)
+        a_k = _check_alpha("a_k", a_k)
         if a_k.shape != (K,):
             raise ValueError(f"a_k must have shape [{K}] (one alpha_bar per trajectory point), got {list(a_k.shape)}")
         check_same_shape(("eps_preds[k]", "eps_mu"), eps_preds[0], eps_mu)
-        sig = torch.as_tensor(sigma, dtype=torch.float64, device=eps_preds.device)
+        acc = accumulate_dtype(eps_preds)
+        sig = torch.as_tensor(sigma).detach().to("cpu", torch.float64)
         if bool((sig <= 0).any()):
             raise ValueError("sigma must be > 0 in path_log_prob")
-        e = eps_preds.to(torch.float64).flatten(2)                      # [K, B, D]
-        m = eps_mu.to(torch.float64).flatten(1)                         # [B, D]
+        sig = sig.to(eps_preds.device, acc)
+        e = eps_preds.to(acc).flatten(2)                                # [K, B, D]
+        m = eps_mu.to(acc).flatten(1)                                   # [B, D]
         d = e.shape[-1]
-        resid = e - self.eps_coef(a_k)[:, None, None] * m[None]
+        c = self.eps_coef(a_k).to(eps_preds.device, acc)
+        resid = e - c[:, None, None] * m[None]
         sq = resid.pow(2).sum(dim=(0, 2))                               # [B]
         sig = sig.expand(sq.shape)
         return -0.5 * sq / sig ** 2 - K * d * (sig.log() + 0.5 * math.log(2 * math.pi))
@@ -252,17 +264,19 @@ class RayProcess:
             raise ValueError(f"eps_preds must have shape [K >= 1, B, ...], got {list(eps_preds.shape)}")
         check_finite("eps_preds", eps_preds)
         K = eps_preds.shape[0]
-        a_k = _check_alpha("a_k", a_k).to(eps_preds.device)
+        a_k = _check_alpha("a_k", a_k)
         if a_k.shape != (K,):
             raise ValueError(f"a_k must have shape [{K}], got {list(a_k.shape)}")
-        w = torch.ones(K, dtype=torch.float64, device=eps_preds.device) if weights is None \
-            else torch.as_tensor(weights, dtype=torch.float64, device=eps_preds.device)
+        w = torch.ones(K, dtype=torch.float64) if weights is None \
+            else torch.as_tensor(weights).detach().to("cpu", torch.float64)
         if w.shape != (K,) or bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"weights must be a non-negative [{K}] tensor with a positive sum")
         c = self.eps_coef(a_k)
-        e = eps_preds.to(torch.float64)
+        acc = accumulate_dtype(eps_preds)
+        dev = eps_preds.device
+        e = eps_preds.to(acc)
         shape = [K] + [1] * (e.ndim - 1)
-        mu = (w * c).reshape(shape).mul(e).sum(0) / (w * c * c).sum()
-        resid = (e - c.reshape(shape) * mu[None]).flatten(2)
-        var = (w[:, None, None] * resid.pow(2)).sum(dim=(0, 2)) / (resid.shape[-1] * w.sum())
+        mu = ((w * c) / (w * c * c).sum()).to(dev, acc).reshape(shape).mul(e).sum(0)
+        resid = (e - c.to(dev, acc).reshape(shape) * mu[None]).flatten(2)
+        var = ((w / (resid.shape[-1] * w.sum())).to(dev, acc)[:, None, None] * resid.pow(2)).sum(dim=(0, 2))
         return mu.to(eps_preds.dtype), var.sqrt().to(torch.float32)

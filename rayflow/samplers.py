@@ -110,9 +110,8 @@ def sample_ray_onestep(eps_model: EpsModel, x: torch.Tensor, schedule: NoiseSche
 def vp_start_mean(x: torch.Tensor, sigma0: torch.Tensor) -> torch.Tensor:
     """The VP point ``x / sqrt(1 + sigma0^2)`` of a sigma-space start: for ComfyUI text-to-image
     this is exactly the seeded noise. Used as the zero-cost target mean ("noise" mode)."""
-    a0 = alpha_bar_from_sigma(torch.as_tensor(sigma0))
-    dt = compute_dtype(x)
-    return (x.to(dt) * a0.sqrt().to(dt)).to(x.dtype)
+    a0 = alpha_bar_from_sigma(torch.as_tensor(sigma0).detach().cpu())
+    return (x.to(compute_dtype(x)) * float(a0.sqrt())).to(x.dtype)
 
 
 @torch.no_grad()
@@ -144,7 +143,7 @@ def sample_ray_sigma(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: O
     process = RayProcess() if process is None else process
     _check_start(x, eps_mu)
     eta = check_scalar("eta", eta, 0.0, 1.0)
-    sig = torch.as_tensor(sigmas).to(torch.float64)
+    sig = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)   # schedule math on the CPU
     check_finite("sigmas", sig)
     if sig.ndim != 1 or sig.numel() < 2:
         raise ValueError("sigmas must be a 1-D schedule with at least 2 entries (N steps need N+1)")
@@ -169,10 +168,10 @@ def sample_ray_sigma(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: O
             continue
         s_up = (eta * (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2).sqrt()).clamp(max=s_next)
         s_down = (s_next ** 2 - s_up ** 2).sqrt()
-        e = (x.to(dt) - denoised.to(dt) - process.sigma_offset(s).to(dt) * mu) / s.to(dt)
-        x_next = denoised.to(dt) + process.sigma_offset(s_next).to(dt) * mu + s_down.to(dt) * e
+        e = (x.to(dt) - denoised.to(dt) - float(process.sigma_offset(s)) * mu) / float(s)
+        x_next = denoised.to(dt) + float(process.sigma_offset(s_next)) * mu + float(s_down) * e
         if eta > 0:
-            x_next = x_next + (process.sigma * s_up).to(dt) * noise_sampler(sigmas[i], sigmas[i + 1]).to(dt)
+            x_next = x_next + float(process.sigma * s_up) * noise_sampler(sigmas[i], sigmas[i + 1]).to(dt)
         x = x_next.to(x.dtype)
     return x
 
@@ -183,9 +182,9 @@ def denoiser_from_eps(eps_model: EpsModel, schedule: NoiseSchedule):
     wrapper does; it lets the VP world reuse the sigma-form kernels."""
 
     def model(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
-        s = torch.as_tensor(sigma).to(torch.float64)
+        s = torch.as_tensor(sigma).detach().to("cpu", torch.float64)
         a = alpha_bar_from_sigma(s)
-        t = schedule.t_at(s).to(device=x.device, dtype=compute_dtype(x))
+        t = schedule.t_at(s).to(compute_dtype(x)).to(x.device)
         dt = compute_dtype(x)
         x_vp = (x.to(dt) * per_sample(a.sqrt(), x)).to(x.dtype)
         eps = eps_model(x_vp, t.expand(x.shape[0]))

@@ -118,28 +118,28 @@ class NoiseSchedule:
         return alpha_bar_from_sigma(self.sigma_at(t))
 
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
-        """Sigma-space noise level at timesteps ``t`` (float64, shape of ``t``)."""
-        tt = torch.as_tensor(t).to(torch.float64)
+        """Sigma-space noise level at timesteps ``t`` (float64 on the CPU, shape of ``t``)."""
+        tt = torch.as_tensor(t).detach().to("cpu", torch.float64)
         check_finite("t", tt)
         T = self.num_timesteps
         if bool(((tt < 0) | (tt > T - 1)).any()):
             raise ValueError(f"timestep t must be in [0, {T - 1}], got values in "
                              f"[{float(tt.min())}, {float(tt.max())}]")
-        log_sigmas = self.sigmas.log().to(tt.device)
+        log_sigmas = self.sigmas.log()
         lo = tt.floor().long().clamp(0, T - 2)
         w = tt - lo
         return (log_sigmas[lo] * (1 - w) + log_sigmas[lo + 1] * w).exp()
 
     def t_at(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`sigma_at`: fractional timestep for sigma-space levels (float64).
+        """Inverse of :meth:`sigma_at`: fractional timestep for sigma-space levels (float64, CPU).
 
         Raises ``ValueError`` for ``sigma <= 0`` or outside the model's range.
         """
-        s = torch.as_tensor(sigma).to(torch.float64)
+        s = torch.as_tensor(sigma).detach().to("cpu", torch.float64)
         check_finite("sigma", s)
         if bool((s <= 0).any()):
             raise ValueError(f"sigma must be > 0 to map it to a timestep, got min {float(s.min())}")
-        log_sigmas = self.sigmas.log().to(s.device)
+        log_sigmas = self.sigmas.log()
         ls = s.log()
         eps = 1e-6
         if bool(((ls < log_sigmas[0] - eps) | (ls > log_sigmas[-1] + eps)).any()):

@@ -51,7 +51,7 @@ def estimate_target_mean(model, x: torch.Tensor, sigmas: torch.Tensor, process: 
     process = RayProcess() if process is None else process
     extra_args = {} if extra_args is None else extra_args
     check_finite("x", x)
-    sig = torch.as_tensor(sigmas).to(torch.float64)
+    sig = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)
     if sig.ndim != 1 or sig.numel() < 2 or bool((sig[:-1] <= 0).any()):
         raise ValueError("sigmas must be a 1-D probe schedule of >= 2 entries, > 0 except the last")
     dt = compute_dtype(x)
@@ -59,12 +59,12 @@ def estimate_target_mean(model, x: torch.Tensor, sigmas: torch.Tensor, process: 
     preds, alphas = [], []
     for i in range(sig.numel() - 1):
         denoised = model(x, torch.as_tensor(sigmas)[i] * s_in, **extra_args)
-        eps = (x.to(dt) - denoised.to(dt)) / sig[i].to(dt)          # VP noise prediction (eq. 1.3)
+        eps = (x.to(dt) - denoised.to(dt)) / float(sig[i])          # VP noise prediction (eq. 1.3)
         preds.append(eps)
         alphas.append(alpha_bar_from_sigma(sig[i]))
         if callback is not None:
             callback({"i": i, "x": x, "denoised": denoised})
-        x = (denoised.to(dt) + sig[i + 1].to(dt) * eps).to(x.dtype)  # DDIM / Euler step
+        x = (denoised.to(dt) + float(sig[i + 1]) * eps).to(x.dtype)  # DDIM / Euler step
     eps_mu, spread = process.theorem1(torch.stack(preds), torch.stack(alphas))
     return TargetMean(eps_mu=eps_mu.to(x.dtype), sigma=spread, nfe=len(preds))
 
@@ -77,6 +77,5 @@ def estimate_target_mean_vp(eps_model, x_T: torch.Tensor, schedule: NoiseSchedul
     probe_steps = check_int("probe_steps", probe_steps, 1, schedule.num_timesteps)
     sigmas = schedule.ray_sigmas(probe_steps, dtype=torch.float64)
     a0 = alpha_bar_from_sigma(sigmas[0])
-    dt = compute_dtype(x_T)
-    x = (x_T.to(dt) / a0.sqrt().to(dt)).to(x_T.dtype)
+    x = (x_T.to(compute_dtype(x_T)) / float(a0.sqrt())).to(x_T.dtype)
     return estimate_target_mean(denoiser_from_eps(eps_model, schedule), x, sigmas, process)

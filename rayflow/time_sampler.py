@@ -87,12 +87,12 @@ class LossProfile:
         return 0.5 * sq.clamp_min(self.floor).log()
 
     def log_density(self, u: torch.Tensor) -> torch.Tensor:
-        """Unnormalised ``log p*(u)`` (any shape, float64)."""
+        """Unnormalised ``log p*(u)`` (shape, dtype and device of ``u``)."""
         g = self._log_grid()
         x = (u.detach().to("cpu", torch.float64) * self.bins - 0.5).clamp(0, self.bins - 1)
         lo = x.floor().long().clamp(0, self.bins - 2)
         w = x - lo
-        return (g[lo] * (1 - w) + g[lo + 1] * w).to(u.device)
+        return (g[lo] * (1 - w) + g[lo + 1] * w).to(u.dtype).to(u.device)
 
     def score(self, u: torch.Tensor) -> torch.Tensor:
         """``d/du log p*(u)`` (slope of the interpolated log-density; 0 beyond the end centres)."""
@@ -101,7 +101,7 @@ class LossProfile:
         lo = x.floor().long().clamp(0, self.bins - 2)
         slope = (g[lo + 1] - g[lo]) * self.bins
         inside = (x >= 0) & (x <= self.bins - 1)
-        return torch.where(inside, slope, torch.zeros_like(slope)).to(device=u.device, dtype=u.dtype)
+        return torch.where(inside, slope, torch.zeros_like(slope)).to(u.dtype).to(u.device)
 
     def state_dict(self) -> dict:
         return {"sq": self.sq.clone(), "seen": self.seen.clone()}
@@ -157,11 +157,11 @@ class TimeSampler(nn.Module):
 
     # ------------------------------------------------------------ proposal and sampling (eq. 8.5)
     def proposal(self, particles: torch.Tensor, num_timesteps: int) -> torch.Tensor:
-        """Exact probabilities ``q(i | x)`` ``[B, T]`` of integer timesteps under the proposal."""
+        """Exact probabilities ``q(i | x)`` ``[B, T]`` (float64, CPU) of integer timesteps under the proposal."""
         T = check_int("num_timesteps", num_timesteps, 1)
         std = math.sqrt(self.bandwidth / 2.0)
-        u = particles.detach().to(torch.float64)[:, :, None]                          # [B, n, 1]
-        edges = torch.linspace(0.0, 1.0, T + 1, dtype=torch.float64, device=u.device)
+        u = particles.detach().to("cpu", torch.float64)[:, :, None]                   # [B, n, 1], on CPU
+        edges = torch.linspace(0.0, 1.0, T + 1, dtype=torch.float64)
         cdf = _normal_cdf((edges[None, None, :] - u) / std)                            # [B, n, T+1]
         mass = (cdf[..., 1:] - cdf[..., :-1]) / (cdf[..., -1:] - cdf[..., :1]).clamp_min(1e-300)
         lam = self.config["uniform_mix"]
@@ -177,9 +177,9 @@ class TimeSampler(nn.Module):
         """
         with torch.no_grad():
             q = self.proposal(self(features), num_timesteps)
-            t = torch.multinomial(q.float().cpu(), 1, generator=generator).squeeze(1).to(features.device)
+            t = torch.multinomial(q.float(), 1, generator=generator).squeeze(1)
             w = (1.0 / num_timesteps) / q.gather(1, t[:, None]).squeeze(1)
-        return t, w.float()
+        return t.to(features.device), w.float().to(features.device)
 
     # ------------------------------------------------------------ training (eq. 8.4)
     def svgd_loss(self, features: torch.Tensor, score_fn: Callable[[torch.Tensor], torch.Tensor],
