@@ -1,0 +1,1 @@
+"""Proxy ground truth: procedural data, a small SD-shaped teacher, classifier metrics and the demo."""

@@ -1,0 +1,138 @@
+"""The proxy teacher: a small SD-shaped text-to-image model trained from scratch on proxy data.
+
+Same kind as the real models the trainer distils: an epsilon-predicting ``UNet2DConditionModel``
+conditioned through cross-attention on a ``CLIPTextModel`` fed by a real ``CLIPTokenizer``, on the
+SD scaled-linear schedule, saved as a diffusers folder (``unet/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``, ``model_index.json``). It works in pixel space (3 x 16 x 16), so
+the folder has no ``vae/``: the trainer treats a missing VAE as "latents are pixels".
+
+Train (about 25 minutes on 2 CPU cores; the committed weights in ``proxy/weights/teacher`` were
+made with exactly this command)::
+
+    python -m proxy.teacher --out proxy/weights/teacher --steps 3000 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+
+from .data import all_labels, caption_of, render, vocabulary
+
+RESOLUTION = 16
+UNET_CONFIG = dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, layers_per_block=1,
+                   block_out_channels=(32, 64, 64), cross_attention_dim=64, attention_head_dim=4,
+                   norm_num_groups=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=16, projection_dim=64)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+MAX_TOKENS = 16
+
+
+def build(out_dir: str, seed: int = 0):
+    """Fresh random-weight teacher components; writes the tokenizer to ``out_dir/tokenizer``."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from training.tokenizers import write_clip_tokenizer
+
+    tok_dir = write_clip_tokenizer(vocabulary(), os.path.join(out_dir, "tokenizer"), model_max_length=MAX_TOKENS)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                                **TEXT_CONFIG))
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    return unet, text_encoder, tokenizer
+
+
+def encode(text_encoder, tokenizer, captions):
+    ids = tokenizer(list(captions), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids).last_hidden_state
+
+
+def save(out_dir: str, unet, text_encoder) -> None:
+    from diffusers import DDIMScheduler
+
+    unet.to(torch.float16).save_pretrained(os.path.join(out_dir, "unet"))
+    text_encoder.to(torch.float16).save_pretrained(os.path.join(out_dir, "text_encoder"))
+    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(os.path.join(out_dir, "scheduler"))
+    with open(os.path.join(out_dir, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+                   "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+                   "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+                   "vae": [None, None], "safety_checker": [None, None], "feature_extractor": [None, None],
+                   "requires_safety_checker": False}, f, indent=2)
+
+
+def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder, tokenizer = build(out_dir, seed)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    ema_te = {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    warm = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
+    labels_all = all_labels()
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    for step in range(steps):
+        labels = labels_all[torch.randint(0, len(labels_all), (batch,), generator=g)]
+        x0 = render(labels, g, RESOLUTION)
+        captions = [caption_of(l) if float(u) > 0.1 else "" for l, u in zip(labels.tolist(), torch.rand(batch, generator=g))]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        x_t = noise_sched.add_noise(x0, noise, t)
+        ctx = encode(text_encoder, tokenizer, captions)
+        loss = (unet(x_t, t, encoder_hidden_states=ctx).sample - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for store, model in ((ema, unet), (ema_te, text_encoder)):
+                for k, v in model.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        store[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        if (step + 1) % log_every == 0 or step == 0:
+            el = time.time() - t0
+            print(f"step {step + 1}/{steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"{el / (step + 1):.2f}s/step eta {el / (step + 1) * (steps - step - 1) / 60:.1f}min", flush=True)
+    unet.load_state_dict(ema)
+    text_encoder.load_state_dict(ema_te)
+    save(out_dir, unet, text_encoder)
+    print(f"saved teacher to {out_dir}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train the proxy teacher (small SD-shaped text-to-image model).")
+    ap.add_argument("--out", default="proxy/weights/teacher", help="output diffusers folder")
+    ap.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    ap.add_argument("--batch", type=int, default=64, help="batch size")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up then cosine decay)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    train(args.out, args.steps, args.batch, args.seed, args.lr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

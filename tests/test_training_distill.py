@@ -1,0 +1,249 @@
+"""End-to-end tests of ``python -m training.distill`` on a tiny random-weight SD1.5-family model."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from training.config import DistillConfig, build_parser
+from training.distill import main
+from training.tiny import build_tiny_sd15
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--resolution", "16", "--teacher-steps", "3", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "4",
+        "--shard-size", "2", "--log-every", "5"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    model = build_tiny_sd15(str(root / "model"))
+    prompts = root / "prompts.txt"
+    prompts.write_text("a red cat\na blue house\n\na small green tree\n", encoding="utf-8")
+    return model, str(prompts)
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_end_to_end_sd15_produces_a_lora_that_diffusers_loads(tiny, tmp_path):
+    model, prompts = tiny
+    out = tmp_path / "out" / "ray.safetensors"
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 12, *FAST) == 0
+    with safe_open(str(out), "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["rayflow.format"] == "1" and meta["rayflow.architecture"] == "sd15"
+    assert meta["rayflow.sigma"] == "0.3" and meta["rayflow.path"] == "sigma" and meta["rayflow.recipe"] == "ray"
+    assert meta["rayflow.schedule"] == "scaled_linear" and meta["rayflow.time_sampler"] == "on"
+    assert meta["rayflow.train_steps"] == "12" and meta["rayflow.teacher_solver"] == "dpmsolver++"
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    assert any(k.endswith(".lora_down.weight") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    work = tmp_path / "out" / "ray.work"
+    assert (work / "validation_final.png").is_file()
+    rows = (work / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 1 + 12 // 5 + 1
+    # diffusers loads the kohya-form file and it changes the UNet's output
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    x = torch.randn(1, 4, 8, 8)
+    ctx = torch.randn(1, 16, 32)
+    with torch.no_grad():
+        before = pipe.unet(x, 500, encoder_hidden_states=ctx).sample
+        pipe.load_lora_weights(str(out))
+        after = pipe.unet(x, 500, encoder_hidden_states=ctx).sample
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("flags, recipe, ts", [(["--no-ray"], "rectified", "on"),
+                                               (["--no-time-sampler"], "ray", "off")])
+def test_ablation_flags(tiny, tmp_path, flags, recipe, ts):
+    model, prompts = tiny
+    out = tmp_path / "a.safetensors"
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 4, *FAST, *flags) == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["rayflow.recipe"] == recipe and meta["rayflow.time_sampler"] == ts
+
+
+def test_phase1_items_do_not_depend_on_sharding(tiny, tmp_path):
+    from training.data import load_cache
+
+    model, prompts = tiny
+    caches = []
+    for shard in (2, 3):
+        out = tmp_path / f"s{shard}.safetensors"
+        args = [a if a != "2" else str(shard) for a in FAST]
+        assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 1, *args) == 0
+        caches.append(load_cache(str(tmp_path / f"s{shard}.work" / "cache")))
+    # the noise is bit-identical; teacher outputs differ only by the round-off of batched
+    # convolutions over different batch sizes (a different seed would differ by O(1))
+    torch.testing.assert_close(caches[0].noise, caches[1].noise, rtol=0, atol=0)
+    for name in ("x0", "eps_mu", "cond"):
+        torch.testing.assert_close(getattr(caches[0], name), getattr(caches[1], name), rtol=1e-3, atol=1e-3)
+    assert caches[0].prompts == caches[1].prompts == ["a red cat", "a blue house", "a small green tree"]
+
+
+def _spawn(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, "-m", "training.distill", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(proc, condition, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("condition for the kill never became true")
+
+
+def test_kill_and_resume_phase2_ends_with_the_same_lora(tiny, tmp_path):
+    model, prompts = tiny
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 40, "--checkpoint-every", 5, *FAST]
+    ref = tmp_path / "ref.safetensors"
+    assert _spawn([*common, "--output", ref]).wait() == 0
+    out = tmp_path / "killed.safetensors"
+    proc = _spawn([*common, "--output", out])
+    state = tmp_path / "killed.work" / "checkpoint" / "state.json"
+    _kill_when(proc, lambda: state.is_file() and (tmp_path / "killed.work" / "log.csv").read_text().count("\n") >= 3)
+    assert not out.exists()
+    resumed = _spawn([*common, "--output", out, "--resume"])
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-800:]
+    a, b = load_file(str(ref)), load_file(str(out))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_kill_and_resume_phase1_loses_and_duplicates_nothing(tiny, tmp_path):
+    from training.data import load_cache
+
+    model, prompts = tiny
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 1, "--seeds-per-prompt", 6,
+              "--resolution", "16", "--teacher-steps", 8, "--batch-size", 2, "--lora-rank", 2, "--shard-size", 1]
+    ref = tmp_path / "ref.safetensors"
+    assert _spawn([*common, "--output", ref]).wait() == 0
+    out = tmp_path / "killed.safetensors"
+    proc = _spawn([*common, "--output", out])
+    cache = tmp_path / "killed.work" / "cache"
+    _kill_when(proc, lambda: len(list(cache.glob("shard_*.safetensors"))) >= 3)
+    done_before = len(list(cache.glob("shard_*.safetensors")))
+    assert 3 <= done_before < 18
+    resumed = _spawn([*common, "--output", out])
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-800:]
+    a, b = load_cache(str(tmp_path / "ref.work" / "cache")), load_cache(str(cache))
+    assert a.x0.shape[0] == b.x0.shape[0] == 18
+    for name in ("x0", "eps_mu", "noise", "cond"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name))
+
+
+def _bad_input_cases(tiny, tmp_path):
+    model, prompts = tiny
+    corrupt = tmp_path / "corrupt"
+    build_tiny_sd15(str(corrupt))
+    (corrupt / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00garbage")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return [
+        (["--model", tmp_path / "nowhere", "--prompts", prompts], "base model not found", None),
+        (["--model", corrupt, "--prompts", prompts], "cannot load the UNet", None),
+        (["--model", model, "--prompts", prompts, "--architecture", "sd3"], "--architecture must be one of", None),
+        (["--model", model, "--prompts", empty], "prompts file has no prompts", None),
+        (["--model", model, "--prompts", binary], "prompts file is not UTF-8 text", None),
+        (["--model", model, "--prompts", tmp_path / "missing.txt"], "prompts file not found", None),
+        (["--model", model, "--prompts", prompts, "--resolution", "20"], "--resolution must be a positive multiple of 8", None),
+        (["--model", model, "--prompts", prompts], "output location is not writable", afile / "sub" / "x.safetensors"),
+    ]
+
+
+def test_each_bad_input_ends_with_one_clear_line_and_no_output(tiny, tmp_path, capsys):
+    for args, message, output in _bad_input_cases(tiny, tmp_path):
+        out = output or tmp_path / "never.safetensors"
+        capsys.readouterr()
+        rc = run_cli(*args, "--output", out, "--train-steps", 2, *[a for a in FAST if a != "--resolution" and a != "16"]
+                     if "--resolution" in args else [*FAST])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2, (args, err)
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (args, err)
+        assert "Traceback" not in "\n".join(err)
+        assert not os.path.exists(out) and not os.path.exists(str(out) + ".tmp")
+
+
+def test_resume_from_a_different_configuration_is_refused(tiny, tmp_path, capsys):
+    model, prompts = tiny
+    out = tmp_path / "r.safetensors"
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 3, *FAST) == 0
+    os.remove(out)
+    capsys.readouterr()
+    args = [a if a != "4" else "8" for a in FAST]          # another LoRA rank and batch size
+    rc = run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 3, "--resume", *args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "was made with a different configuration" in err and not out.exists()
+    rc = run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 3, *FAST)
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds a training checkpoint: pass --resume" in err and not out.exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, capsys):
+    rc = run_cli("--model", tmp_path / "nowhere", "--prompts", tmp_path / "p.txt", "--output",
+                 tmp_path / "o.safetensors", "--debug")
+    assert rc == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    import dataclasses
+
+    text = build_parser().format_help()
+    for f in dataclasses.fields(DistillConfig):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "--config" in text
+
+
+def test_config_file_keys_match_flags_and_flags_win(tmp_path):
+    from training.config import ConfigError, parse_args
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('model = "m"\nprompts = "p.txt"\noutput = "o.safetensors"\nlora-rank = 8\nsigma = 0.1\n')
+    cfg = parse_args(["--config", str(toml), "--sigma", "0.5"])
+    assert cfg.lora_rank == 8 and cfg.sigma == 0.5 and cfg.work_dir == "o.work"
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("model: m\nprompts: p.txt\noutput: o.safetensors\nteacher_steps: 7\n")
+    assert parse_args(["--config", str(yaml_file)]).teacher_steps == 7
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "m"\nlearning_rat = 1\n')
+    with pytest.raises(ConfigError, match="unknown option 'learning_rat'"):
+        parse_args(["--config", str(bad)])
+
+
+def test_prompt_file_formats(tmp_path):
+    from training.prompts import PromptsError, read_prompts
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n\n{"prompt": " a dog "}\n')
+    assert read_prompts(str(tmp_path / "p.jsonl")) == ["a cat", "a dog"]
+    (tmp_path / "p.csv").write_text('id,prompt\n1,a cat\n2,"a dog, running"\n')
+    assert read_prompts(str(tmp_path / "p.csv")) == ["a cat", "a dog, running"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "a cat"}\n')
+    with pytest.raises(PromptsError, match="line 1 has no string field"):
+        read_prompts(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "bad.csv").write_text('id,text\n1,a cat\n')
+    with pytest.raises(PromptsError, match="has no 'prompt' column"):
+        read_prompts(str(tmp_path / "bad.csv"))

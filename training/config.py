@@ -1,0 +1,175 @@
+"""Options of ``python -m training.distill``: one dataclass, one argparse flag per field.
+
+A config file (``--config run.toml`` or ``.yaml``) may set any option; its keys are the flag
+names (``lora_rank`` or ``lora-rank``). Flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
+SOLVERS = ("ddim", "dpmsolver++")
+
+
+class ConfigError(ValueError):
+    """Bad option or config file; the CLI prints it as one line."""
+
+
+@dataclass
+class DistillConfig:
+    # ---- inputs and outputs
+    model: str = field(default="", metadata={"help": "base model: a diffusers folder (required)"})
+    prompts: str = field(default="", metadata={"help": "prompts file: .txt (one per line), .jsonl ({\"prompt\": ...}) or .csv (a 'prompt' column) (required)"})
+    output: str = field(default="", metadata={"help": "output LoRA file (.safetensors) (required)"})
+    work_dir: str = field(default="", metadata={"help": "folder for the phase-1 cache, checkpoints and logs (default: <output>.work)"})
+    architecture: str = field(default="auto", metadata={"help": f"model family, one of {ARCHITECTURES}; auto detects it from the model"})
+    # ---- phase 1: teacher trajectories (Algorithm 1, data construction)
+    seeds_per_prompt: int = field(default=1, metadata={"help": "noise seeds per prompt (training pairs = prompts x seeds)"})
+    seed: int = field(default=0, metadata={"help": "global seed: noise, LoRA init, timesteps, data order"})
+    teacher_solver: str = field(default="dpmsolver++", metadata={"help": f"teacher ODE solver, one of {SOLVERS}"})
+    teacher_steps: int = field(default=25, metadata={"help": "teacher solver steps"})
+    teacher_cfg: float = field(default=4.5, metadata={"help": "classifier-free guidance scale baked into the pairs (1 = off)"})
+    negative_prompt: str = field(default="", metadata={"help": "negative prompt for the teacher's CFG"})
+    resolution: int = field(default=512, metadata={"help": "image resolution in pixels, a multiple of 8 (of the model's sample size for pixel-space models)"})
+    shard_size: int = field(default=64, metadata={"help": "training pairs per cache shard"})
+    # ---- phase 2: LoRA training
+    train_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "per-process batch size"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate"})
+    lr_warmup: int = field(default=50, metadata={"help": "linear warm-up steps before cosine decay"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lora_rank: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=64.0, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
+    lora_targets: str = field(default="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2",
+                              metadata={"help": "comma-separated module-name suffixes that get LoRA adapters (attention and feed-forward projections)"})
+    sigma: float = field(default=0.3, metadata={"help": "Ray variance coefficient"})
+    ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
+    no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
+    no_time_sampler: bool = field(default=False, metadata={"help": "ablation: uniform timesteps instead of the Time Sampler"})
+    time_sampler_particles: int = field(default=32, metadata={"help": "Time Sampler particles per sample"})
+    time_sampler_lr: float = field(default=1e-3, metadata={"help": "Time Sampler network learning rate"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
+    ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
+    checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps"})
+    validate_every: int = field(default=0, metadata={"help": "write a 1/2/4-step validation grid every N steps (0 = only at the end)"})
+    log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
+    # ---- export metadata
+    recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
+    debug: bool = field(default=False, metadata={"help": "show tracebacks on errors"})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "DistillConfig":
+        for name in ("model", "prompts", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.teacher_solver not in SOLVERS:
+            raise ConfigError(f"--teacher-solver must be one of {', '.join(SOLVERS)}, got {self.teacher_solver!r}")
+        if self.resolution <= 0 or self.resolution % 8:
+            raise ConfigError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.ray_path not in ("sigma", "linear"):
+            raise ConfigError(f"--ray-path must be sigma or linear, got {self.ray_path!r}")
+        if not 0 < self.sigma <= 10:
+            raise ConfigError(f"--sigma must be in (0, 10], got {self.sigma}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("seeds_per_prompt", "teacher_steps", "shard_size", "train_steps", "batch_size", "grad_accum",
+                     "lora_rank", "time_sampler_particles", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.output.endswith(".safetensors"):
+            raise ConfigError(f"--output must end in .safetensors, got {self.output!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not self.work_dir:
+            self.work_dir = self.output[: -len(".safetensors")] + ".work"
+        return self
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """Options that must match for a resume to be meaningful (phase 1 and phase 2)."""
+        keep = ("model", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
+                "teacher_cfg", "negative_prompt", "resolution", "shard_size", "batch_size", "grad_accum",
+                "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
+                "ray_path", "no_ray", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
+                "mixed_precision", "ema_decay")
+        d = {k: getattr(self, k) for k in keep}
+        d["model"] = os.path.abspath(d["model"])
+        d["prompts"] = os.path.abspath(d["prompts"])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.distill",
+        description="Distil a RayFlow LoRA from a base text-to-image model (phase 1: teacher trajectories and "
+                    "Theorem-1 target means; phase 2: LoRA training with the Ray process and the Time Sampler). "
+                    "Run under `accelerate launch` for several GPUs.")
+    p.add_argument("--config", default=None, help="TOML or YAML file whose keys are these options")
+    for f in dataclasses.fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            p.add_argument(flag, dest=f.name, type=typ, default=None, help=help_text)
+    return p
+
+
+def _read_config_file(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        elif path.endswith((".yaml", ".yml")):
+            import yaml
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        else:
+            raise ConfigError(f"config file must be .toml, .yaml or .yml: {path}")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of options")
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    out = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key not in names:
+            raise ConfigError(f"unknown option {k!r} in config file {path}")
+        out[key] = v
+    return out
+
+
+def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
+    args = build_parser().parse_args(argv)
+    values: Dict[str, Any] = {}
+    if args.config:
+        values.update(_read_config_file(args.config))
+    for f in dataclasses.fields(DistillConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = v
+    try:
+        cfg = DistillConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg.validate()

@@ -1,0 +1,186 @@
+"""Phase 1 of Algorithm 1: teacher trajectories, Theorem-1 target means, and the pair cache.
+
+For every (prompt, seed) item: draw ``z ~ N(0, I)`` from a per-item seed, run the teacher ODE
+solver (diffusers DDIM or DPM-Solver++, "trailing" timesteps so it starts at ``T - 1`` from
+``z`` exactly as inference does) with classifier-free guidance, record the guided noise
+predictions, and keep ``x0_hat``, ``eps_mu`` (``RayProcess.theorem1``), ``sigma*``, ``z`` and the
+text conditioning. Text encoders run only here.
+
+The cache is a folder of safetensors shards written atomically (temp file + rename) plus a
+``manifest.json``; a killed run resumes by skipping complete shards. Items are deterministic
+functions of ``(seed, item index)``, so a resumed cache is identical to an uninterrupted one.
+Under ``accelerate launch`` shard ``k`` is built by process ``k mod num_processes``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from rayflow import RayProcess
+
+from .config import ConfigError, DistillConfig
+from .models import BaseModel
+
+CACHE_VERSION = 1
+
+
+def phase1_fingerprint(cfg: DistillConfig, num_prompts: int) -> Dict:
+    keys = ("seeds_per_prompt", "seed", "teacher_solver", "teacher_steps", "teacher_cfg", "negative_prompt",
+            "resolution", "shard_size", "ray_path")
+    fp = {k: getattr(cfg, k) for k in keys}
+    fp.update(model=os.path.abspath(cfg.model), num_prompts=num_prompts, version=CACHE_VERSION)
+    return fp
+
+
+def cache_dir(cfg: DistillConfig) -> str:
+    return os.path.join(cfg.work_dir, "cache")
+
+
+def item_noise(seed: int, index: torch.Tensor, shape) -> torch.Tensor:
+    """Initial noise of items ``index`` ``[n]`` -> ``[n, *shape]``, each from its own generator."""
+    out = torch.empty((len(index), *shape))
+    for j, i in enumerate(index.tolist()):     # one generator per item keeps items independent of batching
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        out[j] = torch.randn(shape, generator=g)
+    return out
+
+
+def make_teacher_scheduler(model: BaseModel, solver: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    cfg = dict(num_train_timesteps=model.schedule.num_timesteps, trained_betas=None, prediction_type="epsilon")
+    betas = 1 - model.schedule.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64),
+                                                           model.schedule.alphas_cumprod[:-1]])
+    cfg["trained_betas"] = betas.float().tolist()
+    if solver == "ddim":
+        return DDIMScheduler(**cfg, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    return DPMSolverMultistepScheduler(**cfg, algorithm_type="dpmsolver++", solver_order=2,
+                                       timestep_spacing="trailing", final_sigmas_type="zero")
+
+
+@torch.no_grad()
+def teacher_trajectory(model: BaseModel, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                       solver: str, steps: int, cfg_scale: float):
+    """Run the teacher from ``z`` ``[n, C, H, W]``. Returns ``x0_hat``, the guided noise predictions
+    ``[K, n, C, H, W]`` and ``alpha_bar`` at each prediction ``[K]``."""
+    sched = make_teacher_scheduler(model, solver)
+    sched.set_timesteps(steps)
+    x = z.clone()
+    preds, alphas = [], []
+    n = z.shape[0]
+    for t in sched.timesteps:
+        t_in = torch.full((n,), int(t), dtype=torch.long, device=z.device)
+        if cfg_scale != 1.0:
+            eps = model.unet(torch.cat([x, x]), torch.cat([t_in, t_in]),
+                             encoder_hidden_states=torch.cat([uncond, cond])).sample
+            eps_u, eps_c = eps.chunk(2)
+            eps = eps_u + cfg_scale * (eps_c - eps_u)
+        else:
+            eps = model.unet(x, t_in, encoder_hidden_states=cond).sample
+        preds.append(eps.float())
+        alphas.append(model.schedule.alphas_cumprod[int(t)])
+        x = sched.step(eps, t, x).prev_sample
+    return x.float(), torch.stack(preds), torch.stack(alphas)
+
+
+@dataclass
+class Cache:
+    x0: torch.Tensor        # [N, C, H, W] teacher outputs
+    eps_mu: torch.Tensor    # [N, C, H, W] Theorem-1 target means
+    noise: torch.Tensor     # [N, C, H, W] initial noise z
+    cond: torch.Tensor      # [N, L, D] text conditioning
+    sigma_star: torch.Tensor  # [N] Theorem-1 spread
+    prompts: List[str]
+
+
+def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accelerator, progress: bool = True) -> str:
+    """Build (or finish) the phase-1 cache; returns its folder."""
+    from tqdm.auto import tqdm
+
+    folder = cache_dir(cfg)
+    os.makedirs(folder, exist_ok=True)
+    fp = phase1_fingerprint(cfg, len(prompts))
+    manifest = os.path.join(folder, "manifest.json")
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("fingerprint") != fp:
+            raise ConfigError(f"the cache in {folder} was built with a different configuration; "
+                              f"use another --work-dir or delete that folder")
+    elif accelerator.is_main_process:
+        _atomic_json(manifest, {"fingerprint": fp, "complete": False})
+    accelerator.wait_for_everyone()
+
+    device = accelerator.device
+    model.unet.to(device)
+    model.text_encoder.to(device)
+    C, H = model.latent_channels, model.latent_size(cfg.resolution)
+    total = len(prompts) * cfg.seeds_per_prompt
+    n_shards = (total + cfg.shard_size - 1) // cfg.shard_size
+    process = RayProcess(sigma=cfg.sigma, path=cfg.ray_path)
+    uncond_one = model.encode_prompts([cfg.negative_prompt], device)
+    mine = [k for k in range(n_shards) if k % accelerator.num_processes == accelerator.process_index]
+    todo = [k for k in mine if not os.path.isfile(_shard_path(folder, k))]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="phase 1: teacher trajectories",
+               unit="shard", disable=not (progress and accelerator.is_main_process))
+    for k in todo:
+        idx = torch.arange(k * cfg.shard_size, min(total, (k + 1) * cfg.shard_size))
+        texts = [prompts[int(i) // cfg.seeds_per_prompt] for i in idx]
+        cond = model.encode_prompts(texts, device)
+        z = item_noise(cfg.seed, idx, (C, H, H)).to(device)
+        x0, preds, alphas = teacher_trajectory(model, z, cond, uncond_one.expand(len(idx), -1, -1),
+                                               cfg.teacher_solver, cfg.teacher_steps, cfg.teacher_cfg)
+        eps_mu, sigma_star = process.theorem1(preds, alphas)
+        tensors = {"x0": x0, "eps_mu": eps_mu.float(), "noise": z.float(), "cond": cond.float(),
+                   "sigma_star": sigma_star.float(), "index": idx}
+        _atomic_save({k2: v.detach().cpu().contiguous() for k2, v in tensors.items()}, _shard_path(folder, k),
+                     {"prompts": json.dumps(texts)})
+        bar.update(1)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _atomic_json(manifest, {"fingerprint": fp, "complete": True, "items": total, "shards": n_shards})
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def load_cache(folder: str) -> Cache:
+    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    if not manifest.get("complete"):
+        raise ConfigError(f"the phase-1 cache in {folder} is incomplete")
+    parts: Dict[str, List[torch.Tensor]] = {}
+    prompts: List[str] = []
+    for k in range(manifest["shards"]):
+        with safe_open(_shard_path(folder, k), framework="pt") as f:
+            for name in f.keys():
+                parts.setdefault(name, []).append(f.get_tensor(name))
+            prompts += json.loads(f.metadata()["prompts"])
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    if not torch.equal(cat["index"], torch.arange(manifest["items"])):
+        raise ConfigError(f"the phase-1 cache in {folder} is inconsistent (missing or duplicated items)")
+    return Cache(cat["x0"], cat["eps_mu"], cat["noise"], cat["cond"], cat["sigma_star"], prompts)
+
+
+def _shard_path(folder: str, k: int) -> str:
+    return os.path.join(folder, f"shard_{k:05d}.safetensors")
+
+
+def _atomic_save(tensors, path: str, metadata=None) -> None:
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

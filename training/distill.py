@@ -1,0 +1,123 @@
+"""``python -m training.distill``: distil a RayFlow LoRA from a base text-to-image model.
+
+Phase 1 builds (or resumes) the cache of teacher trajectories and Theorem-1 target means,
+phase 2 trains (or resumes) the LoRA, and the result is exported as one ``.safetensors`` file
+(``docs/lora-format.md``). ``python -m training.distill --help`` documents every option; run it
+under ``accelerate launch`` to use several GPUs.
+
+Errors end the run with one line on stderr and a non-zero exit code (2 for bad input, 1 for
+anything unexpected); ``--debug`` adds the traceback. The output file is written atomically at the
+very end, so a failed or interrupted run never leaves a partial LoRA behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+from .config import ConfigError, DistillConfig, parse_args
+from .models import ModelError
+from .prompts import PromptsError
+
+INPUT_ERRORS = (ConfigError, ModelError, PromptsError)
+
+
+def _check_output_writable(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"--output is a folder, expected a .safetensors file path: {path}")
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"output location is not writable: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"output location is not writable: {parent}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"output file exists and is not writable: {path}")
+
+
+def run(cfg: DistillConfig, progress: bool = True) -> str:
+    """Run both phases and export; returns the LoRA path. Raises the errors of ``INPUT_ERRORS``."""
+    from accelerate import Accelerator
+
+    from .data import build_cache, load_cache
+    from .export import kohya_unet_state_dict, write_lora
+    from .models import load_base_model
+    from .prompts import read_prompts
+    from .trainer import Trainer
+
+    cfg.validate()
+    prompts = read_prompts(cfg.prompts)
+    _check_output_writable(cfg.output)
+    if not cfg.resume and os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):
+        raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
+                          f"or choose another --work-dir")
+    model = load_base_model(cfg.model, cfg.architecture)
+    res = model.unet.config.sample_size if model.vae is None else None
+    if res is not None and cfg.resolution != res:
+        raise ConfigError(f"--resolution must be {res} for this pixel-space model (its UNet sample size), got {cfg.resolution}")
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    if accelerator.is_main_process:
+        with open(os.path.join(cfg.work_dir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(cfg.to_json())
+    folder = build_cache(cfg, model, prompts, accelerator, progress)
+    cache = load_cache(folder)
+    model.text_encoder.to("cpu")            # phase 2 never needs the text encoders
+    trainer = Trainer(cfg, model, cache, accelerator)
+    if cfg.resume:
+        trainer.try_resume()
+    trainer.fit(progress)
+    if accelerator.is_main_process:
+        trainer.validation_grid(os.path.join(cfg.work_dir, "validation_final.png"))
+        lora = kohya_unet_state_dict(trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha)
+        proc = trainer.process
+        write_lora(cfg.output, lora, {
+            "rayflow.architecture": model.architecture,
+            "rayflow.sigma": proc.sigma,
+            "rayflow.path": proc.path,
+            "rayflow.recipe": "rectified" if cfg.no_ray else "ray",
+            "rayflow.schedule": model.schedule_name,
+            "rayflow.num_train_timesteps": model.schedule.num_timesteps,
+            "rayflow.target_mean": "noise",
+            "rayflow.recommended_steps": cfg.recommended_steps,
+            "rayflow.recommended_cfg": "1.0",
+            "rayflow.teacher_solver": cfg.teacher_solver,
+            "rayflow.teacher_steps": cfg.teacher_steps,
+            "rayflow.teacher_cfg": cfg.teacher_cfg,
+            "rayflow.train_steps": cfg.train_steps,
+            "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
+            "rayflow.lora_rank": cfg.lora_rank,
+            "rayflow.lora_alpha": cfg.lora_alpha,
+        })
+    accelerator.wait_for_everyone()
+    return cfg.output
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse_args(argv)
+        run(cfg)
+        return 0
+    except INPUT_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything unexpected: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""Phase 2 of Algorithm 1: train a LoRA on the denoiser with the Ray process and the Time Sampler.
+
+Per step (``docs/method.md`` eq. 7.1): draw cached items, timesteps ``t ~ q(t | x)`` from the Time
+Sampler with importance weights ``w`` (uniform ``t``, ``w = 1`` with ``--no-time-sampler``), form
+``(x_t, n_t) = RayProcess.training_pair(x0_hat, eps_mu, a_t, noise)`` and minimise
+``w * || unet(x_t, t, c) - n_t ||^2`` over the LoRA parameters. The Time Sampler network follows
+its SVGD loss on the running per-timestep loss profile.
+
+Everything random comes from one generator whose state is checkpointed with the LoRA, the
+optimizer, the LR schedule, the Time Sampler and the loss profile, so a resumed run continues
+exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import torch
+
+from rayflow import LossProfile, RayProcess, TimeSampler, sample_ray
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, DistillConfig
+from .data import Cache
+from .models import BaseModel
+
+
+def ts_features(x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Time Sampler input ``[B, D + 4C]``: mean-pooled text conditioning and 2x2-pooled ``x0_hat``."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x0.float(), 2).flatten(1)
+    return torch.cat([cond.float().mean(1), pooled], dim=1)
+
+
+def add_lora(unet: torch.nn.Module, cfg: DistillConfig) -> None:
+    from peft import LoraConfig
+
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+             and any(n == t or n.endswith("." + t) for t in targets)]
+    if not names:
+        raise ConfigError(f"--lora-targets {cfg.lora_targets!r} matches no Linear/Conv2d module of the UNet")
+    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=names))
+
+
+def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+class Trainer:
+    def __init__(self, cfg: DistillConfig, model: BaseModel, cache: Cache, accelerator):
+        self.cfg, self.model, self.cache, self.acc = cfg, model, cache, accelerator
+        self.process = RayProcess(sigma=1.0) if cfg.no_ray else RayProcess(sigma=cfg.sigma, path=cfg.ray_path)
+        torch.manual_seed(cfg.seed)                 # LoRA init
+        unet = model.unet
+        add_lora(unet, cfg)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warm, total = cfg.lr_warmup, cfg.train_steps
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
+        feat_dim = cache.cond.shape[-1] + 4 * cache.x0.shape[1]
+        self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles)
+        self.ts_opt = None if self.ts is None else torch.optim.Adam(self.ts.parameters(), lr=cfg.time_sampler_lr)
+        self.profile = LossProfile()
+        self.gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17 + accelerator.process_index)
+        self.step = 0
+        self.ema: Optional[Dict[str, torch.Tensor]] = None
+        self.ckpt_dir = os.path.join(cfg.work_dir, "checkpoint")
+        self.log_path = os.path.join(cfg.work_dir, "log.csv")
+
+    # ------------------------------------------------------------ checkpointing
+    def state(self) -> Dict:
+        unwrapped = self.acc.unwrap_model(self.unet)
+        return {"step": self.step, "lora": lora_state(unwrapped), "opt": self.opt.state_dict(),
+                "lr_sched": self.lr_sched.state_dict(), "gen": self.gen.get_state(),
+                "ts": None if self.ts is None else self.ts.state_dict(),
+                "ts_opt": None if self.ts_opt is None else self.ts_opt.state_dict(),
+                "profile": self.profile.state_dict(), "ema": self.ema,
+                "fingerprint": self.cfg.fingerprint()}
+
+    def save(self) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.ckpt_dir, self.state())
+        self.acc.wait_for_everyone()
+
+    def try_resume(self) -> bool:
+        state = load_checkpoint(self.ckpt_dir)
+        if state is None:
+            return False
+        if state["fingerprint"] != self.cfg.fingerprint():
+            raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
+                              f"resume with the same options or use another --work-dir")
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.acc.unwrap_model(self.unet), state["lora"])
+        self.opt.load_state_dict(state["opt"])
+        self.lr_sched.load_state_dict(state["lr_sched"])
+        self.gen.set_state(state["gen"])
+        if self.ts is not None:
+            self.ts.load_state_dict(state["ts"])
+            self.ts_opt.load_state_dict(state["ts_opt"])
+        self.profile.load_state_dict(state["profile"])
+        self.ema = state["ema"]
+        self.step = int(state["step"])
+        return True
+
+    # ------------------------------------------------------------ one step
+    def train_step(self) -> Dict[str, float]:
+        cfg, cache, dev = self.cfg, self.cache, self.acc.device
+        T = self.model.schedule.num_timesteps
+        B = cfg.batch_size
+        idx = torch.randint(0, cache.x0.shape[0], (B,), generator=self.gen)
+        x0, mu, z, cond = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx], cache.cond[idx]
+        if self.ts is not None:
+            feats = ts_features(x0, cond)
+            t, w = self.ts.sample(feats, T, generator=self.gen)
+        else:
+            t, w = torch.randint(0, T, (B,), generator=self.gen), torch.ones(B)
+        a = self.model.schedule.alpha_bar(t.double())
+        if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z
+            x_t, target = self.process.training_pair(x0, torch.zeros_like(x0), a, z)
+        else:
+            noise = torch.randn(x0.shape, generator=self.gen)
+            x_t, target = self.process.training_pair(x0, mu, a, noise)
+        with self.acc.accumulate(self.unet), self.acc.autocast():
+            pred = self.unet(x_t.to(dev), t.to(dev), encoder_hidden_states=cond.to(dev)).sample
+            per_sample = (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
+            loss = (w.to(dev) * per_sample).mean()
+            self.acc.backward(loss)
+            if self.acc.sync_gradients:
+                self.acc.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.lr_sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        u = (t.double() + 0.5) / T
+        self.profile.update(u, per_sample.detach().cpu())
+        stats = {"loss": float(loss.detach()), "t_mean": float(t.float().mean()), "t_std": float(t.float().std()),
+                 "w_mean": float(w.mean()), "w_max": float(w.max())}
+        if self.ts is not None:
+            ts_loss = self.ts.svgd_loss(feats, self.profile.score)
+            self.ts_opt.zero_grad(set_to_none=True)
+            ts_loss.backward()
+            self.ts_opt.step()
+        if cfg.ema_decay > 0:
+            cur = lora_state(self.acc.unwrap_model(self.unet))
+            if self.ema is None:
+                self.ema = cur
+            else:
+                for k, v in cur.items():
+                    self.ema[k].mul_(cfg.ema_decay).add_(v, alpha=1 - cfg.ema_decay)
+        return stats
+
+    # ------------------------------------------------------------ loop
+    def fit(self, progress: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        new_log = not (cfg.resume and os.path.isfile(self.log_path))
+        bar = tqdm(total=cfg.train_steps, initial=self.step, desc="phase 2: LoRA training", unit="step",
+                   disable=not (progress and self.acc.is_main_process))
+        writer = _tensorboard(cfg.work_dir) if self.acc.is_main_process else None
+        with open(self.log_path, "a" if not new_log else "w", newline="", encoding="utf-8") as f:
+            log = csv.writer(f)
+            if new_log and self.acc.is_main_process:
+                log.writerow(["step", "loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"])
+            t0 = time.perf_counter()
+            while self.step < cfg.train_steps:
+                stats = self.train_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+                if self.acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
+                    rate = cfg.batch_size * self.acc.num_processes * cfg.log_every / max(1e-9, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    row = [self.step, stats["loss"], self.lr_sched.get_last_lr()[0], stats["t_mean"], stats["t_std"],
+                           stats["w_mean"], stats["w_max"], rate]
+                    log.writerow(row)
+                    f.flush()
+                    if writer is not None:
+                        for name, v in zip(["loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"], row[1:]):
+                            writer.add_scalar(name, v, self.step)
+                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.train_steps:
+                    self.save()
+                if cfg.validate_every and self.step % cfg.validate_every == 0:
+                    self.validation_grid(os.path.join(cfg.work_dir, f"validation_{self.step:06d}.png"))
+        bar.close()
+        if writer is not None:
+            writer.close()
+        self.save()
+
+    def final_lora(self) -> Dict[str, torch.Tensor]:
+        return self.ema if self.ema is not None else lora_state(self.acc.unwrap_model(self.unet))
+
+    @torch.no_grad()
+    def validation_grid(self, path: str, n: int = 4) -> None:
+        """Rows: RayFlow at 1, 2, 4 steps from the cached seeds' noise (noise-mode target mean)."""
+        if not self.acc.is_main_process:
+            return
+        from PIL import Image
+
+        unet = self.acc.unwrap_model(self.unet)
+        was_training = unet.training
+        unet.eval()
+        z = self.cache.noise[:n].to(self.acc.device)
+        cond = self.cache.cond[:n].to(self.acc.device)
+        sched = self.model.schedule
+
+        def eps_model(x, t):
+            return unet(x, t, encoder_hidden_states=cond).sample
+
+        rows = [self.model.decode(sample_ray(eps_model, z, z, self.process, sched, sched.ray_timesteps(k)))
+                for k in (1, 2, 4)]
+        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)   # [3, 3H, nW]
+        img = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        Image.fromarray(img).save(path)
+        if was_training:
+            unet.train()
+
+
+def _tensorboard(work_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(os.path.join(work_dir, "tensorboard"))
