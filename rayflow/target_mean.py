@@ -27,11 +27,14 @@ class TargetMean:
         eps_mu: ``[B, ...]`` target mean in VP noise units.
         sigma: ``[B]`` Theorem-1 spread of the noise predictions around it.
         nfe: model evaluations spent (per sample, before CFG doubling).
+        sample: ``[B, ...]`` end point of the probe (a ``P``-step DDIM sample when the probe
+            schedule ends at 0), in the space of the input ``x``.
     """
 
     eps_mu: torch.Tensor
     sigma: torch.Tensor
     nfe: int
+    sample: torch.Tensor
 
 
 @torch.no_grad()
@@ -66,7 +69,7 @@ def estimate_target_mean(model, x: torch.Tensor, sigmas: torch.Tensor, process: 
             callback({"i": i, "x": x, "denoised": denoised})
         x = (denoised.to(dt) + float(sig[i + 1]) * eps).to(x.dtype)  # DDIM / Euler step
     eps_mu, spread = process.theorem1(torch.stack(preds), torch.stack(alphas))
-    return TargetMean(eps_mu=eps_mu.to(x.dtype), sigma=spread, nfe=len(preds))
+    return TargetMean(eps_mu=eps_mu.to(x.dtype), sigma=spread, nfe=len(preds), sample=x)
 
 
 @torch.no_grad()

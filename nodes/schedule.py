@@ -1,0 +1,23 @@
+"""Ray SIGMAS for a ComfyUI model: its own sigma table, trailing Ray timesteps, and denoise."""
+
+from __future__ import annotations
+
+import torch
+
+from ..rayflow import NoiseSchedule
+
+
+def ray_sigmas_for(model_sigmas: torch.Tensor, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """Sigma schedule ``[steps + 1]`` (float32, CPU) from a model's sigma table.
+
+    As ComfyUI's stock schedulers do for ``denoise < 1``, a schedule of ``round(steps / denoise)``
+    steps is built and its last ``steps + 1`` sigmas are kept; ``denoise <= 0`` gives an empty
+    schedule (nothing to do).
+    """
+    if not 0.0 <= denoise <= 1.0:
+        raise ValueError(f"denoise must be in [0, 1], got {denoise}")
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    schedule = NoiseSchedule.from_sigmas(model_sigmas)
+    total = min(schedule.num_timesteps, max(steps, int(round(steps / denoise))))
+    return schedule.ray_sigmas(total)[-(steps + 1):].clone()

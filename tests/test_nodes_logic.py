@@ -1,0 +1,127 @@
+"""Node logic that needs no ComfyUI: registration, tooltips, metadata, schedules, sampler glue."""
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from extension import load_extension
+
+ext = load_extension()
+from rayflow_comfy_ext.nodes import lora_meta, sampling, schedule  # noqa: E402  (loaded as ComfyUI does)
+
+import rayflow  # noqa: E402
+
+
+def test_registration_ids_categories_and_tooltips():
+    assert set(ext.NODE_CLASS_MAPPINGS) == {"RayFlowSampler", "RayFlowSamplerSelect", "RayFlowScheduler",
+                                            "RayFlowTargetMean", "RayFlowLoraLoader"}
+    assert set(ext.NODE_DISPLAY_NAME_MAPPINGS) == set(ext.NODE_CLASS_MAPPINGS)
+    for node_id, cls in ext.NODE_CLASS_MAPPINGS.items():
+        assert node_id.startswith("RayFlow") and cls.CATEGORY == "sampling/rayflow"
+        inputs = cls.INPUT_TYPES()
+        for group in inputs.values():
+            for name, spec in group.items():
+                assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert hasattr(cls, cls.FUNCTION) and len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert "model evaluations" in ext.NODE_CLASS_MAPPINGS["RayFlowTargetMean"].INPUT_TYPES()["required"]["probe_steps"][1]["tooltip"]
+    steps = ext.NODE_CLASS_MAPPINGS["RayFlowSampler"].INPUT_TYPES()["required"]["steps"][1]
+    assert (steps["min"], steps["max"]) == (1, 50)
+
+
+def _lora(path, meta=None, keys=("lora_unet_x.lora_down.weight",)):
+    save_file({k: torch.zeros(2, 2) for k in keys}, str(path), metadata=meta)
+    return str(path)
+
+
+def _raw(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+GOOD = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sigma": "0.3", "rayflow.path": "sigma",
+        "rayflow.recommended_steps": "4", "rayflow.recommended_cfg": "1.0"}
+
+
+def test_metadata_round_trip_and_sampler_settings(tmp_path):
+    meta = lora_meta.read_rayflow_metadata(_lora(tmp_path / "a.safetensors", GOOD))
+    assert meta["architecture"] == "sd15"
+    assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0,
+                                                "architecture": "sd15"}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: _lora(p, {"ss_network_dim": "8"}), "is not a RayFlow LoRA (no RayFlow metadata); load it with the stock LoraLoader"),
+    (lambda p: _lora(p, GOOD, keys=("model.diffusion_model.w",)), "is not a LoRA (no LoRA weights inside)"),
+    (lambda p: _raw(p, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}12345678"), "is corrupt or not a safetensors file"),
+    (lambda p: _raw(p, b"abc"), "is corrupt or not a safetensors file"),
+    (lambda p: _lora(p, {**GOOD, "rayflow.architecture": "sd3"}), "names an unknown architecture 'sd3'"),
+    (lambda p: _lora(p, {**GOOD, "rayflow.sigma": "abc"}), "malformed RayFlow metadata"),
+    (lambda p: str(p.parent / "missing.safetensors"), "LoRA file not found"),
+])
+def test_bad_lora_files_get_one_clear_sentence(tmp_path, make, message):
+    path = make(tmp_path / "x.safetensors")
+    with pytest.raises(lora_meta.LoraFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        lora_meta.read_rayflow_metadata(path)
+
+
+def test_pickle_files_are_refused_without_reading(tmp_path):
+    p = tmp_path / "x.ckpt"
+    p.write_bytes(b"\x80\x04not really")
+    with pytest.raises(lora_meta.LoraFileError, match="loads LoRAs only from safetensors"):
+        lora_meta.read_rayflow_metadata(str(p))
+
+
+def test_architecture_mismatch_names_both_sides():
+    lora_meta.check_architecture("ray.safetensors", "sd15", "SD15")
+    with pytest.raises(lora_meta.LoraFileError) as err:
+        lora_meta.check_architecture("ray.safetensors", "sd15", "SDXL")
+    assert "ray.safetensors is a RayFlow LoRA for SD1.5, but the loaded model is SDXL" in str(err.value)
+    with pytest.raises(lora_meta.LoraFileError, match="for PixArt-alpha, but the loaded model is SD1.5"):
+        lora_meta.check_architecture("p.safetensors", "pixart_alpha", "SD15")
+
+
+def test_ray_sigmas_follow_the_model_table_and_denoise():
+    sd = rayflow.NoiseSchedule.scaled_linear()
+    table = sd.sigmas.float()
+    torch.testing.assert_close(schedule.ray_sigmas_for(table, 4), sd.ray_sigmas(4), rtol=1e-5, atol=1e-6)
+    half = schedule.ray_sigmas_for(table, 4, denoise=0.5)
+    torch.testing.assert_close(half, sd.ray_sigmas(8)[-5:], rtol=1e-5, atol=1e-6)
+    assert schedule.ray_sigmas_for(table, 4, denoise=0.0).numel() == 0
+    pix = rayflow.NoiseSchedule.linear()
+    assert float(schedule.ray_sigmas_for(pix.sigmas.float(), 1)[0]) == pytest.approx(float(pix.sigmas[-1]), rel=1e-5)
+    with pytest.raises(ValueError, match="denoise must be in"):
+        schedule.ray_sigmas_for(table, 4, denoise=1.5)
+
+
+class FakeModel:
+    def __init__(self, options=None):
+        self.model_options = options or {}
+
+
+def test_process_defaults_follow_the_lora_settings():
+    def fields(p):
+        return (p.sigma, p.path)
+
+    assert fields(sampling.resolve_process(FakeModel(), 0.0)) == (0.3, "sigma")
+    m = FakeModel({"rayflow": {"sigma": 0.1, "path": "linear"}})
+    assert fields(sampling.resolve_process(m, 0.0)) == (0.1, "linear")
+    assert fields(sampling.resolve_process(m, 0.5)) == (0.5, "linear")
+
+
+def test_ksampler_function_is_the_kernel_and_checks_the_target():
+    sd = rayflow.NoiseSchedule.scaled_linear()
+    sig = sd.ray_sigmas(3)
+    den = rayflow.denoiser_from_eps(lambda x, t: torch.tanh(x), sd)
+    x = torch.randn(2, 4, 8, 8) * float(sig[0])
+    mu = torch.randn(2, 4, 8, 8)
+    proc = rayflow.RayProcess(0.3)
+    a = sampling._ray_sample(den, x, sig, process=proc, eps_mu=mu, eta=0.5, extra_args={"seed": 3}, disable=True)
+    b = rayflow.sample_ray_sigma(den, x, sig, process=proc, eps_mu=mu, eta=0.5, extra_args={"seed": 3}, disable=True)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="ray_target was computed for latents of shape"):
+        sampling._ray_sample(den, x, sig, process=proc, eps_mu=mu[:1], disable=True)
+    with pytest.raises(ValueError, match="probed from the noise of seed 5, but this sampler uses seed 6"):
+        sampling._target_tensor({"eps_mu": mu, "seed": 5}, 6)
