@@ -1,0 +1,246 @@
+"""Integration tests against a real ComfyUI checkout (``COMFYUI_PATH``); skipped without one.
+
+Run with a Python that can run ComfyUI (torch + torchvision)::
+
+    COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/comfyui -q
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+if not COMFYUI_PATH:
+    pytest.skip("COMFYUI_PATH is not set: the ComfyUI integration tests need a ComfyUI checkout "
+                "(README, Development)", allow_module_level=True)
+if not os.path.isfile(os.path.join(COMFYUI_PATH, "main.py")):
+    pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH} is not a ComfyUI checkout (no main.py)")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, COMFYUI_PATH)
+sys.path.insert(0, HERE)
+import torch  # noqa: E402
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing(False)
+from comfy.cli_args import args as comfy_args  # noqa: E402
+
+comfy_args.cpu = True
+import comfy.lora  # noqa: E402
+import comfy.sd  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tiny_checkpoint import write_checkpoint  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(HERE))
+from extension import load_extension  # noqa: E402
+
+SD15_META = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sigma": "0.3", "rayflow.path": "sigma",
+             "rayflow.recommended_steps": "4", "rayflow.recommended_cfg": "1.0"}
+
+
+def write_loras(model_patcher, folder):
+    """A RayFlow LoRA for the tiny model's attention projections, the same file labelled SDXL, and a
+    corrupt file; keys in the kohya form the trainer exports."""
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    weights = model_patcher.model.state_dict()
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for kohya, target in key_map.items():
+        if not kohya.startswith("lora_unet_") or not kohya.endswith(("attn1_to_q", "attn2_to_v")):
+            continue
+        out_f, in_f = weights[target].shape[:2]
+        lora[f"{kohya}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.1
+        lora[f"{kohya}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.1
+        lora[f"{kohya}.alpha"] = torch.tensor(4.0)
+    assert lora, "no attention projections found in the tiny model"
+    save_file(lora, os.path.join(folder, "rayflow-sd15.safetensors"), metadata=SD15_META)
+    save_file(lora, os.path.join(folder, "rayflow-sdxl.safetensors"), metadata={**SD15_META, "rayflow.architecture": "sdxl"})
+    with open(os.path.join(folder, "rayflow-corrupt.safetensors"), "wb") as f:
+        f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    for sub in ("models/checkpoints", "models/loras", "custom_nodes", "output", "input", "temp", "user"):
+        os.makedirs(base / sub, exist_ok=True)
+    ckpt = write_checkpoint(str(base / "models/checkpoints/sd15-base.safetensors"))
+    model = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=False)[0]
+    write_loras(model, str(base / "models/loras"))
+    os.symlink(REPO, base / "custom_nodes" / "ComfyUI-RayFlow")
+    return base
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(base_dir):
+    port = _free_port()
+    log = open(base_dir / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base_dir), "--disable-auto-launch"],
+                            cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(url + "/object_info/RayFlowSampler", timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() - t0 > 240:
+                proc.kill()
+                pytest.fail("ComfyUI did not start:\n" + (base_dir / "server.log").read_text()[-3000:])
+            time.sleep(1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(url, data):
+    req = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = r.read()
+        return json.loads(body) if body else {}
+
+
+def _workflow(name, **changes):
+    with open(os.path.join(REPO, "workflows", "api", name)) as f:
+        wf = json.load(f)
+    wf["5"]["inputs"].update(width=64, height=64)          # tiny latents for CPU
+    for node, values in changes.items():
+        wf[node]["inputs"].update(values)
+    return wf
+
+
+def _run(server, wf, timeout=300):
+    pid = _post(server + "/prompt", {"prompt": wf, "client_id": "pytest"})["prompt_id"]
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        hist = _get(f"{server}/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            if hist[pid]["status"].get("status_str") in ("success", "error"):
+                return hist[pid]
+        time.sleep(0.5)
+    pytest.fail("prompt did not finish in time")
+
+
+def test_object_info_lists_our_nodes_with_their_inputs(server):
+    info = _get(server + "/object_info")
+    for node in ("RayFlowSampler", "RayFlowSamplerSelect", "RayFlowScheduler", "RayFlowTargetMean", "RayFlowLoraLoader"):
+        assert node in info and info[node]["category"] == "sampling/rayflow"
+    req = info["RayFlowSampler"]["input"]["required"]
+    assert list(req) == ["model", "seed", "steps", "cfg", "positive", "negative", "latent_image", "denoise", "sigma", "eta"]
+    assert req["steps"][1]["min"] == 1 and req["steps"][1]["max"] == 50
+    assert "ray_target" in info["RayFlowSampler"]["input"]["optional"]
+    assert "rayflow-sd15.safetensors" in info["RayFlowLoraLoader"]["input"]["required"]["lora_name"][0]
+    assert info["RayFlowTargetMean"]["output"] == ["RAY_TARGET", "LATENT", "LATENT"]
+
+
+@pytest.mark.parametrize("name", ["sd15_1step.json", "sd15_4step.json"])
+def test_api_workflows_produce_images(server, base_dir, name):
+    result = _run(server, _workflow(name))
+    assert result["status"]["status_str"] == "success", result["status"]
+    images = result["outputs"]["8"]["images"]
+    assert images and all((base_dir / "output" / im["subfolder"] / im["filename"]).is_file() for im in images)
+
+
+@pytest.mark.parametrize("lora, message", [
+    ("rayflow-sdxl.safetensors", "is a RayFlow LoRA for SDXL, but the loaded model is SD1.5"),
+    ("rayflow-corrupt.safetensors", "is corrupt or not a safetensors file"),
+])
+def test_bad_lora_is_a_node_error_and_the_server_keeps_serving(server, lora, message):
+    result = _run(server, _workflow("sd15_1step.json", **{"2": {"lora_name": lora}}))
+    assert result["status"]["status_str"] == "error"
+    errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "RayFlowLoraLoader" and message in errors[0]["exception_message"]
+    ok = _run(server, _workflow("sd15_1step.json", **{"6": {"seed": 7}}))
+    assert ok["status"]["status_str"] == "success"
+
+
+def test_interrupt_stops_sampling_within_one_step(server):
+    import aiohttp
+
+    async def scenario():
+        client_id = uuid.uuid4().hex
+        ws_url = server.replace("http", "ws") + f"/ws?clientId={client_id}"
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(ws_url) as ws:
+                wf = _workflow("sd15_4step.json", **{"6": {"steps": 50, "seed": 11}, "5": {"width": 128, "height": 128}})
+                async with session.post(server + "/prompt", json={"prompt": wf, "client_id": client_id}) as r:
+                    pid = (await r.json())["prompt_id"]
+                progress, interrupted_at, end = [], None, None
+                while True:
+                    msg = await asyncio.wait_for(ws.receive(), timeout=300)
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(msg.data)
+                    if data["type"] == "progress" and data["data"].get("node") == "6":
+                        progress.append(data["data"]["value"])
+                        if interrupted_at is None and data["data"]["value"] >= 2:
+                            interrupted_at = data["data"]["value"]
+                            async with session.post(server + "/interrupt") as r2:
+                                assert r2.status == 200
+                    if data["type"] in ("execution_interrupted", "execution_success", "execution_error") \
+                            and data["data"].get("prompt_id") == pid:
+                        end = data["type"]
+                        break
+                return progress, interrupted_at, end
+
+    progress, interrupted_at, end = asyncio.run(scenario())
+    assert end == "execution_interrupted", (end, progress)
+    assert interrupted_at is not None and max(progress) <= interrupted_at + 1, (progress, interrupted_at)
+
+
+def test_sampler_node_equals_the_kernel_called_directly(base_dir):
+    """Same model, seed, cfg 1, eta 0: RayFlow Sampler node vs rayflow.sample_ray_sigma on the model's
+    own denoiser. Tolerance: 1e-4 absolute (float32 on CPU)."""
+    import comfy.sample
+
+    ext = load_extension()
+    import rayflow
+
+    model, clip = comfy.sd.load_checkpoint_guess_config(str(base_dir / "models/checkpoints/sd15-base.safetensors"),
+                                                        output_vae=False, output_clip=True)[:2]
+    tokens = clip.tokenize("a red fox")
+    cond = clip.encode_from_tokens_scheduled(tokens)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    node = ext.NODE_CLASS_MAPPINGS["RayFlowSampler"]()
+    (out,) = node.sample(model, 123, 3, 1.0, cond, cond, latent, 1.0, 0.0, 0.0)
+
+    noise = comfy.sample.prepare_noise(latent["samples"], 123)
+    sched = rayflow.NoiseSchedule.from_sigmas(model.get_model_object("model_sampling").sigmas)
+    sigmas = sched.ray_sigmas(3)
+    context = cond[0][0]
+    base = model.model
+
+    def denoiser(x, sigma, **_):
+        return base.apply_model(x, sigma, c_crossattn=context)
+
+    x = noise * (1 + float(sigmas[0]) ** 2) ** 0.5
+    with torch.no_grad():
+        direct = base.process_latent_out(rayflow.sample_ray_sigma(denoiser, x, sigmas, disable=True))
+    torch.testing.assert_close(out["samples"], direct, rtol=0, atol=1e-4)
