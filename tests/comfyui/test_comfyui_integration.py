@@ -79,6 +79,9 @@ def base_dir(tmp_path_factory):
     model = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=False)[0]
     write_loras(model, str(base / "models/loras"))
     os.symlink(REPO, base / "custom_nodes" / "ComfyUI-RayFlow")
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(base / "input" / "example.png")
     return base
 
 
@@ -130,7 +133,9 @@ def _post(url, data):
 def _workflow(name, **changes):
     with open(os.path.join(REPO, "workflows", "api", name)) as f:
         wf = json.load(f)
-    wf["5"]["inputs"].update(width=64, height=64)          # tiny latents for CPU
+    for node in wf.values():                                 # tiny latents for CPU
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64)
     for node, values in changes.items():
         wf[node]["inputs"].update(values)
     return wf
@@ -160,12 +165,19 @@ def test_object_info_lists_our_nodes_with_their_inputs(server):
     assert info["RayFlowTargetMean"]["output"] == ["RAY_TARGET", "LATENT", "LATENT"]
 
 
-@pytest.mark.parametrize("name", ["sd15_1step.json", "sd15_4step.json"])
+SD15_WORKFLOWS = ["sd15_1step.json", "sd15_4step.json", "sd15_img2img.json", "sd15_custom_advanced.json",
+                  "sd15_target_mean.json", "sd15_vs_stock.json"]
+
+
+@pytest.mark.parametrize("name", SD15_WORKFLOWS)
 def test_api_workflows_produce_images(server, base_dir, name):
-    result = _run(server, _workflow(name))
+    wf = _workflow(name)
+    result = _run(server, wf)
     assert result["status"]["status_str"] == "success", result["status"]
-    images = result["outputs"]["8"]["images"]
-    assert images and all((base_dir / "output" / im["subfolder"] / im["filename"]).is_file() for im in images)
+    savers = [i for i, n in wf.items() if n["class_type"] == "SaveImage"]
+    for node_id in savers:
+        images = result["outputs"][node_id]["images"]
+        assert images and all((base_dir / "output" / im["subfolder"] / im["filename"]).is_file() for im in images)
 
 
 @pytest.mark.parametrize("lora, message", [
