@@ -1,7 +1,7 @@
 """Every workflow file is consistent: node types exist (stock or ours), links point at existing
 nodes and outputs of the right type, required inputs are present, widget values are in range.
 
-Stock node specs come from ``tests/data/stock_nodes.json`` (a snapshot of ComfyUI's
+Stock node specs come from ``workflows/stock_nodes.json`` (a snapshot of ComfyUI's
 ``/object_info`` for the stock nodes the workflows use); ours from the nodes' ``INPUT_TYPES``.
 """
 
@@ -36,7 +36,7 @@ def our_specs():
     return specs
 
 
-SPECS = {**json.load(open(os.path.join(HERE, "data", "stock_nodes.json")))["nodes"], **our_specs()}
+SPECS = {**json.load(open(os.path.join(REPO, "workflows", "stock_nodes.json")))["nodes"], **our_specs()}
 FILES = sorted(glob.glob(os.path.join(REPO, "workflows", "api", "*.json")))
 
 
@@ -92,3 +92,42 @@ def test_workflow_files_match_their_generator():
     spec.loader.exec_module(mod)
     for name, wf in mod.WORKFLOWS.items():
         assert json.load(open(os.path.join(REPO, "workflows", "api", name))) == wf, f"{name} is stale: rerun make_workflows.py"
+
+
+UI_FILES = sorted(glob.glob(os.path.join(REPO, "workflows", "ui", "*.json")))
+
+
+def test_every_api_workflow_has_a_ui_twin():
+    assert [os.path.basename(f) for f in UI_FILES] == [os.path.basename(f) for f in FILES]
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)
+def test_ui_workflow_links_and_widgets_are_consistent(path):
+    wf = json.load(open(path))
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["last_node_id"] == max(nodes) and wf["last_link_id"] == len(wf["links"])
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        assert src in nodes and dst in nodes, f"link {link_id} joins missing nodes"
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert link_id in out["links"] and inp["link"] == link_id, f"link {link_id} is not recorded on both ends"
+        assert out["type"] == typ and inp["type"] in (typ, "COMBO"), f"link {link_id}: {out['type']} -> {inp['type']}"
+        assert SPECS[nodes[src]["type"]]["output"][src_slot] == typ
+    for n in nodes.values():
+        spec = SPECS[n["type"]]["input"]
+        linked = {i["name"] for i in n["inputs"]}
+        widget_names = [k for k, e in spec.items() if e["type"] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+                        and k not in linked]
+        expected = sum(2 if k in ("seed", "noise_seed") else 1 for k in widget_names)   # + control_after_generate
+        assert len(n["widgets_values"]) == expected, f"node {n['id']} ({n['type']}) widget count"
+
+
+def test_ui_files_match_their_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflows_ui", os.path.join(REPO, "workflows", "make_workflows.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    specs = mod.node_specs()
+    for name, wf in mod.WORKFLOWS.items():
+        assert json.load(open(os.path.join(REPO, "workflows", "ui", name))) == mod.to_ui(wf, specs), f"{name} is stale"
