@@ -7,9 +7,10 @@ steps and cfg) to the cloned MODEL (``model_options["rayflow"]``) for the RayFlo
 
 from __future__ import annotations
 
+import logging
 import os
 
-from .lora_meta import LoraFileError, check_architecture, read_rayflow_metadata, sampler_settings
+from .lora_meta import LoraFileError, check_architecture, lora_modules, read_rayflow_metadata, sampler_settings
 
 CATEGORY = "sampling/rayflow"
 
@@ -64,7 +65,15 @@ class RayFlowLoraLoader:
         patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map)
         if not patches:
             raise LoraFileError(f"{os.path.basename(path)} has no weights that fit this model's layers")
+        modules = lora_modules(lora.keys())
+        if len(patches) < len(modules):
+            raise LoraFileError(f"{os.path.basename(path)} fits only {len(patches)} of its {len(modules)} layers to "
+                                f"this model; it was exported for a different {meta['architecture']} variant or is damaged")
         out = model.clone()
         out.add_patches(patches, strength)
-        out.model_options["rayflow"] = sampler_settings(meta)
+        settings = sampler_settings(meta)
+        out.model_options["rayflow"] = settings
+        logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s",
+                     os.path.basename(path), settings["architecture"], settings["sigma"], settings["path"],
+                     settings["steps"], settings["cfg"])
         return (out,)

@@ -80,6 +80,12 @@ def check_architecture(lora_name: str, lora_arch: str, model_config_class: Optio
                         f"{model_label}; load a {ARCH_NAMES[lora_arch]} checkpoint or a LoRA trained for {model_label}")
 
 
+def lora_modules(keys) -> set:
+    """The LoRA layers named by a state dict's keys (kohya ``.lora_down.weight`` or diffusers ``.lora_A.weight``)."""
+    suffixes = (".lora_down.weight", ".lora_A.weight")
+    return {k[: -len(sfx)] for k in keys for sfx in suffixes if k.endswith(sfx)}
+
+
 def sampler_settings(meta: Dict[str, str]) -> Dict:
     """The settings the RayFlow Sampler takes from a loaded LoRA."""
     return {"sigma": float(meta.get("sigma", "0.3")), "path": meta.get("path", "sigma"),

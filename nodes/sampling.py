@@ -20,14 +20,14 @@ CATEGORY = "sampling/rayflow"
 DEFAULT_SIGMA = 0.3
 
 
-def rayflow_settings(model) -> Dict:
-    """Settings a RayFlow LoRA Loader attached to the MODEL (empty without one)."""
-    return dict(getattr(model, "model_options", {}).get("rayflow", {}))
+def rayflow_settings(model_options: Optional[Dict]) -> Dict:
+    """Settings a RayFlow LoRA Loader attached to a MODEL's ``model_options`` (empty without one)."""
+    return dict((model_options or {}).get("rayflow", {}))
 
 
-def resolve_process(model, sigma: float) -> RayProcess:
+def resolve_process(model_options: Optional[Dict], sigma: float) -> RayProcess:
     """``sigma = 0`` means: the LoRA's value (0.3 without a RayFlow LoRA). The path follows the LoRA."""
-    settings = rayflow_settings(model)
+    settings = rayflow_settings(model_options)
     s = sigma if sigma > 0 else settings.get("sigma", DEFAULT_SIGMA)
     return RayProcess(sigma=s, path=settings.get("path", "sigma"))
 
@@ -36,8 +36,19 @@ def model_sigmas(model) -> torch.Tensor:
     return model.get_model_object("model_sampling").sigmas.detach().float().cpu()
 
 
-def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, process=None, eps_mu=None, eta=0.0):
-    """k-diffusion sampler function handed to KSAMPLER; moves the target mean to the latent's device."""
+def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, process=None, sigma=0.0,
+                ray_target=None, eta=0.0):
+    """k-diffusion sampler function handed to ``KSAMPLER``: ``x [B, C, H, W]`` (noise-scaled), ``sigmas [N+1]``.
+
+    Without an explicit ``process`` the Ray process is resolved here from the sampling run's
+    ``extra_args["model_options"]`` (so the SAMPLER node follows the RayFlow LoRA on the guider's
+    model, as the KSampler-style node does). ``ray_target`` (from Ray Target Mean) is checked
+    against the run's seed and latent shape and moved to the latent's device.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    if process is None:
+        process = resolve_process(extra_args.get("model_options"), sigma)
+    eps_mu = _target_tensor(ray_target, extra_args.get("seed"))
     if eps_mu is not None:
         if tuple(eps_mu.shape) != tuple(x.shape):
             raise ValueError(f"the ray_target was computed for latents of shape {list(eps_mu.shape)}, but this "
@@ -47,16 +58,20 @@ def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                             process=process, eps_mu=eps_mu, eta=eta)
 
 
-def ray_ksampler(process: RayProcess, eta: float, eps_mu: Optional[torch.Tensor]):
+def ray_ksampler(sigma: float, eta: float, ray_target: Optional[Dict] = None):
+    """``comfy.samplers.KSAMPLER`` running the Ray sampler; ``sigma = 0`` takes the LoRA's value."""
     import comfy.samplers
 
-    return comfy.samplers.KSAMPLER(_ray_sample, extra_options={"process": process, "eps_mu": eps_mu, "eta": eta})
+    return comfy.samplers.KSAMPLER(_ray_sample, extra_options={"sigma": sigma, "ray_target": ray_target, "eta": eta})
 
 
-def _target_tensor(ray_target: Optional[Dict], seed: int) -> Optional[torch.Tensor]:
+def _target_tensor(ray_target: Optional[Dict], seed: Optional[int]) -> Optional[torch.Tensor]:
+    """``eps_mu [B, C, H, W]`` of a RAY_TARGET, after checking it was probed from this seed's noise."""
     if ray_target is None:
         return None
-    if ray_target.get("seed") is not None and int(ray_target["seed"]) != int(seed):
+    if not isinstance(ray_target, dict) or "eps_mu" not in ray_target:
+        raise ValueError("ray_target must come from a Ray Target Mean node")
+    if ray_target.get("seed") is not None and seed is not None and int(ray_target["seed"]) != int(seed):
         raise ValueError(f"the ray_target was probed from the noise of seed {ray_target['seed']}, but this sampler "
                          f"uses seed {seed}; give both nodes the same seed")
     return ray_target["eps_mu"]
@@ -114,7 +129,8 @@ class RayFlowSampler:
         sigmas = ray_sigmas_for(model_sigmas(model), steps, denoise)
         if sigmas.numel() == 0:
             return (latent,)
-        sampler = ray_ksampler(resolve_process(model, sigma), eta, _target_tensor(ray_target, seed))
+        _target_tensor(ray_target, seed)            # fail before sampling when the seeds differ
+        sampler = ray_ksampler(sigma, eta, ray_target)
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
         out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
                                          noise_mask=latent.get("noise_mask"), callback=callback,
@@ -135,12 +151,11 @@ class RayFlowSamplerSelect:
     OUTPUT_TOOLTIPS = ("The Ray sampler, for SamplerCustom / SamplerCustomAdvanced.",)
     FUNCTION = "get_sampler"
     CATEGORY = CATEGORY
-    DESCRIPTION = "RayFlow's sampler for the custom-sampling nodes; pair it with RayFlow Scheduler."
+    DESCRIPTION = ("RayFlow's sampler for the custom-sampling nodes; pair it with RayFlow Scheduler. sigma 0 and the "
+                   "Ray path follow the RayFlow LoRA on the guider's model.")
 
     def get_sampler(self, sigma, eta, ray_target=None):
-        process = RayProcess(sigma=sigma if sigma > 0 else DEFAULT_SIGMA)
-        eps_mu = None if ray_target is None else ray_target["eps_mu"]
-        return (ray_ksampler(process, eta, eps_mu),)
+        return (ray_ksampler(sigma, eta, ray_target),)
 
 
 class RayFlowScheduler:
@@ -204,7 +219,7 @@ class RayFlowTargetMean:
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         sigmas = ray_sigmas_for(model_sigmas(model), probe_steps, 1.0)
-        process = resolve_process(model, 0.0)
+        process = resolve_process(model.model_options, 0.0)
         result = {}
 
         def probe(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None):

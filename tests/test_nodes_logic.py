@@ -1,8 +1,5 @@
 """Node logic that needs no ComfyUI: registration, tooltips, metadata, schedules, sampler glue."""
 
-import json
-import struct
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -96,32 +93,54 @@ def test_ray_sigmas_follow_the_model_table_and_denoise():
         schedule.ray_sigmas_for(table, 4, denoise=1.5)
 
 
-class FakeModel:
-    def __init__(self, options=None):
-        self.model_options = options or {}
-
-
 def test_process_defaults_follow_the_lora_settings():
     def fields(p):
         return (p.sigma, p.path)
 
-    assert fields(sampling.resolve_process(FakeModel(), 0.0)) == (0.3, "sigma")
-    m = FakeModel({"rayflow": {"sigma": 0.1, "path": "linear"}})
-    assert fields(sampling.resolve_process(m, 0.0)) == (0.1, "linear")
-    assert fields(sampling.resolve_process(m, 0.5)) == (0.5, "linear")
+    assert fields(sampling.resolve_process({}, 0.0)) == (0.3, "sigma")
+    assert fields(sampling.resolve_process(None, 0.0)) == (0.3, "sigma")
+    opts = {"rayflow": {"sigma": 0.1, "path": "linear"}}
+    assert fields(sampling.resolve_process(opts, 0.0)) == (0.1, "linear")
+    assert fields(sampling.resolve_process(opts, 0.5)) == (0.5, "linear")
 
 
-def test_ksampler_function_is_the_kernel_and_checks_the_target():
+def _toy():
     sd = rayflow.NoiseSchedule.scaled_linear()
     sig = sd.ray_sigmas(3)
     den = rayflow.denoiser_from_eps(lambda x, t: torch.tanh(x), sd)
-    x = torch.randn(2, 4, 8, 8) * float(sig[0])
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * float(sig[0])
+    return den, x, sig
+
+
+def test_ksampler_function_is_the_kernel_and_checks_the_target():
+    den, x, sig = _toy()
     mu = torch.randn(2, 4, 8, 8)
     proc = rayflow.RayProcess(0.3)
-    a = sampling._ray_sample(den, x, sig, process=proc, eps_mu=mu, eta=0.5, extra_args={"seed": 3}, disable=True)
+    target = {"eps_mu": mu, "seed": 3}
+    a = sampling._ray_sample(den, x, sig, process=proc, ray_target=target, eta=0.5, extra_args={"seed": 3}, disable=True)
     b = rayflow.sample_ray_sigma(den, x, sig, process=proc, eps_mu=mu, eta=0.5, extra_args={"seed": 3}, disable=True)
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="ray_target was computed for latents of shape"):
-        sampling._ray_sample(den, x, sig, process=proc, eps_mu=mu[:1], disable=True)
+        sampling._ray_sample(den, x, sig, process=proc, ray_target={"eps_mu": mu[:1]}, disable=True)
     with pytest.raises(ValueError, match="probed from the noise of seed 5, but this sampler uses seed 6"):
-        sampling._target_tensor({"eps_mu": mu, "seed": 5}, 6)
+        sampling._ray_sample(den, x, sig, process=proc, ray_target={"eps_mu": mu, "seed": 5}, extra_args={"seed": 6})
+    with pytest.raises(ValueError, match="must come from a Ray Target Mean node"):
+        sampling._target_tensor(mu, 6)
+
+
+def test_sampler_function_takes_the_lora_settings_from_the_run_s_model_options():
+    """The SAMPLER node knows no model: sigma 0 and the path come from the guider's model_options."""
+    den, x, sig = _toy()
+    opts = {"rayflow": {"sigma": 0.1, "path": "linear"}}
+    a = sampling._ray_sample(den, x, sig, sigma=0.0, eta=1.0, extra_args={"seed": 3, "model_options": opts}, disable=True)
+    b = rayflow.sample_ray_sigma(den, x, sig, process=rayflow.RayProcess(0.1, path="linear"), eta=1.0,
+                                 extra_args={"seed": 3}, disable=True)
+    torch.testing.assert_close(a, b)
+    c = sampling._ray_sample(den, x, sig, sigma=0.0, eta=1.0, extra_args={"seed": 3}, disable=True)
+    assert not torch.allclose(a, c)          # without the LoRA settings: sigma 0.3, sigma path
+
+
+def test_lora_modules_counts_layers_in_both_key_forms():
+    keys = ["lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight", "lora_unet_a.alpha",
+            "transformer.b.lora_A.weight", "transformer.b.lora_B.weight"]
+    assert lora_meta.lora_modules(keys) == {"lora_unet_a", "transformer.b"}

@@ -8,7 +8,6 @@ Run with a Python that can run ComfyUI (torch + torchvision)::
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -50,14 +49,16 @@ SD15_META = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sig
 
 
 def write_loras(model_patcher, folder):
-    """A RayFlow LoRA for the tiny model's attention projections, the same file labelled SDXL, and a
-    corrupt file; keys in the kohya form the trainer exports."""
+    """A RayFlow LoRA for the tiny model's attention projections, the same file labelled SDXL, one with
+    a layer the model lacks, and a corrupt file; keys in the kohya form the trainer exports."""
     key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
     weights = model_patcher.model.state_dict()
     g = torch.Generator().manual_seed(0)
     lora = {}
     for kohya, target in key_map.items():
-        if not kohya.startswith("lora_unet_") or not kohya.endswith(("attn1_to_q", "attn2_to_v")):
+        # diffusers module names only (the key map also holds LDM-named aliases of the same weights)
+        diffusers_name = kohya.startswith(("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_"))
+        if not diffusers_name or not kohya.endswith(("attn1_to_q", "attn2_to_v")):
             continue
         out_f, in_f = weights[target].shape[:2]
         lora[f"{kohya}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.1
@@ -66,6 +67,9 @@ def write_loras(model_patcher, folder):
     assert lora, "no attention projections found in the tiny model"
     save_file(lora, os.path.join(folder, "rayflow-sd15.safetensors"), metadata=SD15_META)
     save_file(lora, os.path.join(folder, "rayflow-sdxl.safetensors"), metadata={**SD15_META, "rayflow.architecture": "sdxl"})
+    extra = {"lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
+             "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4)}
+    save_file({**lora, **extra}, os.path.join(folder, "rayflow-partial.safetensors"), metadata=SD15_META)
     with open(os.path.join(folder, "rayflow-corrupt.safetensors"), "wb") as f:
         f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
 
@@ -183,6 +187,7 @@ def test_api_workflows_produce_images(server, base_dir, name):
 @pytest.mark.parametrize("lora, message", [
     ("rayflow-sdxl.safetensors", "is a RayFlow LoRA for SDXL, but the loaded model is SD1.5"),
     ("rayflow-corrupt.safetensors", "is corrupt or not a safetensors file"),
+    ("rayflow-partial.safetensors", "fits only 8 of its 9 layers to this model"),
 ])
 def test_bad_lora_is_a_node_error_and_the_server_keeps_serving(server, lora, message):
     result = _run(server, _workflow("sd15_1step.json", **{"2": {"lora_name": lora}}))
@@ -227,7 +232,16 @@ def test_interrupt_stops_sampling_within_one_step(server):
     assert interrupted_at is not None and max(progress) <= interrupted_at + 1, (progress, interrupted_at)
 
 
-def test_sampler_node_equals_the_kernel_called_directly(base_dir):
+@pytest.fixture(scope="module")
+def tiny(base_dir):
+    """The tiny SD1.5 model and CLIP loaded in this process, and a prompt's conditioning."""
+    model, clip = comfy.sd.load_checkpoint_guess_config(str(base_dir / "models/checkpoints/sd15-base.safetensors"),
+                                                        output_vae=False, output_clip=True)[:2]
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red fox"))
+    return model, clip, cond
+
+
+def test_sampler_node_equals_the_kernel_called_directly(tiny):
     """Same model, seed, cfg 1, eta 0: RayFlow Sampler node vs rayflow.sample_ray_sigma on the model's
     own denoiser. Tolerance: 1e-4 absolute (float32 on CPU)."""
     import comfy.sample
@@ -235,10 +249,7 @@ def test_sampler_node_equals_the_kernel_called_directly(base_dir):
     ext = load_extension()
     import rayflow
 
-    model, clip = comfy.sd.load_checkpoint_guess_config(str(base_dir / "models/checkpoints/sd15-base.safetensors"),
-                                                        output_vae=False, output_clip=True)[:2]
-    tokens = clip.tokenize("a red fox")
-    cond = clip.encode_from_tokens_scheduled(tokens)
+    model, _, cond = tiny
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     node = ext.NODE_CLASS_MAPPINGS["RayFlowSampler"]()
     (out,) = node.sample(model, 123, 3, 1.0, cond, cond, latent, 1.0, 0.0, 0.0)
@@ -256,3 +267,74 @@ def test_sampler_node_equals_the_kernel_called_directly(base_dir):
     with torch.no_grad():
         direct = base.process_latent_out(rayflow.sample_ray_sigma(denoiser, x, sigmas, disable=True))
     torch.testing.assert_close(out["samples"], direct, rtol=0, atol=1e-4)
+
+
+def test_noise_mask_inpainting_keeps_the_unmasked_region_in_a_batch(tiny):
+    """Batch of 2 with a noise_mask: where the mask is 0 the input latent comes back (as with the stock
+    KSampler), where it is 1 the sampler changes it."""
+    ext = load_extension()
+    model, _, cond = tiny
+    src = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 4:] = 1.0
+    node = ext.NODE_CLASS_MAPPINGS["RayFlowSampler"]()
+    (out,) = node.sample(model, 5, 2, 1.0, cond, cond, {"samples": src, "noise_mask": mask}, 1.0, 0.0, 0.0)
+    assert out["samples"].shape == (2, 4, 8, 8) and torch.isfinite(out["samples"]).all()
+    torch.testing.assert_close(out["samples"][..., :4], src[..., :4], rtol=1e-4, atol=1e-4)
+    assert (out["samples"][..., 4:] - src[..., 4:]).abs().mean() > 0.1
+
+
+def test_rayflow_lora_loads_fully_in_the_stock_loader_and_ours(tiny, base_dir, monkeypatch):
+    """Every LoRA module of a RayFlow file patches a weight through the stock path
+    (comfy.sd.load_lora_for_models, what LoraLoader calls); our loader also attaches the settings."""
+    import comfy.utils
+
+    ext = load_extension()
+    model, clip, _ = tiny
+    path = str(base_dir / "models/loras/rayflow-sd15.safetensors")
+    lora = comfy.utils.load_torch_file(path, safe_load=True)
+    modules = {k[: -len(".lora_down.weight")] for k in lora if k.endswith(".lora_down.weight")}
+    m2, _ = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
+    assert len(m2.patches) - len(model.patches) == len(modules)
+
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_full_path",
+                        lambda kind, name: path if name == "rayflow-sd15.safetensors" else None)
+    (m3,) = ext.NODE_CLASS_MAPPINGS["RayFlowLoraLoader"]().load(model, "rayflow-sd15.safetensors", 1.0)
+    assert len(m3.patches) - len(model.patches) == len(modules)
+    assert m3.model_options["rayflow"] == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0, "architecture": "sd15"}
+    assert "rayflow" not in model.model_options            # the input MODEL is not modified
+
+
+def snapshot_of(object_info, names):
+    """``workflows/stock_nodes.json``'s form of the live ``/object_info`` for the stock nodes ``names``:
+    inputs in ComfyUI's order with type, required-ness, min/max and (except file lists) options."""
+    file_inputs = {"ckpt_name", "lora_name", "unet_name", "clip_name", "vae_name", "image"}
+    out = {}
+    for cls in names:
+        info = object_info[cls]
+        inputs = {}
+        for group in ("required", "optional"):
+            for name, spec in info["input"].get(group, {}).items():
+                typ, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+                entry = {"type": "COMBO" if isinstance(typ, list) else typ, "required": group == "required"}
+                for k in ("min", "max"):
+                    if k in opts:
+                        entry[k] = opts[k]
+                options = typ if isinstance(typ, list) else opts.get("options") if typ == "COMBO" else None
+                if options is not None and name not in file_inputs:
+                    entry["options"] = options
+                inputs[name] = entry
+        out[cls] = {"input": inputs, "output": list(info["output"])}
+    return out
+
+
+def test_stock_node_snapshot_matches_this_comfyui(server):
+    """The offline workflow checks and the UI files' widget order rely on workflows/stock_nodes.json."""
+    with open(os.path.join(REPO, "workflows", "stock_nodes.json")) as f:
+        snapshot = json.load(f)["nodes"]
+    live = snapshot_of(_get(server + "/object_info"), list(snapshot))
+    for cls, spec in snapshot.items():
+        assert list(live[cls]["input"]) == list(spec["input"]), f"{cls}: input order/names changed in this ComfyUI"
+        assert live[cls] == spec, f"{cls}: workflows/stock_nodes.json differs from this ComfyUI's /object_info"
