@@ -28,7 +28,7 @@ from rayflow import RayProcess
 from .config import ConfigError, DistillConfig
 from .models import BaseModel
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def phase1_fingerprint(cfg: DistillConfig, num_prompts: int) -> Dict:
@@ -66,10 +66,11 @@ def make_teacher_scheduler(model: BaseModel, solver: str):
 
 
 @torch.no_grad()
-def teacher_trajectory(model: BaseModel, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                       solver: str, steps: int, cfg_scale: float):
-    """Run the teacher from ``z`` ``[n, C, H, W]``. Returns ``x0_hat``, the guided noise predictions
-    ``[K, n, C, H, W]`` and ``alpha_bar`` at each prediction ``[K]``."""
+def teacher_trajectory(model: BaseModel, z: torch.Tensor, cond: Dict[str, torch.Tensor],
+                       uncond: Dict[str, torch.Tensor], solver: str, steps: int, cfg_scale: float, resolution: int):
+    """Run the teacher from ``z`` ``[n, C, H, W]`` with conditioning ``cond`` / ``uncond`` (dicts of
+    ``[n, ...]`` tensors, :meth:`BaseModel.encode_prompts`). Returns ``x0_hat``, the guided noise
+    predictions ``[K, n, C, H, W]`` and ``alpha_bar`` at each prediction ``[K]``."""
     sched = make_teacher_scheduler(model, solver)
     sched.set_timesteps(steps)
     x = z.clone()
@@ -78,12 +79,12 @@ def teacher_trajectory(model: BaseModel, z: torch.Tensor, cond: torch.Tensor, un
     for t in sched.timesteps:
         t_in = torch.full((n,), int(t), dtype=torch.long, device=z.device)
         if cfg_scale != 1.0:
-            eps = model.unet(torch.cat([x, x]), torch.cat([t_in, t_in]),
-                             encoder_hidden_states=torch.cat([uncond, cond])).sample
+            both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+            eps = model.denoise(torch.cat([x, x]), torch.cat([t_in, t_in]), both, resolution).float()
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + cfg_scale * (eps_c - eps_u)
         else:
-            eps = model.unet(x, t_in, encoder_hidden_states=cond).sample
+            eps = model.denoise(x, t_in, cond, resolution).float()
         preds.append(eps.float())
         alphas.append(model.schedule.alphas_cumprod[int(t)])
         x = sched.step(eps, t, x).prev_sample
@@ -95,7 +96,7 @@ class Cache:
     x0: torch.Tensor        # [N, C, H, W] teacher outputs
     eps_mu: torch.Tensor    # [N, C, H, W] Theorem-1 target means
     noise: torch.Tensor     # [N, C, H, W] initial noise z
-    cond: torch.Tensor      # [N, L, D] text conditioning
+    cond: Dict[str, torch.Tensor]  # "cond" [N, L, D] text conditioning (+ "pooled" [N, P] SDXL, "mask" [N, L] PixArt)
     sigma_star: torch.Tensor  # [N] Theorem-1 spread
     prompts: List[str]
 
@@ -120,7 +121,8 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
 
     device = accelerator.device
     model.unet.to(device)
-    model.text_encoder.to(device)
+    for enc in model.text_encoders:
+        enc.to(device)
     C, H = model.latent_channels, model.latent_size(cfg.resolution)
     total = len(prompts) * cfg.seeds_per_prompt
     n_shards = (total + cfg.shard_size - 1) // cfg.shard_size
@@ -135,11 +137,13 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
         texts = [prompts[int(i) // cfg.seeds_per_prompt] for i in idx]
         cond = model.encode_prompts(texts, device)
         z = item_noise(cfg.seed, idx, (C, H, H)).to(device)
-        x0, preds, alphas = teacher_trajectory(model, z, cond, uncond_one.expand(len(idx), -1, -1),
-                                               cfg.teacher_solver, cfg.teacher_steps, cfg.teacher_cfg)
+        uncond = {k2: v.expand(len(idx), *v.shape[1:]) for k2, v in uncond_one.items()}
+        x = z.to(next(model.unet.parameters()).dtype)
+        x0, preds, alphas = teacher_trajectory(model, x, cond, uncond, cfg.teacher_solver, cfg.teacher_steps,
+                                               cfg.teacher_cfg, cfg.resolution)
         eps_mu, sigma_star = process.theorem1(preds, alphas)
-        tensors = {"x0": x0, "eps_mu": eps_mu.float(), "noise": z.float(), "cond": cond.float(),
-                   "sigma_star": sigma_star.float(), "index": idx}
+        tensors = {"x0": x0, "eps_mu": eps_mu.float(), "noise": z.float(), "sigma_star": sigma_star.float(),
+                   "index": idx, **{f"cond.{k2}": v.float() for k2, v in cond.items()}}
         _atomic_save({k2: v.detach().cpu().contiguous() for k2, v in tensors.items()}, _shard_path(folder, k),
                      {"prompts": json.dumps(texts)})
         bar.update(1)
@@ -166,7 +170,8 @@ def load_cache(folder: str) -> Cache:
     cat = {k: torch.cat(v) for k, v in parts.items()}
     if not torch.equal(cat["index"], torch.arange(manifest["items"])):
         raise ConfigError(f"the phase-1 cache in {folder} is inconsistent (missing or duplicated items)")
-    return Cache(cat["x0"], cat["eps_mu"], cat["noise"], cat["cond"], cat["sigma_star"], prompts)
+    cond = {k[len("cond."):]: v for k, v in cat.items() if k.startswith("cond.")}
+    return Cache(cat["x0"], cat["eps_mu"], cat["noise"], cond, cat["sigma_star"], prompts)
 
 
 def _shard_path(folder: str, k: int) -> str:

@@ -44,7 +44,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
     from accelerate import Accelerator
 
     from .data import build_cache, load_cache
-    from .export import kohya_unet_state_dict, write_lora
+    from .export import export_state_dict, write_lora
     from .models import load_base_model
     from .prompts import read_prompts
     from .trainer import Trainer
@@ -56,7 +56,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
         raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
                           f"or choose another --work-dir")
     model = load_base_model(cfg.model, cfg.architecture)
-    res = model.unet.config.sample_size if model.vae is None else None
+    res = model.unet.config.sample_size if model.vae is None else None   # pixel-space (proxy) models
     if res is not None and cfg.resolution != res:
         raise ConfigError(f"--resolution must be {res} for this pixel-space model (its UNet sample size), got {cfg.resolution}")
 
@@ -67,14 +67,17 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
             f.write(cfg.to_json())
     folder = build_cache(cfg, model, prompts, accelerator, progress)
     cache = load_cache(folder)
-    model.text_encoder.to("cpu")            # phase 2 never needs the text encoders
+    for enc in model.text_encoders:          # phase 2 never needs the text encoders (PixArt's T5 is large)
+        enc.to("cpu")
+    model.text_encoders.clear()
+    model.tokenizers.clear()
     trainer = Trainer(cfg, model, cache, accelerator)
     if cfg.resume:
         trainer.try_resume()
     trainer.fit(progress)
     if accelerator.is_main_process:
         trainer.validation_grid(os.path.join(cfg.work_dir, "validation_final.png"))
-        lora = kohya_unet_state_dict(trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha)
+        lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha)
         proc = trainer.process
         write_lora(cfg.output, lora, {
             "rayflow.architecture": model.architecture,

@@ -33,6 +33,33 @@ def kohya_unet_state_dict(peft_state: Dict[str, torch.Tensor], rank: int, alpha:
     return out
 
 
+def diffusers_transformer_state_dict(peft_state: Dict[str, torch.Tensor], rank: int,
+                                     alpha: float) -> Dict[str, torch.Tensor]:
+    """PixArt form: ``transformer.<module>.lora_A.weight`` ``[r, in]`` / ``.lora_B.weight`` ``[out, r]``
+    with the ``alpha / rank`` scale folded into ``lora_B`` (so the file needs no alpha)."""
+    out: Dict[str, torch.Tensor] = {}
+    scale = float(alpha) / float(rank)
+    for key, value in peft_state.items():
+        module = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        v = value.detach().to("cpu", torch.float32)
+        if module.endswith(".lora_B.weight"):
+            v = v * scale
+        elif not module.endswith(".lora_A.weight"):
+            continue
+        out["transformer." + module] = v.contiguous()
+    if not out:
+        raise ValueError("the LoRA state dict holds no lora_A/lora_B weights")
+    return out
+
+
+def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], rank: int,
+                      alpha: float) -> Dict[str, torch.Tensor]:
+    """The tensors of the LoRA file for ``architecture`` (docs/lora-format.md)."""
+    if architecture.startswith("pixart"):
+        return diffusers_transformer_state_dict(peft_state, rank, alpha)
+    return kohya_unet_state_dict(peft_state, rank, alpha)
+
+
 def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
     """Write atomically (temp file + rename); metadata values must be strings."""
     meta = {"rayflow.format": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
@@ -44,3 +71,21 @@ def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def load_transformer_lora(transformer: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Apply a PixArt-form RayFlow LoRA file to a diffusers ``PixArtTransformer2DModel`` with peft
+    (diffusers has no ``load_lora_weights`` for PixArt pipelines). Returns ``transformer``."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    sd = {k[len("transformer."):]: v for k, v in load_file(path).items() if k.startswith("transformer.")}
+    if not sd:
+        raise ValueError(f"{path} holds no transformer.* LoRA weights")
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in sd})
+    rank = next(v.shape[0] for k, v in sd.items() if k.endswith(".lora_A.weight"))
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules), transformer)
+    res = set_peft_model_state_dict(transformer, sd)
+    if getattr(res, "unexpected_keys", None):
+        raise ValueError(f"{path}: LoRA keys that match no module: {res.unexpected_keys[:3]}")
+    return transformer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -23,10 +23,12 @@ class ModelError(ValueError):
 
 @dataclass
 class BaseModel:
+    """A loaded base model. ``unet`` is the denoiser (the UNet of SD1.5/SDXL, the transformer of
+    PixArt); ``text_encoders`` / ``tokenizers`` are used only in phase 1."""
     architecture: str
     unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
+    text_encoders: List[torch.nn.Module]
+    tokenizers: List[object]
     vae: Optional[torch.nn.Module]
     schedule: NoiseSchedule
     schedule_name: str
@@ -41,12 +43,51 @@ class BaseModel:
             return resolution
         return resolution // (2 ** (len(self.vae.config.block_out_channels) - 1))
 
+    def _tokens(self, tok, prompts: List[str], device: torch.device):
+        out = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt")
+        return out.input_ids.to(device), out.attention_mask.to(device)
+
     @torch.no_grad()
-    def encode_prompts(self, prompts: List[str], device: torch.device) -> torch.Tensor:
-        """Text conditioning ``[B, L, C]`` (last hidden state of the text encoder)."""
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
-        return self.text_encoder(tok.input_ids.to(device)).last_hidden_state
+    def encode_prompts(self, prompts: List[str], device: torch.device) -> Dict[str, torch.Tensor]:
+        """Text conditioning, cached by phase 1. ``cond`` ``[B, L, D]`` always; SDXL adds ``pooled``
+        ``[B, P]`` (second encoder's projected embedding, ``cond`` = both encoders' penultimate
+        hidden states concatenated); PixArt adds ``mask`` ``[B, L]`` (T5 attention mask)."""
+        if self.architecture == "sdxl":
+            hs, pooled = [], None
+            for tok, enc in zip(self.tokenizers, self.text_encoders):
+                ids, _ = self._tokens(tok, prompts, device)
+                out = enc(ids, output_hidden_states=True)
+                hs.append(out.hidden_states[-2])
+                pooled = out[0] if out[0].dim() == 2 else None
+            if pooled is None:
+                raise ModelError("the second SDXL text encoder gives no pooled projection (expected CLIPTextModelWithProjection)")
+            return {"cond": torch.cat(hs, dim=-1).float(), "pooled": pooled.float()}
+        if self.architecture.startswith("pixart"):
+            ids, mask = self._tokens(self.tokenizers[0], prompts, device)
+            hs = self.text_encoders[0](ids, attention_mask=mask).last_hidden_state
+            return {"cond": hs.float(), "mask": mask.float()}
+        ids, _ = self._tokens(self.tokenizers[0], prompts, device)
+        return {"cond": self.text_encoders[0](ids).last_hidden_state.float()}
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, torch.Tensor], resolution: int) -> torch.Tensor:
+        """Noise prediction ``[B, C, h, w]`` of the denoiser at ``x`` ``[B, C, h, w]``, integer
+        timesteps ``t`` ``[B]``, conditioning ``cond`` (see :meth:`encode_prompts`), image
+        ``resolution`` in pixels (SDXL time ids, PixArt resolution embedding)."""
+        ehs = cond["cond"].to(x.device)
+        B = x.shape[0]
+        if self.architecture == "sdxl":
+            ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=ehs.dtype, device=x.device)
+            extra = {"text_embeds": cond["pooled"].to(x.device), "time_ids": ids.expand(B, -1)}
+            return self.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=extra).sample
+        if self.architecture.startswith("pixart"):
+            extra = {"resolution": torch.tensor([[resolution, resolution]], dtype=ehs.dtype, device=x.device).expand(B, -1),
+                     "aspect_ratio": torch.ones(B, 1, dtype=ehs.dtype, device=x.device)}
+            out = self.unet(x, encoder_hidden_states=ehs, timestep=t, added_cond_kwargs=extra,
+                            encoder_attention_mask=cond["mask"].to(x.device)).sample
+            C = x.shape[1]
+            return out[:, :C] if out.shape[1] == 2 * C else out     # learned-sigma models: keep eps
+        return self.unet(x, t, encoder_hidden_states=ehs).sample
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -54,7 +95,7 @@ class BaseModel:
         if self.vae is None:
             return latents.clamp(-1, 1)
         scale = getattr(self.vae.config, "scaling_factor", 0.18215)
-        return self.vae.decode(latents / scale).sample.clamp(-1, 1)
+        return self.vae.decode(latents.to(next(self.vae.parameters()).dtype) / scale).sample.float().clamp(-1, 1)
 
 
 def detect_architecture(path: str) -> str:
@@ -69,7 +110,21 @@ def detect_architecture(path: str) -> str:
         raise ModelError(f"cannot read {index}: {exc}") from None
     cls = str(info.get("_class_name", ""))
     if "transformer" in info or "PixArt" in cls:
-        return "pixart_sigma" if "Sigma" in cls else "pixart_alpha"
+        if "Sigma" in cls:
+            return "pixart_sigma"
+        if "Alpha" in cls or "PixArt" in cls:
+            return "pixart_alpha"
+        tcfg = os.path.join(path, "transformer", "config.json")
+        if os.path.isfile(tcfg):
+            with open(tcfg, encoding="utf-8") as f:
+                t = json.load(f)
+            if t.get("_class_name") == "PixArtTransformer2DModel":
+                # PixArt-sigma drops the resolution/aspect-ratio micro-conditions of alpha
+                uac = t.get("use_additional_conditions")
+                if uac is None:          # diffusers' default: on for the 1024px (sample_size 128) alpha models
+                    uac = t.get("sample_size") == 128
+                return "pixart_alpha" if uac else "pixart_sigma"
+        raise ModelError(f"unknown transformer architecture in {path} (PixArt-alpha/-sigma are supported)")
     unet_cfg = os.path.join(path, "unet", "config.json")
     if not os.path.isfile(unet_cfg):
         raise ModelError(f"model folder has no unet/config.json: {path}")
@@ -106,12 +161,12 @@ def load_base_model(path: str, architecture: str = "auto", dtype: torch.dtype = 
         raise ModelError(f"base model must be a diffusers folder (single-file checkpoints are not supported yet): {path}")
     detected = detect_architecture(path)
     arch = detected if architecture == "auto" else architecture
-    if arch != "sd15":
-        raise ModelError(f"architecture {arch!r} is not supported by this version of the trainer yet (sd15 is); "
-                         f"model: {path}")
+    if arch != detected and {arch, detected} != {"pixart_alpha", "pixart_sigma"}:
+        raise ModelError(f"--architecture {arch} does not match the model, which is {detected}: {path}")
     schedule, schedule_name = _schedule_from(path)
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKL
 
     def _load(what, fn):
         try:
@@ -120,13 +175,37 @@ def load_base_model(path: str, architecture: str = "auto", dtype: torch.dtype = 
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"cannot load the {what} of {path}: {msg}") from None
 
-    unet = _load("UNet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype))
-    text_encoder = _load("text encoder", lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype))
-    tokenizer = _load("tokenizer", lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"))
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+
+    def _cls(component, lib, default):
+        spec = index.get(component) or [None, None]
+        name = spec[1] if isinstance(spec, list) and len(spec) == 2 and spec[1] else default
+        obj = getattr(lib, name, None)
+        if obj is None:
+            raise ModelError(f"unknown {component} class {name!r} in {path}/model_index.json")
+        return obj
+
+    if arch.startswith("pixart"):
+        den_cls = _cls("transformer", diffusers, "PixArtTransformer2DModel")
+        unet = _load("transformer", lambda: den_cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype))
+        enc_names = [("text_encoder", "T5EncoderModel", "tokenizer", "AutoTokenizer")]
+    else:
+        den_cls = _cls("unet", diffusers, "UNet2DConditionModel")
+        unet = _load("UNet", lambda: den_cls.from_pretrained(path, subfolder="unet", torch_dtype=dtype))
+        enc_names = [("text_encoder", "CLIPTextModel", "tokenizer", "CLIPTokenizer")]
+        if arch == "sdxl":
+            enc_names.append(("text_encoder_2", "CLIPTextModelWithProjection", "tokenizer_2", "CLIPTokenizer"))
+    encoders, tokenizers = [], []
+    for enc, enc_default, tok, tok_default in enc_names:
+        ecls = _cls(enc, transformers, enc_default)
+        tcls = transformers.AutoTokenizer if tok_default == "AutoTokenizer" else _cls(tok, transformers, tok_default)
+        encoders.append(_load(enc.replace("_", " "), lambda: ecls.from_pretrained(path, subfolder=enc, torch_dtype=dtype)))
+        tokenizers.append(_load(tok.replace("_", " "), lambda: tcls.from_pretrained(path, subfolder=tok)))
     vae = None
     if os.path.isdir(os.path.join(path, "vae")):
         vae = _load("VAE", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype))
-    for m in (unet, text_encoder, vae):
+    for m in (unet, vae, *encoders):
         if m is not None:
             m.requires_grad_(False).eval()
-    return BaseModel(arch, unet, text_encoder, tokenizer, vae, schedule, schedule_name, path)
+    return BaseModel(arch, unet, encoders, tokenizers, vae, schedule, schedule_name, path)

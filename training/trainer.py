@@ -35,16 +35,22 @@ def ts_features(x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([cond.float().mean(1), pooled], dim=1)
 
 
-def add_lora(unet: torch.nn.Module, cfg: DistillConfig) -> None:
+def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False) -> None:
+    """peft LoRA on the Linear/Conv2d modules whose names end in one of ``cfg.lora_targets``
+    (for PixArt only inside ``transformer_blocks``)."""
     from peft import LoraConfig
 
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-             and any(n == t or n.endswith("." + t) for t in targets)]
+             and any(n == t or n.endswith("." + t) for t in targets)
+             and (not pixart or n.startswith("transformer_blocks."))]
     if not names:
         raise ConfigError(f"--lora-targets {cfg.lora_targets!r} matches no Linear/Conv2d module of the UNet")
-    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
-                                target_modules=names))
+    from peft import inject_adapter_in_model
+
+    # inject_adapter_in_model works for every denoiser class (PixArtTransformer2DModel has no add_adapter)
+    inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                                       target_modules=names), unet)
 
 
 def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -59,7 +65,7 @@ class Trainer:
         self.process = RayProcess(sigma=1.0) if cfg.no_ray else RayProcess(sigma=cfg.sigma, path=cfg.ray_path)
         torch.manual_seed(cfg.seed)                 # LoRA init
         unet = model.unet
-        add_lora(unet, cfg)
+        add_lora(unet, cfg, pixart=model.architecture.startswith("pixart"))
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -69,7 +75,7 @@ class Trainer:
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
-        feat_dim = cache.cond.shape[-1] + 4 * cache.x0.shape[1]
+        feat_dim = cache.cond["cond"].shape[-1] + 4 * cache.x0.shape[1]
         self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles)
         self.ts_opt = None if self.ts is None else torch.optim.Adam(self.ts.parameters(), lr=cfg.time_sampler_lr)
         self.profile = LossProfile()
@@ -115,15 +121,38 @@ class Trainer:
         self.step = int(state["step"])
         return True
 
+    def _denoise(self, net, x, t, cond):
+        """The base model's denoiser call, through ``net`` (the accelerate-wrapped or unwrapped module)."""
+        orig = self.model.unet
+        self.model.unet = net
+        try:
+            return self.model.denoise(x, t, cond, self.cfg.resolution)
+        finally:
+            self.model.unet = orig
+
     # ------------------------------------------------------------ one step
     def train_step(self) -> Dict[str, float]:
+        """One optimizer step: ``grad_accum`` micro-batches of ``batch_size`` per process."""
+        for _ in range(self.cfg.grad_accum):
+            stats = self._micro_step()
+        if self.cfg.ema_decay > 0:
+            cur = lora_state(self.acc.unwrap_model(self.unet))
+            if self.ema is None:
+                self.ema = cur
+            else:
+                for k, v in cur.items():
+                    self.ema[k].mul_(self.cfg.ema_decay).add_(v, alpha=1 - self.cfg.ema_decay)
+        return stats
+
+    def _micro_step(self) -> Dict[str, float]:
         cfg, cache, dev = self.cfg, self.cache, self.acc.device
         T = self.model.schedule.num_timesteps
         B = cfg.batch_size
         idx = torch.randint(0, cache.x0.shape[0], (B,), generator=self.gen)
-        x0, mu, z, cond = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx], cache.cond[idx]
+        x0, mu, z = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx]
+        cond = {k: v[idx].to(dev) for k, v in cache.cond.items()}
         if self.ts is not None:
-            feats = ts_features(x0, cond)
+            feats = ts_features(x0, cache.cond["cond"][idx])
             t, w = self.ts.sample(feats, T, generator=self.gen)
         else:
             t, w = torch.randint(0, T, (B,), generator=self.gen), torch.ones(B)
@@ -134,7 +163,7 @@ class Trainer:
             noise = torch.randn(x0.shape, generator=self.gen)
             x_t, target = self.process.training_pair(x0, mu, a, noise)
         with self.acc.accumulate(self.unet), self.acc.autocast():
-            pred = self.unet(x_t.to(dev), t.to(dev), encoder_hidden_states=cond.to(dev)).sample
+            pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
             per_sample = (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
             loss = (w.to(dev) * per_sample).mean()
             self.acc.backward(loss)
@@ -144,6 +173,9 @@ class Trainer:
             self.lr_sched.step()
             self.opt.zero_grad(set_to_none=True)
         u = (t.double() + 0.5) / T
+        if self.acc.num_processes > 1:      # every process keeps the same loss profile (and Time Sampler)
+            u = self.acc.gather(u.float().to(dev)).double().cpu()
+            per_sample = self.acc.gather(per_sample.detach()).cpu()
         self.profile.update(u, per_sample.detach().cpu())
         stats = {"loss": float(loss.detach()), "t_mean": float(t.float().mean()), "t_std": float(t.float().std()),
                  "w_mean": float(w.mean()), "w_max": float(w.max())}
@@ -151,14 +183,11 @@ class Trainer:
             ts_loss = self.ts.svgd_loss(feats, self.profile.score)
             self.ts_opt.zero_grad(set_to_none=True)
             ts_loss.backward()
+            if self.acc.num_processes > 1:  # data-parallel Time Sampler: average its gradients
+                for p in self.ts.parameters():
+                    if p.grad is not None:
+                        p.grad.copy_(self.acc.reduce(p.grad.to(dev), reduction="mean").to(p.grad.device))
             self.ts_opt.step()
-        if cfg.ema_decay > 0:
-            cur = lora_state(self.acc.unwrap_model(self.unet))
-            if self.ema is None:
-                self.ema = cur
-            else:
-                for k, v in cur.items():
-                    self.ema[k].mul_(cfg.ema_decay).add_(v, alpha=1 - cfg.ema_decay)
         return stats
 
     # ------------------------------------------------------------ loop
@@ -170,8 +199,12 @@ class Trainer:
         bar = tqdm(total=cfg.train_steps, initial=self.step, desc="phase 2: LoRA training", unit="step",
                    disable=not (progress and self.acc.is_main_process))
         writer = _tensorboard(cfg.work_dir) if self.acc.is_main_process else None
-        with open(self.log_path, "a" if not new_log else "w", newline="", encoding="utf-8") as f:
-            log = csv.writer(f)
+        import contextlib
+
+        main_proc = self.acc.is_main_process      # only the main process touches the log file
+        with (open(self.log_path, "a" if not new_log else "w", newline="", encoding="utf-8") if main_proc
+              else contextlib.nullcontext(None)) as f:
+            log = csv.writer(f) if main_proc else None
             if new_log and self.acc.is_main_process:
                 log.writerow(["step", "loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"])
             t0 = time.perf_counter()
@@ -181,7 +214,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
                 if self.acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
-                    rate = cfg.batch_size * self.acc.num_processes * cfg.log_every / max(1e-9, time.perf_counter() - t0)
+                    rate = cfg.batch_size * cfg.grad_accum * self.acc.num_processes * cfg.log_every / max(1e-9, time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     row = [self.step, stats["loss"], self.lr_sched.get_last_lr()[0], stats["t_mean"], stats["t_std"],
                            stats["w_mean"], stats["w_max"], rate]
@@ -213,11 +246,11 @@ class Trainer:
         was_training = unet.training
         unet.eval()
         z = self.cache.noise[:n].to(self.acc.device)
-        cond = self.cache.cond[:n].to(self.acc.device)
+        cond = {k: v[:n].to(self.acc.device) for k, v in self.cache.cond.items()}
         sched = self.model.schedule
 
         def eps_model(x, t):
-            return unet(x, t, encoder_hidden_states=cond).sample
+            return self._denoise(unet, x, t, cond).float()
 
         rows = [self.model.decode(sample_ray(eps_model, z, z, self.process, sched, sched.ray_timesteps(k)))
                 for k in (1, 2, 4)]

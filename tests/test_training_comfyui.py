@@ -1,0 +1,106 @@
+"""The trainer's LoRA files through ComfyUI's stock LoRA code (``comfy.lora.model_lora_keys_unet``,
+``comfy.lora.load_lora`` and ``ModelPatcher``): every tensor is used and the patched weights equal
+the trained peft model's merged weights. Skipped unless ``COMFYUI_PATH`` points to a checkout;
+run with a Python that runs ComfyUI::
+
+    COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/test_training_comfyui.py -q
+"""
+
+import os
+import sys
+
+import pytest
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+if not COMFYUI_PATH:
+    pytest.skip("COMFYUI_PATH is not set: the ComfyUI LoRA-loading test needs a ComfyUI checkout",
+                allow_module_level=True)
+sys.path.insert(0, COMFYUI_PATH)
+import torch  # noqa: E402
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing(False)
+from comfy.cli_args import args as comfy_args  # noqa: E402
+
+comfy_args.cpu = True
+import comfy.lora  # noqa: E402
+import comfy.lora_convert  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.supported_models  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from training.config import DistillConfig  # noqa: E402
+from training.export import export_state_dict, write_lora  # noqa: E402
+from training.models import load_base_model  # noqa: E402
+from training.tiny import build_tiny_pixart, build_tiny_sd15, build_tiny_sdxl  # noqa: E402
+from training.trainer import add_lora  # noqa: E402
+
+# ComfyUI unet configs describing the tiny diffusers UNets of training/tiny.py
+COMFY_CONFIGS = {
+    "sd15": (comfy.supported_models.SD15, dict(
+        use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+        adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[1, 1], transformer_depth=[1, 0],
+        transformer_depth_output=[1, 1, 0, 0], channel_mult=[1, 2], transformer_depth_middle=1,
+        use_linear_in_transformer=False, context_dim=32, num_heads=2, num_head_channels=-1)),
+    "sdxl": (comfy.supported_models.SDXL, dict(
+        use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+        num_classes="sequential", adm_in_channels=32 + 6 * 8, in_channels=4, model_channels=32,
+        num_res_blocks=[1, 1], transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1],
+        channel_mult=[1, 2], transformer_depth_middle=1, use_linear_in_transformer=True, context_dim=64,
+        num_head_channels=-1, num_heads=2)),
+    "pixart_alpha": (comfy.supported_models.PixArtAlpha, dict(
+        image_model="pixart_alpha", input_size=8, patch_size=2, in_channels=4, hidden_size=24, depth=2, num_heads=3,
+        caption_channels=32, model_max_length=16, micro_condition=True, pe_interpolation=1)),
+    "pixart_sigma": (comfy.supported_models.PixArtSigma, dict(
+        image_model="pixart_sigma", input_size=8, patch_size=2, in_channels=4, hidden_size=24, depth=2, num_heads=3,
+        caption_channels=32, model_max_length=16, micro_condition=False, pe_interpolation=1)),
+}
+BUILD = {"sd15": lambda d: build_tiny_sd15(d, width=32), "sdxl": lambda d: build_tiny_sdxl(d, width=32),
+         "pixart_alpha": build_tiny_pixart, "pixart_sigma": lambda d: build_tiny_pixart(d, sigma=True)}
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "pixart_alpha", "pixart_sigma"])
+def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch):
+    from peft import get_peft_model_state_dict
+
+    path = BUILD[arch](str(tmp_path / "m"))      # SD UNets 32 channels wide: ComfyUI uses 32 norm groups
+    cfg = DistillConfig(model=path, prompts="p.txt", output="o.safetensors", lora_rank=4, lora_alpha=8)
+    model = load_base_model(path)
+    pixart = arch.startswith("pixart")
+    add_lora(model.unet, cfg, pixart=pixart)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    peft_sd = get_peft_model_state_dict(model.unet)
+    lora_path = str(tmp_path / "l.safetensors")
+    write_lora(lora_path, export_state_dict(arch, peft_sd, 4, 8), {"rayflow.architecture": arch})
+
+    cls, unet_config = COMFY_CONFIGS[arch]
+    comfy_model = cls(unet_config).get_model({})
+    key_map = comfy.lora.model_lora_keys_unet(comfy_model, {})
+    lora = comfy.lora_convert.convert_lora(load_file(lora_path))
+    patches = comfy.lora.load_lora(lora, key_map)
+    modules = {k.split(".lora_A.")[0] for k in peft_sd if ".lora_A." in k}
+    assert len(patches) == len(modules), "some exported LoRA modules were not mapped by ComfyUI"
+
+    with torch.no_grad():                    # ComfyUI leaves weights uninitialised (torch.empty)
+        for p in comfy_model.parameters():
+            p.normal_(0, 0.02)
+    before = {k: v.clone() for k, v in comfy_model.state_dict().items()}
+    mp = comfy.model_patcher.ModelPatcher(comfy_model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    assert len(mp.add_patches(patches, 1.0)) == len(patches)
+    mp.patch_model()
+    after = comfy_model.state_dict()
+    for module in modules:
+        target = key_map[("transformer." + module) if pixart else ("lora_unet_" + module.replace(".", "_"))]
+        A, B = peft_sd[module + ".lora_A.weight"], peft_sd[module + ".lora_B.weight"]
+        delta = (B.flatten(1) @ A.flatten(1)) * (8 / 4)
+        if isinstance(target, tuple):            # a slice of a fused weight (PixArt qkv / kv)
+            target, (dim, start, size) = target
+            got = (after[target] - before[target]).narrow(dim, start, size).flatten(1)
+        else:
+            got = (after[target] - before[target]).flatten(1)
+        torch.testing.assert_close(got, delta, rtol=1e-4, atol=1e-5, msg=lambda m: f"{module} -> {target}: {m}")
