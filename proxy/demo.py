@@ -52,15 +52,18 @@ def generate(model, unet, labels: torch.Tensor, seeds: torch.Tensor, method: str
     from training.data import item_noise, teacher_trajectory
 
     captions = [caption_of(l) for l in labels.tolist()]
-    cond = model.encode_prompts(captions, torch.device("cpu"))
+    cond = model.encode_prompts(captions, torch.device("cpu"))          # {"cond": [N, L, D]}
     z = item_noise(0, seeds, (model.latent_channels, 16, 16))
     if method == "rayflow":
+        ehs = cond["cond"]
+
         def eps_model(x, t):
-            return unet(x, t, encoder_hidden_states=cond).sample
+            return unet(x, t, encoder_hidden_states=ehs).sample
         x0 = sample_ray(eps_model, z, z, RayProcess(sigma=0.3), model.schedule, model.schedule.ray_timesteps(steps))
     else:
-        uncond = model.encode_prompts([""], torch.device("cpu")).expand(len(captions), -1, -1)
-        x0, _, _ = teacher_trajectory(model, z, cond, uncond, method, steps, TEACHER_CFG)
+        empty = model.encode_prompts([""], torch.device("cpu"))
+        uncond = {k: v.expand(len(captions), *v.shape[1:]) for k, v in empty.items()}
+        x0, _, _ = teacher_trajectory(model, z, cond, uncond, method, steps, TEACHER_CFG, 16)
     return model.decode(x0)
 
 
