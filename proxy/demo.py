@@ -29,9 +29,11 @@ TEACHER = os.path.join(HERE, "weights", "teacher")
 CLASSIFIER = os.path.join(HERE, "weights", "classifier.safetensors")
 
 SETTINGS = {
-    # seeds per caption in the training cache, optimizer steps, eval samples per caption
-    "full": dict(seeds_per_prompt=8, train_steps=1200, batch_size=32, eval_per_caption=6, lora_rank=16),
-    "quick": dict(seeds_per_prompt=2, train_steps=120, batch_size=16, eval_per_caption=2, lora_rank=8),
+    # seeds per caption in the training cache, optimizer steps, eval captions (every k-th) x samples per caption
+    "full": dict(seeds_per_prompt=8, train_steps=1200, batch_size=32, eval_caption_stride=1, eval_per_caption=6,
+                 lora_rank=16),
+    "quick": dict(seeds_per_prompt=1, train_steps=120, batch_size=16, eval_caption_stride=2, eval_per_caption=2,
+                  lora_rank=8),
 }
 TEACHER_STEPS, TEACHER_CFG = 25, 3.0
 
@@ -131,7 +133,7 @@ def main(argv: List[str] = None) -> int:
     unet = load_lora_unet(teacher, lora_path)
     classifier = load_classifier(args.classifier)
     k = s["eval_per_caption"]
-    eval_labels = labels.repeat_interleave(k, 0)
+    eval_labels = labels[::s["eval_caption_stride"]].repeat_interleave(k, 0)
     eval_seeds = 10_000_000 + torch.arange(len(eval_labels))             # disjoint from training seeds
     real = render(eval_labels, torch.Generator().manual_seed(args.seed + 99))
     results, images = {}, {}
