@@ -61,7 +61,7 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
     from proxy.data import caption_of
 
     captions = [caption_of(l) for l in labels.tolist()]
-    cond = model.encode_prompts(captions, torch.device("cpu"))["cond"]     # [N, L, D]
+    cond = model.encode_prompts(captions, torch.device("cpu"))             # {"cond": [N, L, D]}
     z = item_noise(0, seeds, (model.latent_channels, 16, 16))
     extra_nfe = 0
     mu = z
