@@ -2,12 +2,15 @@
 
 At 1, 2, 4 and 8 steps: the teacher with DDIM and with DPM-Solver++ (the 25-step DDIM teacher is
 the reference), RayFlow LoRAs distilled at an equal training budget — the full recipe and its
-ablations (no Time Sampler, no Ray trajectory, sigma 0.1 / 0.5) — and the cost in NFEs of each
-way of obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). Metrics: FD-proxy,
-alignment and diversity (``proxy/classifier.py``). Writes ``results.json``, ``results.md`` and
-``fd_vs_steps.png`` to ``--out``.
+ablations (no Time Sampler, no Ray trajectory, sigma 0.1 / 0.5, the linear Ray path) and an
+LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs of each way of
+obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The ``ray`` and
+``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training steps (the
+Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity (``proxy/classifier.py``).
+Writes ``results.json`` (after every variant), ``results.md``, ``fd_vs_steps.png`` and
+``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are reused.
 
-    python -m bench.quality [--variants ray,no_ts,no_ray,sigma0.1,sigma0.5] [--train-steps 1200] [--out outputs/quality]
+    python -m bench.quality [--variants ray,no_ts,...] [--train-steps 1200] [--out outputs/quality]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -28,8 +32,11 @@ VARIANTS = {
     "sigma0.1": dict(sigma=0.1),
     "sigma0.5": dict(sigma=0.5),
     "linear": dict(ray_path="linear"),
+    "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 STEPS = (1, 2, 4, 8)
+CURVE_VARIANTS = ("ray", "no_ts")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps
+SNAPSHOT_EVERY = 300
 
 
 def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int) -> str:
@@ -39,15 +46,24 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
     path = os.path.join(out, f"lora_{variant}.safetensors")
     if os.path.isfile(path):
         return path
+    shared = os.path.join(out, "work_ray", "cache")
+    if variant == "lcm":
+        from bench.lcm_baseline import distil_lcm
+
+        if not os.path.isdir(shared):
+            raise SystemExit("the lcm variant trains on the phase-1 cache of the ray variant: list ray before lcm")
+        return distil_lcm(teacher, shared, path, train_steps=train_steps, batch_size=32, lora_rank=16,
+                          lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0, seed=seed, resolution=16)
     cfg = DistillConfig(model=teacher, prompts=prompts, output=path, work_dir=os.path.join(out, f"work_{variant}"),
                         resolution=16, seeds_per_prompt=seeds, seed=seed, teacher_solver="dpmsolver++",
                         teacher_steps=25, teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32,
                         learning_rate=1e-3, lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=100_000,
-                        log_every=50, **VARIANTS[variant])
+                        log_every=50, save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0,
+                        **VARIANTS[variant])
     cfg.validate()
-    # every variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
-    shared = os.path.join(out, "work_ray", "cache")
-    if variant != "ray" and os.path.isdir(shared) and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
+    # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
+    if variant != "ray" and cfg.ray_path == "sigma" and os.path.isdir(shared) \
+            and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
         os.makedirs(cfg.work_dir, exist_ok=True)
         os.symlink(os.path.abspath(shared), os.path.join(cfg.work_dir, "cache"))
     run(cfg, progress=False)
@@ -88,7 +104,7 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/quality")
-    ap.add_argument("--variants", default="ray,no_ts,no_ray,sigma0.1,sigma0.5")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from " + ", ".join(VARIANTS))
     ap.add_argument("--train-steps", type=int, default=1200)
     ap.add_argument("--seeds-per-prompt", type=int, default=8)
     ap.add_argument("--eval-per-caption", type=int, default=6)
@@ -121,23 +137,48 @@ def main(argv=None) -> int:
     for n in STEPS:
         record("teacher DDIM", n, 2 * n, generate(model, None, eval_labels, eval_seeds, "ddim", n))
         record("teacher DPM-Solver++", n, 2 * n, generate(model, None, eval_labels, eval_seeds, "dpmsolver++", n))
-    timings = {}
+    timings, curves = {}, {}
+
+    def report() -> None:        # rewritten after every variant, so an interrupted run keeps what it measured
+        out = {"command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "seed": args.seed, "train_steps": args.train_steps, "distill_seconds": timings,
+               "results": results, "curves": curves}
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(out, f, indent=2)
+
+    def evaluate_lora(variant, path, modes, steps=STEPS, name=None):
+        unet = load_lora_unet(TEACHER, path)
+        v = VARIANTS[variant]
+        process = RayProcess(sigma=1.0) if v.get("no_ray") else RayProcess(sigma=v.get("sigma", 0.3), path=v.get("ray_path", "sigma"))
+        for mode in modes:
+            for n in steps:
+                if variant == "lcm":
+                    from bench.lcm_baseline import lcm_samples
+
+                    imgs, nfe = lcm_samples(model, unet, eval_labels, eval_seeds, n)
+                else:
+                    imgs, nfe = rayflow_samples(model, unet, eval_labels, eval_seeds, n, process, mode)
+                record(name or (f"LCM-LoRA baseline" if variant == "lcm" else f"RayFlow {variant} [{mode}]"), n, nfe, imgs)
+
     for variant in args.variants.split(","):
         t0 = time.time()
         path = distil(variant, args.out, TEACHER, prompts, args.train_steps, args.seeds_per_prompt, args.seed)
         timings[variant] = time.time() - t0
-        unet = load_lora_unet(TEACHER, path)
-        v = VARIANTS[variant]
-        process = RayProcess(sigma=1.0) if v.get("no_ray") else RayProcess(sigma=v.get("sigma", 0.3), path=v.get("ray_path", "sigma"))
-        modes = ["noise", "probe2", "probe4"] if variant == "ray" else ["noise"]
-        for mode in modes:
-            for n in STEPS:
-                imgs, nfe = rayflow_samples(model, unet, eval_labels, eval_seeds, n, process, mode)
-                record(f"RayFlow {variant} [{mode}]", n, nfe, imgs)
-    report = {"command": "python -m bench.quality " + " ".join(argv or []), "seed": args.seed,
-              "train_steps": args.train_steps, "distill_seconds": timings, "results": results}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        evaluate_lora(variant, path, ["noise", "probe2", "probe4"] if variant == "ray" else ["noise"])
+        if variant in CURVE_VARIANTS:      # FD-proxy vs training steps (Time Sampler efficiency)
+            from training.distill import snapshot_path
+
+            for k in range(SNAPSHOT_EVERY, args.train_steps, SNAPSHOT_EVERY):
+                snap = snapshot_path(path, k)
+                if os.path.isfile(snap):
+                    evaluate_lora(variant, snap, ["noise"], steps=(1, 2, 4), name=f"curve {variant} @{k}")
+            for k in range(SNAPSHOT_EVERY, args.train_steps + 1, SNAPSHOT_EVERY):
+                name = f"curve {variant} @{k}" if k < args.train_steps else f"RayFlow {variant} [noise]"
+                if name in results:
+                    curves.setdefault(variant, {})[str(k)] = {n: results[name][n]["fd_proxy"] for n in ("1", "2", "4")}
+        report()
+    results = {k: v for k, v in results.items() if not k.startswith("curve ")}
+    report()
     lines = ["| method | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",
              "|---|" + "---|" * len(STEPS)]
     for name, per in results.items():
@@ -146,6 +187,12 @@ def main(argv=None) -> int:
         if "25" in per:
             cells = [f"25 steps: {per['25']['fd_proxy']:.2f} / {per['25']['alignment']:.2f} / 50"] + [""] * (len(STEPS) - 1)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if curves:
+        lines += ["", "FD-proxy vs training steps (1 / 2 / 4 sampling steps):", "",
+                  "| variant | " + " | ".join(f"{k} steps" for k in next(iter(curves.values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(curves.values())))]
+        for variant, per in curves.items():
+            lines.append(f"| {variant} | " + " | ".join(" / ".join(f"{fd:.1f}" for fd in c.values()) for c in per.values()) + " |")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("Cells: FD-proxy / alignment / NFE per image.\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -157,7 +204,7 @@ def main(argv=None) -> int:
         plt.figure(figsize=(6, 4))
         for name, per in results.items():
             xs = [n for n in STEPS if str(n) in per]
-            if xs and ("[noise]" in name or name.startswith("teacher D")):
+            if xs and ("[noise]" in name or name.startswith(("teacher D", "LCM"))):
                 plt.plot(xs, [per[str(n)]["fd_proxy"] for n in xs], marker="o", label=name)
         ref = results["teacher DDIM (reference)"]["25"]["fd_proxy"]
         plt.axhline(ref, color="k", linestyle="--", label="teacher DDIM 25 steps")
@@ -168,6 +215,19 @@ def main(argv=None) -> int:
         plt.legend(fontsize=7)
         plt.tight_layout()
         plt.savefig(os.path.join(args.out, "fd_vs_steps.png"), dpi=120)
+        if curves:
+            fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+            for ax, n in zip(axes, ("1", "2", "4")):
+                for variant, per in curves.items():
+                    ax.plot([int(k) for k in per], [c[n] for c in per.values()], marker="o",
+                            label={"ray": "Time Sampler", "no_ts": "uniform t"}.get(variant, variant))
+                ax.set_title(f"{n}-step sampling")
+                ax.set_xlabel("training steps")
+                ax.set_yscale("log")
+            axes[0].set_ylabel("FD-proxy")
+            axes[0].legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(os.path.join(args.out, "fd_vs_training_steps.png"), dpi=120)
     except ImportError:
         print("matplotlib not installed: no plot")
     return 0

@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 @dataclass
 class DistillConfig:
     # ---- inputs and outputs
-    model: str = field(default="", metadata={"help": "base model: a diffusers folder (required)"})
+    model: str = field(default="", metadata={"help": "base model: a diffusers folder, or a single-file SD1.5/SDXL .safetensors checkpoint (required)"})
+    model_config: str = field(default="", metadata={"help": "for a single-file --model: a diffusers folder of the same family whose configs and tokenizers describe it (weights not needed); default: the bundled SD1.5/SDXL configs with ComfyUI's CLIP tokenizer (COMFYUI_PATH)"})
     prompts: str = field(default="", metadata={"help": "prompts file: .txt (one per line), .jsonl ({\"prompt\": ...}) or .csv (a 'prompt' column) (required)"})
     output: str = field(default="", metadata={"help": "output LoRA file (.safetensors) (required)"})
     work_dir: str = field(default="", metadata={"help": "folder for the phase-1 cache, checkpoints and logs (default: <output>.work)"})
@@ -59,6 +60,7 @@ class DistillConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps"})
+    save_every: int = field(default=0, metadata={"help": "also export the LoRA every N steps as <output>-step<N>.safetensors (0 = only the final file)"})
     validate_every: int = field(default=0, metadata={"help": "write a 1/2/4-step validation grid every N steps (0 = only at the end)"})
     log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
@@ -89,6 +91,8 @@ class DistillConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.output.endswith(".safetensors"):
             raise ConfigError(f"--output must end in .safetensors, got {self.output!r}")
+        if self.save_every < 0 or self.validate_every < 0:
+            raise ConfigError("--save-every and --validate-every must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not self.work_dir:
@@ -97,7 +101,7 @@ class DistillConfig:
 
     def fingerprint(self) -> Dict[str, Any]:
         """Options that must match for a resume to be meaningful (phase 1 and phase 2)."""
-        keep = ("model", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
+        keep = ("model", "model_config", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
                 "teacher_cfg", "negative_prompt", "resolution", "shard_size", "batch_size", "grad_accum",
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
                 "ray_path", "no_ray", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
@@ -105,6 +109,7 @@ class DistillConfig:
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])
         d["prompts"] = os.path.abspath(d["prompts"])
+        d["model_config"] = os.path.abspath(d["model_config"]) if d["model_config"] else ""
         return d
 
     def to_json(self) -> str:

@@ -39,6 +39,11 @@ def _check_output_writable(path: str) -> None:
         raise ConfigError(f"output file exists and is not writable: {path}")
 
 
+def snapshot_path(output: str, step: int) -> str:
+    """``<output stem>-step<step>.safetensors``: the intermediate LoRA of ``--save-every``."""
+    return f"{output[:-len('.safetensors')]}-step{step:06d}.safetensors"
+
+
 def run(cfg: DistillConfig, progress: bool = True) -> str:
     """Run both phases and export; returns the LoRA path. Raises the errors of ``INPUT_ERRORS``."""
     from accelerate import Accelerator
@@ -55,7 +60,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
     if not cfg.resume and os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):
         raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
                           f"or choose another --work-dir")
-    model = load_base_model(cfg.model, cfg.architecture)
+    model = load_base_model(cfg.model, cfg.architecture, model_config=cfg.model_config)
     res = model.unet.config.sample_size if model.vae is None else None   # pixel-space (proxy) models
     if res is not None and cfg.resolution != res:
         raise ConfigError(f"--resolution must be {res} for this pixel-space model (its UNet sample size), got {cfg.resolution}")
@@ -74,29 +79,34 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
     trainer = Trainer(cfg, model, cache, accelerator)
     if cfg.resume:
         trainer.try_resume()
-    trainer.fit(progress)
+    proc = trainer.process
+    metadata = {
+        "rayflow.architecture": model.architecture,
+        "rayflow.sigma": proc.sigma,
+        "rayflow.path": proc.path,
+        "rayflow.recipe": "rectified" if cfg.no_ray else "ray",
+        "rayflow.schedule": model.schedule_name,
+        "rayflow.num_train_timesteps": model.schedule.num_timesteps,
+        "rayflow.target_mean": "noise",
+        "rayflow.recommended_steps": cfg.recommended_steps,
+        "rayflow.recommended_cfg": "1.0",
+        "rayflow.teacher_solver": cfg.teacher_solver,
+        "rayflow.teacher_steps": cfg.teacher_steps,
+        "rayflow.teacher_cfg": cfg.teacher_cfg,
+        "rayflow.train_steps": cfg.train_steps,
+        "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
+        "rayflow.lora_rank": cfg.lora_rank,
+        "rayflow.lora_alpha": cfg.lora_alpha,
+    }
+
+    def export(path: str, steps: int) -> None:
+        lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha)
+        write_lora(path, lora, {**metadata, "rayflow.train_steps": steps})
+
+    trainer.fit(progress, snapshot=lambda step: export(snapshot_path(cfg.output, step), step))
     if accelerator.is_main_process:
         trainer.validation_grid(os.path.join(cfg.work_dir, "validation_final.png"))
-        lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha)
-        proc = trainer.process
-        write_lora(cfg.output, lora, {
-            "rayflow.architecture": model.architecture,
-            "rayflow.sigma": proc.sigma,
-            "rayflow.path": proc.path,
-            "rayflow.recipe": "rectified" if cfg.no_ray else "ray",
-            "rayflow.schedule": model.schedule_name,
-            "rayflow.num_train_timesteps": model.schedule.num_timesteps,
-            "rayflow.target_mean": "noise",
-            "rayflow.recommended_steps": cfg.recommended_steps,
-            "rayflow.recommended_cfg": "1.0",
-            "rayflow.teacher_solver": cfg.teacher_solver,
-            "rayflow.teacher_steps": cfg.teacher_steps,
-            "rayflow.teacher_cfg": cfg.teacher_cfg,
-            "rayflow.train_steps": cfg.train_steps,
-            "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
-            "rayflow.lora_rank": cfg.lora_rank,
-            "rayflow.lora_alpha": cfg.lora_alpha,
-        })
+        export(cfg.output, cfg.train_steps)
     accelerator.wait_for_everyone()
     return cfg.output
 

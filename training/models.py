@@ -1,8 +1,9 @@
 """Loading the base model the trainer distils, and telling its architecture.
 
 A base model is a diffusers folder (``model_index.json`` with ``unet/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/`` and optionally ``vae/``). Without ``vae/`` the model works in pixel
-space (the proxy teacher). The schedule is read from the model's scheduler config.
+``tokenizer/``, ``scheduler/`` and optionally ``vae/``; without ``vae/`` the model works in pixel
+space, like the proxy teacher) or a single-file SD1.5 / SDXL ``.safetensors`` checkpoint
+(``training/single_file.py``). The schedule is read from the scheduler config.
 """
 
 from __future__ import annotations
@@ -153,12 +154,22 @@ def _schedule_from(path: str) -> tuple:
     raise ModelError(f"unsupported beta_schedule {kind!r} in {cfg_path} (scaled_linear and linear are supported)")
 
 
-def load_base_model(path: str, architecture: str = "auto", dtype: torch.dtype = torch.float32) -> BaseModel:
-    """Load a diffusers folder. Raises :class:`ModelError` with one clear sentence on failure."""
+def load_base_model(path: str, architecture: str = "auto", dtype: torch.dtype = torch.float32,
+                    model_config: str = "") -> BaseModel:
+    """Load a diffusers folder or a single-file checkpoint (described by ``model_config`` or the
+    bundled configs). Raises :class:`ModelError` with one clear sentence on failure."""
     if not os.path.exists(path):
         raise ModelError(f"base model not found: {path}")
     if not os.path.isdir(path):
-        raise ModelError(f"base model must be a diffusers folder (single-file checkpoints are not supported yet): {path}")
+        from .single_file import load_single_file
+
+        arch, pipe, config_dir = load_single_file(path, architecture, model_config, dtype)
+        schedule, schedule_name = _schedule_from(config_dir)
+        encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if arch == "sdxl" else [])
+        tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if arch == "sdxl" else [])
+        for m in (pipe.unet, pipe.vae, *encoders):
+            m.requires_grad_(False).eval()
+        return BaseModel(arch, pipe.unet, encoders, tokenizers, pipe.vae, schedule, schedule_name, path)
     detected = detect_architecture(path)
     arch = detected if architecture == "auto" else architecture
     if arch != detected and {arch, detected} != {"pixart_alpha", "pixart_sigma"}:

@@ -191,7 +191,9 @@ class Trainer:
         return stats
 
     # ------------------------------------------------------------ loop
-    def fit(self, progress: bool = True) -> None:
+    def fit(self, progress: bool = True, snapshot=None) -> None:
+        """Train to ``cfg.train_steps``; every ``cfg.save_every`` steps call ``snapshot(step)`` (the
+        main process exports an intermediate LoRA)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -225,6 +227,9 @@ class Trainer:
                             writer.add_scalar(name, v, self.step)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.train_steps:
                     self.save()
+                if snapshot is not None and cfg.save_every and self.step % cfg.save_every == 0 \
+                        and self.step < cfg.train_steps and self.acc.is_main_process:
+                    snapshot(self.step)
                 if cfg.validate_every and self.step % cfg.validate_every == 0:
                     self.validation_grid(os.path.join(cfg.work_dir, f"validation_{self.step:06d}.png"))
         bar.close()

@@ -1,0 +1,169 @@
+"""LCM-style consistency-distilled LoRA: the few-step baseline ComfyUI users know (LCM-LoRA).
+
+The recipe of Luo et al. (LCM / LCM-LoRA, as in diffusers' ``train_lcm_distill_lora_sd_wds.py``),
+on the same phase-1 cache, LoRA shape and training budget as the RayFlow variants of
+``bench/quality.py``:
+
+* a DDIM skipping-step grid ``t_n in {k-1, 2k-1, ..., T-1}`` with ``k = 20`` (50 steps);
+* the consistency parametrisation ``f(x, t) = c_skip(t) x + c_out(t) x0_pred(x, t)`` with the
+  boundary scalings of diffusers' ``LCMScheduler`` (``sigma_data = 0.5``, ``timestep_scaling = 10``),
+  so ``f(x, 0) = x``;
+* the teacher (the base UNet without the LoRA, classifier-free guidance ``w``) takes one DDIM step
+  ``t_n -> t_n - k`` from ``x_{t_n} = sqrt(a) x0 + sqrt(1 - a) eps`` (``x0`` = the cached teacher
+  samples, the data both methods see);
+* the target is the LoRA student itself at the teacher's point, without gradient (LCM-LoRA uses
+  no EMA copy); the loss is the pseudo-Huber distance ``sqrt(d^2 + c^2) - c`` with ``c = 0.001``.
+
+Sampling uses diffusers' ``LCMScheduler`` (multistep consistency sampling with noise injection),
+one UNet evaluation per step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from types import SimpleNamespace
+from typing import Tuple
+
+import torch
+
+SIGMA_DATA = 0.5
+TIMESTEP_SCALING = 10.0
+SKIP = 20                 # DDIM skipping step k (50-step grid over 1000 training timesteps)
+HUBER_C = 0.001
+
+
+def boundary_scalings(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``c_skip(t)``, ``c_out(t)`` ``[B]`` for integer timesteps ``t`` ``[B]`` (LCMScheduler's)."""
+    s = t.double() * TIMESTEP_SCALING
+    return SIGMA_DATA ** 2 / (s ** 2 + SIGMA_DATA ** 2), s / (s ** 2 + SIGMA_DATA ** 2).sqrt()
+
+
+def skipping_grid(num_timesteps: int, skip: int = SKIP) -> torch.Tensor:
+    """The DDIM solver's timesteps ``[k - 1, 2k - 1, ..., T - 1]`` ``[T // k]``."""
+    return torch.arange(1, num_timesteps // skip + 1) * skip - 1
+
+
+def _x0_from_eps(x, eps, a):
+    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def consistency_fn(eps_fn, x: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``f(x, t) = c_skip x + c_out x0_pred`` for ``x`` ``[B, C, H, W]`` and timesteps ``t`` ``[B]``;
+    the schedule math runs in float64 and the result is cast back to ``x.dtype``."""
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
+    x64 = x.double()
+    return (c_skip * x64 + c_out * _x0_from_eps(x64, eps_fn(x, t).double(), a)).to(x.dtype)
+
+
+def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+             alphas_cumprod: torch.Tensor, cfg_scale: float, t: torch.Tensor, noise: torch.Tensor,
+             skip: int = SKIP) -> torch.Tensor:
+    """One LCM distillation loss on data ``x0`` ``[B, C, H, W]`` noised with ``noise`` (same shape)
+    to grid timesteps ``t`` ``[B]`` (:func:`skipping_grid`), with text conditioning ``cond``
+    ``[B, L, D]`` and the negative prompt's ``uncond`` ``[B, L, D]``. ``student`` / ``teacher`` map
+    ``(x, t, ehs)`` to noise predictions; ``alphas_cumprod`` ``[T]`` float64."""
+    s = (t - skip).clamp(min=0)
+    a_t = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = (a_t.sqrt() * x0.double() + (1 - a_t).sqrt() * noise.double()).float()
+    pred = consistency_fn(lambda x, tt: student(x, tt, cond), x_t, t, alphas_cumprod)
+    with torch.no_grad():
+        e_u, e_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).double().chunk(2)
+        eps = e_u + cfg_scale * (e_c - e_u)
+        a_s = alphas_cumprod[s].view(-1, 1, 1, 1)
+        x_s = (a_s.sqrt() * _x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()   # DDIM step
+        target = consistency_fn(lambda x, tt: student(x, tt, cond), x_s, s, alphas_cumprod)
+    d2 = (pred.float() - target.float()) ** 2
+    return (torch.sqrt(d2 + HUBER_C ** 2) - HUBER_C).mean()
+
+
+def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: int, batch_size: int = 32,
+               lora_rank: int = 16, lora_alpha: float = 16.0, learning_rate: float = 1e-3, lr_warmup: int = 20,
+               cfg_scale: float = 3.0, seed: int = 0, resolution: int = 16, progress: bool = True) -> str:
+    """Train an LCM-LoRA on the base model at ``teacher_path`` (a diffusers folder) from the
+    phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs) to ``output``."""
+    import copy
+
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from training.config import DistillConfig
+    from training.data import load_cache
+    from training.export import kohya_unet_state_dict
+    from training.models import load_base_model
+    from training.trainer import add_lora, lora_state
+
+    model = load_base_model(teacher_path)
+    cache = load_cache(cache_folder)
+    ac = model.schedule.alphas_cumprod.double()
+    uncond_one = model.encode_prompts([""], torch.device("cpu"))["cond"]
+    teacher_unet = model.unet
+    student_unet = copy.deepcopy(teacher_unet)
+    torch.manual_seed(seed)
+    targets = DistillConfig.__dataclass_fields__["lora_targets"].default
+    add_lora(student_unet, SimpleNamespace(lora_targets=targets, lora_rank=lora_rank, lora_alpha=lora_alpha))
+    student_unet.train()
+    params = [p for p in student_unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / max(1, lr_warmup)) * 0.5 * (1 + math.cos(math.pi * min(k, train_steps) / train_steps)))
+
+    def student(x, t, ehs):
+        return student_unet(x, t, encoder_hidden_states=ehs).sample
+
+    def teacher(x, t, ehs):
+        return teacher_unet(x, t, encoder_hidden_states=ehs).sample
+
+    g = torch.Generator().manual_seed(seed)
+    N, grid = cache.x0.shape[0], skipping_grid(len(ac))
+    bar = tqdm(range(train_steps), desc="LCM-LoRA distillation", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(N, (batch_size,), generator=g)
+        t = grid[torch.randint(len(grid), (batch_size,), generator=g)]
+        noise = torch.randn(cache.x0[idx].shape, generator=g)
+        cond = cache.cond["cond"][idx]
+        loss = lcm_loss(student, teacher, cache.x0[idx], cond, uncond_one.expand_as(cond), ac, cfg_scale, t, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    tensors = kohya_unet_state_dict(lora_state(student_unet), lora_rank, lora_alpha)
+    meta = {"lcm.baseline": "1", "lcm.train_steps": str(train_steps), "lcm.cfg": str(cfg_scale),
+            "lcm.skip": str(SKIP), "lcm.resolution": str(resolution)}
+    tmp = output + ".tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+    os.replace(tmp, output)
+    return output
+
+
+def lcm_scheduler(model):
+    """diffusers' ``LCMScheduler`` over the base model's schedule (the same betas as training)."""
+    from diffusers import LCMScheduler
+
+    ac = model.schedule.alphas_cumprod.double()
+    betas = 1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    return LCMScheduler(num_train_timesteps=len(ac), trained_betas=betas.float().tolist(),
+                        original_inference_steps=len(ac) // SKIP, clip_sample=False, set_alpha_to_one=True,
+                        timestep_scaling=TIMESTEP_SCALING, prediction_type="epsilon")
+
+
+@torch.no_grad()
+def lcm_samples(model, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: int, sample_seed: int = 0):
+    """Images ``[N, 3, H, W]`` of the LCM-LoRA ``unet`` in ``steps`` LCMScheduler steps for proxy
+    captions ``labels`` ``[N, 4]`` and per-item initial-noise seeds ``seeds`` ``[N]`` (the same noise
+    as every other method of the benchmark). Returns ``(images, NFE per image)``."""
+    from proxy.data import caption_of
+    from training.data import item_noise
+
+    captions = [caption_of(l) for l in labels.tolist()]
+    ehs = model.encode_prompts(captions, torch.device("cpu"))["cond"]
+    x = item_noise(0, seeds, (model.latent_channels, 16, 16))
+    sched = lcm_scheduler(model)
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(sample_seed)        # the noise LCM injects between steps
+    for t in sched.timesteps:
+        eps = unet(x, t.expand(len(x)), encoder_hidden_states=ehs).sample
+        x = sched.step(eps, t, x, generator=g).prev_sample     # the last step returns the denoised sample
+    return model.decode(x), steps

@@ -1,0 +1,144 @@
+"""The LCM-LoRA baseline of bench/quality.py: its math against diffusers' schedulers, and a short
+distillation on the proxy teacher whose LoRA loads and samples like the benchmark uses it."""
+
+import os
+
+import pytest
+import torch
+
+from bench.lcm_baseline import (SKIP, boundary_scalings, consistency_fn, distil_lcm, lcm_loss, lcm_samples,
+                                lcm_scheduler, skipping_grid)
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(HERE, "proxy", "weights", "teacher")
+
+
+def _schedule():
+    from rayflow import NoiseSchedule
+
+    return NoiseSchedule.scaled_linear(1000)
+
+
+def test_skipping_grid_and_boundary_condition():
+    grid = skipping_grid(1000)
+    assert grid.tolist() == list(range(SKIP - 1, 1000, SKIP)) and len(grid) == 1000 // SKIP
+    c_skip, c_out = boundary_scalings(torch.tensor([0, 999]))
+    assert c_skip[0] == 1 and c_out[0] == 0            # f(x, 0) = x
+    assert c_skip[1] < 1e-6 and abs(c_out[1] - 1) < 1e-6
+    x = torch.randn(3, 4, 8, 8)
+    ac = _schedule().alphas_cumprod.double()
+    assert torch.equal(consistency_fn(lambda x, t: torch.randn_like(x), x, torch.zeros(3, dtype=torch.long), ac), x)
+
+
+def test_scalings_match_diffusers_lcm_scheduler():
+    from diffusers import LCMScheduler
+
+    ref = LCMScheduler(timestep_scaling=10.0)
+    t = torch.tensor([0, 1, 19, 259, 999])
+    c_skip, c_out = boundary_scalings(t)
+    for i, ti in enumerate(t.tolist()):
+        rs, ro = ref.get_scalings_for_boundary_condition_discrete(ti)
+        assert abs(c_skip[i] - rs) < 1e-12 and abs(c_out[i] - ro) < 1e-12
+
+
+def test_loss_matches_a_diffusers_ddim_reference():
+    """The teacher's guided DDIM step t -> t - k, the boundary scalings and the pseudo-Huber loss,
+    recomputed per item with diffusers' DDIMScheduler (final alpha = alpha_bar[0] at the boundary)."""
+    from diffusers import DDIMScheduler
+
+    sched_ = _schedule()
+    ac = sched_.alphas_cumprod.double()
+    g = torch.Generator().manual_seed(0)
+    B = 5
+    x0 = torch.randn(B, 4, 8, 8, generator=g)
+    noise = torch.randn(B, 4, 8, 8, generator=g)
+    cond, uncond = torch.randn(B, 3, 6, generator=g), torch.randn(B, 3, 6, generator=g)
+    t = torch.tensor([19, 39, 499, 979, 999])
+    W = torch.randn(4, 4, generator=g) * 0.3
+
+    def student(x, tt, e):       # any smooth functions of (x, t, text) that differ
+        return torch.einsum("oc,bchw->bohw", W, x) + e.mean((1, 2)).view(-1, 1, 1, 1) * (tt.view(-1, 1, 1, 1) / 1000)
+
+    def teacher(x, tt, e):
+        return 0.7 * x + e.sum((1, 2)).view(-1, 1, 1, 1) * 0.1
+
+    got = lcm_loss(student, teacher, x0, cond, uncond, ac, 3.0, t, noise)
+
+    betas = 1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    ddim = DDIMScheduler(trained_betas=betas.tolist(), set_alpha_to_one=False, clip_sample=False,
+                         timestep_spacing="trailing", prediction_type="epsilon")
+    ddim.set_timesteps(1000 // SKIP)
+    ref = lcm_scheduler(type("M", (), {"schedule": sched_})())
+    losses = []
+    for i in range(B):
+        ti = int(t[i])
+        xt = ddim.add_noise(x0[i:i + 1].double(), noise[i:i + 1].double(), torch.tensor([ti])).float()
+        eu, ec = teacher(torch.cat([xt, xt]), torch.tensor([ti, ti]), torch.cat([uncond[i:i + 1], cond[i:i + 1]])).chunk(2)
+        xs = ddim.step(eu + 3.0 * (ec - eu), ti, xt).prev_sample
+        si = max(ti - SKIP, 0)
+
+        def f(x, tt):
+            cs, co = ref.get_scalings_for_boundary_condition_discrete(tt)
+            a = ac[tt]
+            e = student(x, torch.tensor([tt]), cond[i:i + 1]).double()
+            return cs * x.double() + co * (x.double() - (1 - a).sqrt() * e) / a.sqrt()
+
+        d2 = (f(xt, ti) - f(xs, si)) ** 2
+        losses.append(torch.sqrt(d2 + 1e-6) - 1e-3)
+    want = torch.cat(losses).mean()
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    if not os.path.isdir(TEACHER):
+        pytest.skip("the committed proxy teacher is missing (proxy/weights/teacher)")
+    from proxy.data import all_labels, caption_of
+    from training.config import DistillConfig
+    from training.distill import run
+
+    out = tmp_path_factory.mktemp("lcm")
+    labels = all_labels()[:3]
+    (out / "p.txt").write_text("".join(caption_of(l) + "\n" for l in labels.tolist()))
+    cfg = DistillConfig(model=TEACHER, prompts=str(out / "p.txt"), output=str(out / "ray.safetensors"),
+                        work_dir=str(out / "w"), resolution=16, seeds_per_prompt=4, teacher_steps=4, teacher_cfg=3.0,
+                        shard_size=8, train_steps=1, batch_size=4, lora_rank=4, lora_alpha=4.0)
+    cfg.validate()
+    run(cfg, progress=False)
+    return out, labels
+
+
+def test_distilled_lora_loads_and_samples_with_the_trained_parametrisation(small_cache):
+    from safetensors import safe_open
+
+    from proxy.demo import load_lora_unet
+    from training.data import item_noise
+    from training.models import load_base_model
+
+    out, labels = small_cache
+    path = distil_lcm(TEACHER, str(out / "w" / "cache"), str(out / "lcm.safetensors"), train_steps=6, batch_size=4,
+                      lora_rank=4, lora_alpha=4.0, progress=False)
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+        ups = [f.get_tensor(k) for k in f.keys() if k.endswith("lora_up.weight")]
+    assert meta["lcm.baseline"] == "1" and meta["lcm.train_steps"] == "6"
+    assert "rayflow.format" not in meta           # the RayFlow LoRA Loader must not take it for a RayFlow LoRA
+    assert ups and any(u.abs().max() > 0 for u in ups)     # lora_up starts at zero: training moved it
+    assert not os.path.exists(path + ".tmp")
+
+    model = load_base_model(TEACHER)
+    unet = load_lora_unet(TEACHER, path)
+    seeds = torch.arange(len(labels))
+    one, nfe1 = lcm_samples(model, unet, labels, seeds, 1)
+    two, nfe2 = lcm_samples(model, unet, labels, seeds, 2)
+    assert (nfe1, nfe2) == (1, 2) and one.shape == (len(labels), 3, 16, 16)
+    assert torch.equal(two, lcm_samples(model, unet, labels, seeds, 2)[0])      # seeded
+    assert not torch.allclose(one, two)
+    # one LCMScheduler step is the consistency function the LoRA was trained as, at T - 1
+    from proxy.data import caption_of
+
+    ehs = model.encode_prompts([caption_of(l) for l in labels.tolist()], torch.device("cpu"))["cond"]
+    z = item_noise(0, seeds, (model.latent_channels, 16, 16))
+    f = consistency_fn(lambda x, t: unet(x, t, encoder_hidden_states=ehs).sample, z,
+                       torch.full((len(z),), 999), model.schedule.alphas_cumprod.double())
+    assert torch.allclose(model.decode(f), one, atol=1e-4)
