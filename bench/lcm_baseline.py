@@ -142,10 +142,9 @@ def lcm_scheduler(model):
     """diffusers' ``LCMScheduler`` over the base model's schedule (the same betas as training)."""
     from diffusers import LCMScheduler
 
-    ac = model.schedule.alphas_cumprod.double()
-    betas = 1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
-    return LCMScheduler(num_train_timesteps=len(ac), trained_betas=betas.float().tolist(),
-                        original_inference_steps=len(ac) // SKIP, clip_sample=False, set_alpha_to_one=True,
+    T = model.schedule.num_timesteps
+    return LCMScheduler(num_train_timesteps=T, trained_betas=model.schedule.betas.float().tolist(),
+                        original_inference_steps=T // SKIP, clip_sample=False, set_alpha_to_one=True,
                         timestep_scaling=TIMESTEP_SCALING, prediction_type="epsilon")
 
 

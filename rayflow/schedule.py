@@ -105,6 +105,13 @@ class NoiseSchedule:
         return int(self.alphas_cumprod.numel())
 
     @property
+    def betas(self) -> torch.Tensor:
+        """Per-step ``beta_t = 1 - alpha_bar[t] / alpha_bar[t - 1]`` ``[T]`` (float64), the inverse of
+        :meth:`from_betas` (what diffusers schedulers take as ``trained_betas``)."""
+        a = self.alphas_cumprod
+        return 1.0 - a / torch.cat([a.new_ones(1), a[:-1]])
+
+    @property
     def sigmas(self) -> torch.Tensor:
         """Sigma-space noise levels ``[T]`` (float64), increasing with t."""
         return sigma_from_alpha_bar(self.alphas_cumprod)

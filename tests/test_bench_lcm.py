@@ -64,8 +64,7 @@ def test_loss_matches_a_diffusers_ddim_reference():
 
     got = lcm_loss(student, teacher, x0, cond, uncond, ac, 3.0, t, noise)
 
-    betas = 1 - ac / torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
-    ddim = DDIMScheduler(trained_betas=betas.tolist(), set_alpha_to_one=False, clip_sample=False,
+    ddim = DDIMScheduler(trained_betas=sched_.betas.tolist(), set_alpha_to_one=False, clip_sample=False,
                          timestep_spacing="trailing", prediction_type="epsilon")
     ddim.set_timesteps(1000 // SKIP)
     ref = lcm_scheduler(type("M", (), {"schedule": sched_})())

@@ -17,6 +17,9 @@ def test_named_schedules_match_diffusers(name, kwargs):
     ours = NoiseSchedule.from_name(name)
     torch.testing.assert_close(ours.alphas_cumprod, ref, rtol=1e-5, atol=1e-7)
     assert ours.name == name
+    betas = diffusers.DDPMScheduler(num_train_timesteps=1000, **kwargs).betas.double()
+    torch.testing.assert_close(ours.betas, betas, rtol=1e-4, atol=1e-8)       # what diffusers takes as trained_betas
+    torch.testing.assert_close(NoiseSchedule.from_betas(ours.betas).alphas_cumprod, ours.alphas_cumprod)
 
 
 def test_from_sigmas_round_trips_comfyui_style_table():

@@ -55,10 +55,8 @@ def item_noise(seed: int, index: torch.Tensor, shape) -> torch.Tensor:
 def make_teacher_scheduler(model: BaseModel, solver: str):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    cfg = dict(num_train_timesteps=model.schedule.num_timesteps, trained_betas=None, prediction_type="epsilon")
-    betas = 1 - model.schedule.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64),
-                                                           model.schedule.alphas_cumprod[:-1]])
-    cfg["trained_betas"] = betas.float().tolist()
+    cfg = dict(num_train_timesteps=model.schedule.num_timesteps, trained_betas=model.schedule.betas.float().tolist(),
+               prediction_type="epsilon")
     if solver == "ddim":
         return DDIMScheduler(**cfg, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     return DPMSolverMultistepScheduler(**cfg, algorithm_type="dpmsolver++", solver_order=2,
