@@ -20,8 +20,6 @@ one UNet evaluation per step.
 
 from __future__ import annotations
 
-import math
-import os
 from types import SimpleNamespace
 from typing import Tuple
 
@@ -85,14 +83,13 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs) to ``output``."""
     import copy
 
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from training.config import DistillConfig
     from training.data import load_cache
-    from training.export import kohya_unet_state_dict
+    from training.export import kohya_unet_state_dict, save_atomic
     from training.models import load_base_model
-    from training.trainer import add_lora, lora_state
+    from training.trainer import add_lora, lora_state, warmup_cosine
 
     model = load_base_model(teacher_path)
     cache = load_cache(cache_folder)
@@ -106,8 +103,7 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     student_unet.train()
     params = [p for p in student_unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / max(1, lr_warmup)) * 0.5 * (1 + math.cos(math.pi * min(k, train_steps) / train_steps)))
+    sched = warmup_cosine(opt, lr_warmup, train_steps)
 
     def student(x, t, ehs):
         return student_unet(x, t, encoder_hidden_states=ehs).sample
@@ -121,9 +117,9 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     for _ in bar:
         idx = torch.randint(N, (batch_size,), generator=g)
         t = grid[torch.randint(len(grid), (batch_size,), generator=g)]
-        noise = torch.randn(cache.x0[idx].shape, generator=g)
-        cond = cache.cond["cond"][idx]
-        loss = lcm_loss(student, teacher, cache.x0[idx], cond, uncond_one.expand_as(cond), ac, cfg_scale, t, noise)
+        x0, cond = cache.x0[idx], cache.cond["cond"][idx]
+        noise = torch.randn(x0.shape, generator=g)
+        loss = lcm_loss(student, teacher, x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,9 +128,7 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     tensors = kohya_unet_state_dict(lora_state(student_unet), lora_rank, lora_alpha)
     meta = {"lcm.baseline": "1", "lcm.train_steps": str(train_steps), "lcm.cfg": str(cfg_scale),
             "lcm.skip": str(SKIP), "lcm.resolution": str(resolution)}
-    tmp = output + ".tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-    os.replace(tmp, output)
+    save_atomic(tensors, output, meta)        # no rayflow.format: not a RayFlow LoRA
     return output
 
 

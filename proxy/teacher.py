@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -75,15 +74,14 @@ def save(out_dir: str, unet, text_encoder) -> None:
 
 def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
     from diffusers import DDPMScheduler
+    from training.trainer import warmup_cosine
 
     unet, text_encoder, tokenizer = build(out_dir, seed)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     ema_te = {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    warm = 200
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = warmup_cosine(opt, 200, steps)
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
     labels_all = all_labels()
     g = torch.Generator().manual_seed(seed)

@@ -21,11 +21,11 @@ from typing import Dict, List
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from rayflow import RayProcess
 
 from .config import ConfigError, DistillConfig
+from .export import save_atomic
 from .models import BaseModel
 
 CACHE_VERSION = 2
@@ -142,7 +142,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
         eps_mu, sigma_star = process.theorem1(preds, alphas)
         tensors = {"x0": x0, "eps_mu": eps_mu.float(), "noise": z.float(), "sigma_star": sigma_star.float(),
                    "index": idx, **{f"cond.{k2}": v.float() for k2, v in cond.items()}}
-        _atomic_save({k2: v.detach().cpu().contiguous() for k2, v in tensors.items()}, _shard_path(folder, k),
+        save_atomic({k2: v.detach().cpu().contiguous() for k2, v in tensors.items()}, _shard_path(folder, k),
                      {"prompts": json.dumps(texts)})
         bar.update(1)
     bar.close()
@@ -174,12 +174,6 @@ def load_cache(folder: str) -> Cache:
 
 def _shard_path(folder: str, k: int) -> str:
     return os.path.join(folder, f"shard_{k:05d}.safetensors")
-
-
-def _atomic_save(tensors, path: str, metadata=None) -> None:
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _atomic_json(path: str, data) -> None:

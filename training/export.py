@@ -8,7 +8,7 @@ ComfyUI's stock LoraLoader, the RayFlow LoRA Loader and diffusers' ``load_lora_w
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -60,17 +60,23 @@ def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], ra
     return kohya_unet_state_dict(peft_state, rank, alpha)
 
 
-def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """Write atomically (temp file + rename); metadata values must be strings."""
-    meta = {"rayflow.format": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    """``safetensors`` save through a temp file + rename: ``path`` is complete or absent, and a
+    failed write leaves no temp file behind."""
     tmp = path + ".tmp"
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """Write a RayFlow LoRA atomically (:func:`save_atomic`); metadata values become strings."""
+    meta = {"rayflow.format": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_atomic(tensors, path, meta)
 
 
 def load_transformer_lora(transformer: torch.nn.Module, path: str) -> torch.nn.Module:

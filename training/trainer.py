@@ -53,6 +53,12 @@ def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False) ->
                                        target_modules=names), unet)
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at step ``total``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+
 def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
@@ -71,9 +77,7 @@ class Trainer:
         unet.train()
         self.params = [p for p in unet.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        warm, total = cfg.lr_warmup, cfg.train_steps
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        self.lr_sched = warmup_cosine(self.opt, cfg.lr_warmup, cfg.train_steps)
         self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
         feat_dim = cache.cond["cond"].shape[-1] + 4 * cache.x0.shape[1]
         self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles)
