@@ -1,8 +1,9 @@
 """Few-step quality benchmark on the proxy teacher (issue: proof on a proxy).
 
 At 1, 2, 4 and 8 steps: the teacher with DDIM and with DPM-Solver++ (the 25-step DDIM teacher is
-the reference), RayFlow LoRAs distilled at an equal training budget — the full recipe and its
-ablations (no Time Sampler, no Ray trajectory, sigma 0.1 / 0.5, the linear Ray path) and an
+the reference), RayFlow LoRAs distilled at an equal training budget — the full recipe (``RECIPE``:
+sigma 0.1, truncated-SNR loss weighting, Time Sampler) and its ablations (no Time Sampler, no Ray
+trajectory, sigma 0.03 / 0.3 / 0.5, the linear Ray path, the plain noise-space loss) and an
 LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs of each way of
 obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The ``ray`` and
 ``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training steps (the
@@ -23,20 +24,35 @@ import time
 
 import torch
 
+from proxy.demo import SIGMA
 from rayflow import RayProcess, estimate_target_mean_vp, sample_ray
 
-VARIANTS = {
+# the recipe every RayFlow variant shares (the demo's): sigma 0.1 and the truncated-SNR loss weighting
+RECIPE = dict(sigma=SIGMA, loss_weighting="truncated-snr")
+VARIANTS = {              # each one changes one thing of RECIPE (plus the Time Sampler, on by default)
     "ray": dict(),
     "no_ts": dict(no_time_sampler=True),
     "no_ray": dict(no_ray=True),
-    "sigma0.1": dict(sigma=0.1),
+    "sigma0.03": dict(sigma=0.03),
+    "sigma0.3": dict(sigma=0.3),
     "sigma0.5": dict(sigma=0.5),
     "linear": dict(ray_path="linear"),
+    "eps_loss": dict(loss_weighting="eps"),
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 STEPS = (1, 2, 4, 8)
 CURVE_VARIANTS = ("ray", "no_ts")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps
 SNAPSHOT_EVERY = 300
+
+
+def options(variant: str) -> dict:
+    """The ``DistillConfig`` options of a variant: ``RECIPE`` with the variant's change."""
+    return {**RECIPE, **VARIANTS[variant]}
+
+
+def process_of(variant: str) -> RayProcess:
+    v = options(variant)
+    return RayProcess(sigma=1.0) if v.get("no_ray") else RayProcess(sigma=v["sigma"], path=v.get("ray_path", "sigma"))
 
 
 def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int) -> str:
@@ -59,7 +75,7 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
                         teacher_steps=25, teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32,
                         learning_rate=1e-3, lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=100_000,
                         log_every=50, save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0,
-                        **VARIANTS[variant])
+                        **options(variant))
     cfg.validate()
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if variant != "ray" and cfg.ray_path == "sigma" and os.path.isdir(shared) \
@@ -148,8 +164,7 @@ def main(argv=None) -> int:
 
     def evaluate_lora(variant, path, modes, steps=STEPS, name=None):
         unet = load_lora_unet(TEACHER, path)
-        v = VARIANTS[variant]
-        process = RayProcess(sigma=1.0) if v.get("no_ray") else RayProcess(sigma=v.get("sigma", 0.3), path=v.get("ray_path", "sigma"))
+        process = process_of(variant)
         for mode in modes:
             for n in steps:
                 if variant == "lcm":

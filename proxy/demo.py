@@ -36,6 +36,9 @@ SETTINGS = {
                   lora_rank=8),
 }
 TEACHER_STEPS, TEACHER_CFG = 25, 3.0
+# Ray variance coefficient: the Theorem-1 spread of this teacher's trajectories is about 0.1, and 0.1
+# beats 0.3 and 0.5 at every step count here (docs/benchmarks.md; the paper found 0.3 best for SDXL)
+SIGMA = 0.1
 
 
 def load_lora_unet(teacher: str, lora_path: str):
@@ -61,7 +64,7 @@ def generate(model, unet, labels: torch.Tensor, seeds: torch.Tensor, method: str
 
         def eps_model(x, t):
             return unet(x, t, encoder_hidden_states=ehs).sample
-        x0 = sample_ray(eps_model, z, z, RayProcess(sigma=0.3), model.schedule, model.schedule.ray_timesteps(steps))
+        x0 = sample_ray(eps_model, z, z, RayProcess(sigma=SIGMA), model.schedule, model.schedule.ray_timesteps(steps))
     else:
         empty = model.encode_prompts([""], torch.device("cpu"))
         uncond = {k: v.expand(len(captions), *v.shape[1:]) for k, v in empty.items()}
@@ -120,7 +123,7 @@ def main(argv: List[str] = None) -> int:
     cfg = DistillConfig(model=teacher, prompts=prompts_path, output=lora_path, work_dir=os.path.join(args.out, "work"),
                         resolution=16, seeds_per_prompt=s["seeds_per_prompt"], seed=args.seed,
                         teacher_solver="dpmsolver++", teacher_steps=TEACHER_STEPS, teacher_cfg=TEACHER_CFG,
-                        shard_size=64, train_steps=s["train_steps"], batch_size=s["batch_size"], learning_rate=1e-3,
+                        sigma=SIGMA, shard_size=64, train_steps=s["train_steps"], batch_size=s["batch_size"], learning_rate=1e-3,
                         lr_warmup=20, lora_rank=s["lora_rank"], lora_alpha=float(s["lora_rank"]),
                         checkpoint_every=10_000, log_every=20, recommended_steps=2, resume=False)
     if os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):

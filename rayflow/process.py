@@ -206,6 +206,24 @@ class RayProcess:
         return x_t.to(x0.dtype), n_t.to(x0.dtype)
 
     @staticmethod
+    def loss_weight(a: Alpha, weighting: str = "eps") -> torch.Tensor:
+        """Per-timestep weight ``lambda(a)`` of the noise-space loss (eq. 7.2), float64, shape of ``a``.
+
+        ``eps``: 1. ``truncated-snr``: ``max(1, (1 - a) / a)``. An error ``d`` in the predicted
+        noise is an error ``sqrt((1 - a) / a) d`` in ``x0_from_eps`` (eq. 4.3), so this weight is
+        the clean-sample error wherever noise dominates (``a < 1/2``) and the noise error elsewhere
+        -- the "truncated SNR" weighting of progressive distillation (Salimans & Ho, 2022), which
+        makes the prediction at the last timestep, the whole of a one-step sample, count at its
+        image-space size.
+        """
+        a = _check_alpha("a", a)
+        if weighting == "eps":
+            return torch.ones_like(a)
+        if weighting == "truncated-snr":
+            return ((1.0 - a) / a).clamp_min(1.0)
+        raise ValueError(f"weighting must be 'eps' or 'truncated-snr', got {weighting!r}")
+
+    @staticmethod
     def x0_from_eps(x_t: torch.Tensor, eps_pred: torch.Tensor, a: Alpha) -> torch.Tensor:
         """``x0 = (x_t - sqrt(1 - a) n) / sqrt(a)`` (eq. 4.3), the same formula the base model's
         epsilon parameterisation (and ComfyUI's EPS wrapper) uses."""

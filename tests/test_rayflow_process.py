@@ -134,6 +134,28 @@ def test_training_pair_is_the_marginal_in_epsilon_form(path, sched):
         torch.testing.assert_close(n, mu + 0.3 * noise)
 
 
+def test_truncated_snr_weight_is_the_x0_error_where_noise_dominates(sched):
+    """lambda * ||n_hat - n||^2 equals ||x0_hat - x0||^2 for a < 1/2 and the noise error above."""
+    proc = RayProcess(sigma=0.3)
+    g = torch.Generator().manual_seed(7)
+    x0, mu, noise, err = (torch.randn(4, 4, 6, 6, generator=g, dtype=torch.float64) for _ in range(4))
+    t = torch.tensor([999.0, 700.0, 300.0, 0.0])
+    a = sched.alpha_bar(t)
+    x_t, n = proc.training_pair(x0, mu, a, noise)
+    pred = n + 0.01 * err
+    eps_mse = (pred - n).pow(2).flatten(1).mean(1)
+    x0_mse = (proc.x0_from_eps(x_t, pred, a) - x0).pow(2).flatten(1).mean(1)
+    lam = proc.loss_weight(a, "truncated-snr")
+    noisy = a < 0.5
+    assert noisy.tolist() == [True, True, False, False]
+    torch.testing.assert_close((lam * eps_mse)[noisy], x0_mse[noisy])
+    torch.testing.assert_close((lam * eps_mse)[~noisy], eps_mse[~noisy])
+    assert float(lam[0]) == pytest.approx((1 - float(a[0])) / float(a[0])) and float(lam[0]) > 200
+    torch.testing.assert_close(proc.loss_weight(a, "eps"), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weighting"):
+        proc.loss_weight(a, "snr")
+
+
 def _trajectory(K, B, D, g):
     eps_preds = torch.randn(K, B, D, generator=g, dtype=torch.float64) * 0.4 + torch.randn(1, B, D, generator=g,
                                                                                          dtype=torch.float64)

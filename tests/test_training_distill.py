@@ -63,15 +63,17 @@ def test_end_to_end_sd15_produces_a_lora_that_diffusers_loads(tiny, tmp_path):
     assert not torch.allclose(before, after)
 
 
-@pytest.mark.parametrize("flags, recipe, ts", [(["--no-ray"], "rectified", "on"),
-                                               (["--no-time-sampler"], "ray", "off")])
-def test_ablation_flags(tiny, tmp_path, flags, recipe, ts):
+@pytest.mark.parametrize("flags, recipe, ts, weighting", [(["--no-ray"], "rectified", "on", "truncated-snr"),
+                                                          (["--no-time-sampler"], "ray", "off", "truncated-snr"),
+                                                          (["--loss-weighting", "eps"], "ray", "on", "eps")])
+def test_ablation_flags(tiny, tmp_path, flags, recipe, ts, weighting):
     model, prompts = tiny
     out = tmp_path / "a.safetensors"
     assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 4, *FAST, *flags) == 0
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     assert meta["rayflow.recipe"] == recipe and meta["rayflow.time_sampler"] == ts
+    assert meta["rayflow.loss_weighting"] == weighting
 
 
 def test_phase1_items_do_not_depend_on_sharding(tiny, tmp_path):
@@ -170,6 +172,7 @@ def _bad_input_cases(tiny, tmp_path):
         (["--model", model, "--prompts", empty], "prompts file has no prompts", None),
         (["--model", model, "--prompts", binary], "prompts file is not UTF-8 text", None),
         (["--model", model, "--prompts", tmp_path / "missing.txt"], "prompts file not found", None),
+        (["--model", model, "--prompts", prompts, "--loss-weighting", "snr"], "--loss-weighting must be one of", None),
         (["--model", model, "--prompts", prompts, "--resolution", "20"], "--resolution must be a positive multiple of 8", None),
         (["--model", model, "--prompts", prompts], "output location is not writable", afile / "sub" / "x.safetensors"),
     ]

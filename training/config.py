@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
 SOLVERS = ("ddim", "dpmsolver++")
+LOSS_WEIGHTINGS = ("eps", "truncated-snr")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,7 @@ class DistillConfig:
     sigma: float = field(default=0.3, metadata={"help": "Ray variance coefficient"})
     ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
+    loss_weighting: str = field(default="truncated-snr", metadata={"help": "per-timestep loss weight (docs/method.md eq. 7.2): eps (plain noise-space MSE) or truncated-snr (max(1, (1-a_t)/a_t): x0-space error where the noise dominates, as in progressive distillation)"})
     no_time_sampler: bool = field(default=False, metadata={"help": "ablation: uniform timesteps instead of the Time Sampler"})
     time_sampler_particles: int = field(default=32, metadata={"help": "Time Sampler particles per sample"})
     time_sampler_lr: float = field(default=1e-3, metadata={"help": "Time Sampler network learning rate"})
@@ -81,6 +83,8 @@ class DistillConfig:
             raise ConfigError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
         if self.ray_path not in ("sigma", "linear"):
             raise ConfigError(f"--ray-path must be sigma or linear, got {self.ray_path!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(f"--loss-weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if not 0 < self.sigma <= 10:
             raise ConfigError(f"--sigma must be in (0, 10], got {self.sigma}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -104,7 +108,7 @@ class DistillConfig:
         keep = ("model", "model_config", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
                 "teacher_cfg", "negative_prompt", "resolution", "shard_size", "batch_size", "grad_accum",
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
-                "ray_path", "no_ray", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
+                "ray_path", "no_ray", "loss_weighting", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
                 "mixed_precision", "ema_decay")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])

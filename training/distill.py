@@ -72,6 +72,9 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
             f.write(cfg.to_json())
     folder = build_cache(cfg, model, prompts, accelerator, progress)
     cache = load_cache(folder)
+    if progress and accelerator.is_main_process:
+        print(f"phase 1: Theorem-1 spread sigma* of the teacher trajectories: mean {cache.sigma_star.mean():.3f}, "
+              f"median {cache.sigma_star.median():.3f} (training with --sigma {cfg.sigma})", flush=True)
     for enc in model.text_encoders:          # phase 2 never needs the text encoders (PixArt's T5 is large)
         enc.to("cpu")
     model.text_encoders.clear()
@@ -95,6 +98,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
         "rayflow.teacher_cfg": cfg.teacher_cfg,
         "rayflow.train_steps": cfg.train_steps,
         "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
+        "rayflow.loss_weighting": cfg.loss_weighting,
         "rayflow.lora_rank": cfg.lora_rank,
         "rayflow.lora_alpha": cfg.lora_alpha,
     }

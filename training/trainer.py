@@ -3,7 +3,8 @@
 Per step (``docs/method.md`` eq. 7.1): draw cached items, timesteps ``t ~ q(t | x)`` from the Time
 Sampler with importance weights ``w`` (uniform ``t``, ``w = 1`` with ``--no-time-sampler``), form
 ``(x_t, n_t) = RayProcess.training_pair(x0_hat, eps_mu, a_t, noise)`` and minimise
-``w * || unet(x_t, t, c) - n_t ||^2`` over the LoRA parameters. The Time Sampler network follows
+``w * lambda(a_t) * || unet(x_t, t, c) - n_t ||^2`` over the LoRA parameters (``lambda``:
+``RayProcess.loss_weight``, eq. 7.2). The Time Sampler network follows
 its SVGD loss on the running per-timestep loss profile.
 
 Everything random comes from one generator whose state is checkpointed with the LoRA, the
@@ -168,7 +169,9 @@ class Trainer:
             x_t, target = self.process.training_pair(x0, mu, a, noise)
         with self.acc.accumulate(self.unet), self.acc.autocast():
             pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
-            per_sample = (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
+            # the weighted per-sample loss is the one minimised, so it is also what the Time Sampler sees
+            lam = self.process.loss_weight(a, cfg.loss_weighting).float().to(dev)
+            per_sample = lam * (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
             loss = (w.to(dev) * per_sample).mean()
             self.acc.backward(loss)
             if self.acc.sync_gradients:
