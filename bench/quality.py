@@ -9,7 +9,8 @@ obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The 
 ``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training steps (the
 Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity (``proxy/classifier.py``).
 Writes ``results.json`` (after every variant), ``results.md``, ``fd_vs_steps.png`` and
-``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are reused.
+``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are reused, and ``--replot``
+only redraws the table and plots from the ``results.json`` there.
 
     python -m bench.quality [--variants ray,no_ts,...] [--train-steps 1200] [--out outputs/quality]
 """
@@ -117,6 +118,65 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
     return model.decode(x0), steps + extra_nfe
 
 
+def write_report(results: dict, curves: dict, out: str) -> None:
+    """``results.md``, ``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` from the measured results."""
+    lines = ["| method | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",
+             "|---|" + "---|" * len(STEPS)]
+    for name, per in results.items():
+        cells = [f"{per[str(n)]['fd_proxy']:.2f} / {per[str(n)]['alignment']:.2f} / {per[str(n)]['nfe']}"
+                 if str(n) in per else "" for n in STEPS]
+        if "25" in per:
+            cells = [f"25 steps: {per['25']['fd_proxy']:.2f} / {per['25']['alignment']:.2f} / 50"] + [""] * (len(STEPS) - 1)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if curves:
+        lines += ["", "FD-proxy vs training steps (1 / 2 / 4 sampling steps):", "",
+                  "| variant | " + " | ".join(f"{k} steps" for k in next(iter(curves.values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(curves.values())))]
+        for variant, per in curves.items():
+            lines.append(f"| {variant} | " + " | ".join(" / ".join(f"{fd:.1f}" for fd in c.values()) for c in per.values()) + " |")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("Cells: FD-proxy / alignment / NFE per image.\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plt.figure(figsize=(6, 4))
+        shown = [name for name, per in results.items() if any(str(n) in per for n in STEPS)
+                 and ("[noise]" in name or name.startswith(("teacher D", "LCM")))]
+        colours = plt.get_cmap("tab20")
+        for i, name in enumerate(shown):
+            per = results[name]
+            xs = [n for n in STEPS if str(n) in per]
+            plt.plot(xs, [per[str(n)]["fd_proxy"] for n in xs], marker="o", label=name, color=colours((2 * i) % 20 + (2 * i) // 20 % 2),
+                     linestyle="--" if name.startswith("teacher") else "-")
+        ref = results["teacher DDIM (reference)"]["25"]["fd_proxy"]
+        plt.axhline(ref, color="k", linestyle="--", label="teacher DDIM 25 steps")
+        plt.xscale("log", base=2)
+        plt.yscale("log")
+        plt.xlabel("sampling steps")
+        plt.ylabel("FD-proxy (lower is better)")
+        plt.legend(fontsize=7)
+        plt.tight_layout()
+        plt.savefig(os.path.join(out, "fd_vs_steps.png"), dpi=120)
+        if curves:
+            fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+            for ax, n in zip(axes, ("1", "2", "4")):
+                for variant, per in curves.items():
+                    ax.plot([int(k) for k in per], [c[n] for c in per.values()], marker="o",
+                            label={"ray": "Time Sampler", "no_ts": "uniform t"}.get(variant, variant))
+                ax.set_title(f"{n}-step sampling")
+                ax.set_xlabel("training steps")
+                ax.set_yscale("log")
+            axes[0].set_ylabel("FD-proxy")
+            axes[0].legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(os.path.join(out, "fd_vs_training_steps.png"), dpi=120)
+    except ImportError:
+        print("matplotlib not installed: no plot")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/quality")
@@ -125,7 +185,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds-per-prompt", type=int, default=8)
     ap.add_argument("--eval-per-caption", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replot", action="store_true",
+                    help="only rewrite results.md and the plots from the results.json already in --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        with open(os.path.join(args.out, "results.json")) as f:
+            saved = json.load(f)
+        write_report(saved["results"], saved["curves"], args.out)
+        return 0
     from proxy.classifier import evaluate, load_classifier
     from proxy.data import all_labels, caption_of, render
     from proxy.demo import CLASSIFIER, TEACHER, generate, load_lora_unet
@@ -194,57 +261,7 @@ def main(argv=None) -> int:
         report()
     results = {k: v for k, v in results.items() if not k.startswith("curve ")}
     report()
-    lines = ["| method | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",
-             "|---|" + "---|" * len(STEPS)]
-    for name, per in results.items():
-        cells = [f"{per[str(n)]['fd_proxy']:.2f} / {per[str(n)]['alignment']:.2f} / {per[str(n)]['nfe']}"
-                 if str(n) in per else "" for n in STEPS]
-        if "25" in per:
-            cells = [f"25 steps: {per['25']['fd_proxy']:.2f} / {per['25']['alignment']:.2f} / 50"] + [""] * (len(STEPS) - 1)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if curves:
-        lines += ["", "FD-proxy vs training steps (1 / 2 / 4 sampling steps):", "",
-                  "| variant | " + " | ".join(f"{k} steps" for k in next(iter(curves.values()))) + " |",
-                  "|---|" + "---|" * len(next(iter(curves.values())))]
-        for variant, per in curves.items():
-            lines.append(f"| {variant} | " + " | ".join(" / ".join(f"{fd:.1f}" for fd in c.values()) for c in per.values()) + " |")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("Cells: FD-proxy / alignment / NFE per image.\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        plt.figure(figsize=(6, 4))
-        for name, per in results.items():
-            xs = [n for n in STEPS if str(n) in per]
-            if xs and ("[noise]" in name or name.startswith(("teacher D", "LCM"))):
-                plt.plot(xs, [per[str(n)]["fd_proxy"] for n in xs], marker="o", label=name)
-        ref = results["teacher DDIM (reference)"]["25"]["fd_proxy"]
-        plt.axhline(ref, color="k", linestyle="--", label="teacher DDIM 25 steps")
-        plt.xscale("log", base=2)
-        plt.yscale("log")
-        plt.xlabel("sampling steps")
-        plt.ylabel("FD-proxy (lower is better)")
-        plt.legend(fontsize=7)
-        plt.tight_layout()
-        plt.savefig(os.path.join(args.out, "fd_vs_steps.png"), dpi=120)
-        if curves:
-            fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
-            for ax, n in zip(axes, ("1", "2", "4")):
-                for variant, per in curves.items():
-                    ax.plot([int(k) for k in per], [c[n] for c in per.values()], marker="o",
-                            label={"ray": "Time Sampler", "no_ts": "uniform t"}.get(variant, variant))
-                ax.set_title(f"{n}-step sampling")
-                ax.set_xlabel("training steps")
-                ax.set_yscale("log")
-            axes[0].set_ylabel("FD-proxy")
-            axes[0].legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(os.path.join(args.out, "fd_vs_training_steps.png"), dpi=120)
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    write_report(results, curves, args.out)
     return 0
 
 
