@@ -31,6 +31,7 @@ import torch
 from .validation import check_finite, check_same_shape, check_scalar
 
 PATHS = ("sigma", "linear")
+LOSS_WEIGHTINGS = ("eps", "truncated-snr")      # RayProcess.loss_weight (eq. 7.2)
 Alpha = Union[float, torch.Tensor]
 
 
@@ -221,7 +222,7 @@ class RayProcess:
             return torch.ones_like(a)
         if weighting == "truncated-snr":
             return ((1.0 - a) / a).clamp_min(1.0)
-        raise ValueError(f"weighting must be 'eps' or 'truncated-snr', got {weighting!r}")
+        raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
 
     @staticmethod
     def x0_from_eps(x_t: torch.Tensor, eps_pred: torch.Tensor, a: Alpha) -> torch.Tensor:

@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from rayflow.process import LOSS_WEIGHTINGS, PATHS
+
 ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
 SOLVERS = ("ddim", "dpmsolver++")
-LOSS_WEIGHTINGS = ("eps", "truncated-snr")
 
 
 class ConfigError(ValueError):
@@ -81,8 +82,8 @@ class DistillConfig:
             raise ConfigError(f"--teacher-solver must be one of {', '.join(SOLVERS)}, got {self.teacher_solver!r}")
         if self.resolution <= 0 or self.resolution % 8:
             raise ConfigError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
-        if self.ray_path not in ("sigma", "linear"):
-            raise ConfigError(f"--ray-path must be sigma or linear, got {self.ray_path!r}")
+        if self.ray_path not in PATHS:
+            raise ConfigError(f"--ray-path must be {' or '.join(PATHS)}, got {self.ray_path!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ConfigError(f"--loss-weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if not 0 < self.sigma <= 10:
