@@ -2,9 +2,10 @@
 
 At 1, 2, 4 and 8 steps: the teacher with DDIM and with DPM-Solver++ (the 25-step DDIM teacher is
 the reference), RayFlow LoRAs distilled at an equal training budget — the full recipe (``RECIPE``:
-sigma 0.1, truncated-SNR loss weighting, Time Sampler) and its ablations (no Time Sampler, no Ray
-trajectory, sigma 0.03 / 0.3 / 0.5, the linear Ray path, the plain noise-space loss) and an
-LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs of each way of
+sigma 0.1, truncated-SNR loss weighting, Time Sampler, the default LoRA targets) and its ablations
+(no Time Sampler, no Ray trajectory, sigma 0.03 / 0.3 / 0.5, the linear Ray path, the plain
+noise-space loss, a LoRA on the attention and feed-forward projections only) and an LCM-style
+consistency-distilled LoRA on the same data and steps — and the cost in NFEs of each way of
 obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The ``ray`` and
 ``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training steps (the
 Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity (``proxy/classifier.py``).
@@ -39,6 +40,8 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     "sigma0.5": dict(sigma=0.5),
     "linear": dict(ray_path="linear"),
     "eps_loss": dict(loss_weighting="eps"),
+    # LoRA on the attention and feed-forward projections only (no convolutions)
+    "attn_lora": dict(lora_targets="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2"),
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 STEPS = (1, 2, 4, 8)

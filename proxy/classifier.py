@@ -23,7 +23,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from .data import ATTRIBUTES, all_labels, render
+from .data import ATTR_NAMES, ATTRIBUTES, all_labels, render
 
 FEATURES = 32
 
@@ -92,16 +92,28 @@ def mean_pairwise_distance(features: torch.Tensor, groups: torch.Tensor) -> floa
     return float(torch.stack(out).mean())
 
 
+def high_frequency_rms(images: torch.Tensor) -> float:
+    """RMS of ``images`` ``[N, C, H, W]`` minus their 3x3 box blur (edge-replicated): the energy of
+    pixel-scale detail, edges and noise."""
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(images, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    return float((images - blurred).pow(2).mean().sqrt())
+
+
 @torch.no_grad()
 def evaluate(classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor,
              real_images: torch.Tensor, real_labels: torch.Tensor) -> Dict[str, float]:
-    """FD-proxy vs real images, alignment, and diversity relative to real data of the same captions."""
+    """FD-proxy vs real images, alignment, diversity relative to real data of the same captions, and
+    the accuracy of each attribute (``acc_size``, ``acc_color``, ``acc_shape``, ``acc_background``)
+    and ``hf_ratio``, the high-frequency energy of the samples relative to the real images'
+    (:func:`high_frequency_rms`; 1 = as sharp as the data, above 1 = pixel noise)."""
     caption_id = lambda lab: (lab * torch.tensor([24, 6, 2, 1])).sum(1)  # noqa: E731  unique id per caption
     f_gen, f_real = classifier.features(images), classifier.features(real_images)
     div_gen = mean_pairwise_distance(f_gen, caption_id(labels))
     div_real = mean_pairwise_distance(f_real, caption_id(real_labels))
-    return {"fd_proxy": frechet_distance(f_gen, f_real), "alignment": alignment(classifier, images, labels),
-            "diversity": div_gen / div_real}
+    hits = (classifier.predict(images) == labels).float()                   # [N, 4]
+    return {"fd_proxy": frechet_distance(f_gen, f_real), "alignment": float(hits.all(1).float().mean()),
+            "diversity": div_gen / div_real, "hf_ratio": high_frequency_rms(images) / high_frequency_rms(real_images),
+            **{f"acc_{name}": float(hits[:, i].mean()) for i, name in enumerate(ATTR_NAMES)}}
 
 
 # ----------------------------------------------------------------------------- training

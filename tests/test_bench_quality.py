@@ -12,6 +12,11 @@ def test_each_variant_changes_one_thing_of_the_recipe():
         assert len(changed) <= 1, (name, changed)
     assert process_of("no_ray").sigma == 1.0
     assert process_of("sigma0.3").sigma == 0.3 and process_of("linear").path == "linear"
+    # the attention-only ablation drops exactly the convolutions of the default target set
+    from training.config import LORA_TARGETS
+
+    attn = set(options("attn_lora")["lora_targets"].split(","))
+    assert attn < set(LORA_TARGETS) and all("conv" in t or "emb" in t for t in set(LORA_TARGETS) - attn)
 
 
 def test_replot_rewrites_the_table_and_plots_from_results_json(tmp_path):

@@ -60,9 +60,13 @@ def test_classifier_recognises_real_data_and_metrics_order_corruption(classifier
     worse = evaluate(classifier, noisy, labels, real_b, labels)
     assert worse["fd_proxy"] > 3 * clean["fd_proxy"]
     assert worse["alignment"] < clean["alignment"]
+    assert 0.9 < clean["hf_ratio"] < 1.1 and worse["hf_ratio"] > 2
     # a captions-shuffled set keeps the image distribution but breaks alignment
     shuffled = evaluate(classifier, real_a, labels.roll(3, 0), real_b, labels)   # next caption
     assert shuffled["alignment"] < 0.2
+    # the previous caption always has another background, and nearly always the same size
+    assert min(clean[f"acc_{a}"] for a in ("size", "color", "shape", "background")) > 0.95
+    assert shuffled["acc_background"] < 0.1 and shuffled["acc_size"] > 0.9
 
 
 def test_demo_reports_a_missing_classifier(tmp_path, capsys):

@@ -47,7 +47,7 @@ COMFY_CONFIGS = {
         use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
         num_classes="sequential", adm_in_channels=32 + 6 * 8, in_channels=4, model_channels=32,
         num_res_blocks=[1, 1], transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1],
-        channel_mult=[1, 2], transformer_depth_middle=1, use_linear_in_transformer=True, context_dim=64,
+        channel_mult=[1, 2], transformer_depth_middle=1, use_linear_in_transformer=True, context_dim=32 + 48,
         num_head_channels=-1, num_heads=2)),
     "pixart_alpha": (comfy.supported_models.PixArtAlpha, dict(
         image_model="pixart_alpha", input_size=8, patch_size=2, in_channels=4, hidden_size=24, depth=2, num_heads=3,
@@ -84,6 +84,8 @@ def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch):
     lora = comfy.lora_convert.convert_lora(load_file(lora_path))
     patches = comfy.lora.load_lora(lora, key_map)
     modules = {k.split(".lora_A.")[0] for k in peft_sd if ".lora_A." in k}
+    if not pixart:       # the default targets include the convolutions (3x3 LoRA-down kernels)
+        assert {"conv_in", "conv_out", "down_blocks.0.resnets.0.conv1", "down_blocks.0.downsamplers.0.conv"} <= modules
     assert len(patches) == len(modules), "some exported LoRA modules were not mapped by ComfyUI"
 
     with torch.no_grad():                    # ComfyUI leaves weights uninitialised (torch.empty)

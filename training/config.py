@@ -17,6 +17,13 @@ from rayflow.process import LOSS_WEIGHTINGS, PATHS
 
 ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
 SOLVERS = ("ddim", "dpmsolver++")
+# LoRA targets: LCM-LoRA's set (attention, feed-forward, ResNet convs and time projections, resamplers)
+# plus the UNet's first and last convolution; in PixArt only the transformer blocks' projections match.
+# On the proxy, adding the convolutions to the attention/feed-forward set halved the 2-step FD-proxy
+# (docs/benchmarks.md).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv",
+                "conv_in", "conv_out")
 
 
 class ConfigError(ValueError):
@@ -50,8 +57,9 @@ class DistillConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lora_rank: int = field(default=64, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=64.0, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
-    lora_targets: str = field(default="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2",
-                              metadata={"help": "comma-separated module-name suffixes that get LoRA adapters (attention and feed-forward projections)"})
+    lora_targets: str = field(default=",".join(LORA_TARGETS),
+                              metadata={"help": "comma-separated module-name suffixes that get LoRA adapters (default: attention, feed-forward, "
+                                                "ResNet convolutions, time projections, resamplers, conv_in/conv_out; PixArt: those inside the transformer blocks)"})
     sigma: float = field(default=0.3, metadata={"help": "Ray variance coefficient"})
     ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
