@@ -122,7 +122,10 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
 
 
 def write_report(results: dict, curves: dict, out: str) -> None:
-    """``results.md``, ``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` from the measured results."""
+    """``results.md``, ``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` from the measured results
+    (the intermediate ``curve <variant> @<step>`` rows of an unfinished run's results.json appear only
+    in the training-steps table)."""
+    results = {k: v for k, v in results.items() if not k.startswith("curve ")}
     lines = ["| method | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",
              "|---|" + "---|" * len(STEPS)]
     for name, per in results.items():

@@ -22,12 +22,13 @@ def test_each_variant_changes_one_thing_of_the_recipe():
 def test_replot_rewrites_the_table_and_plots_from_results_json(tmp_path):
     cell = {"fd_proxy": 10.0, "alignment": 0.9, "diversity": 1.0, "nfe": 1}
     saved = {"results": {"teacher DDIM (reference)": {"25": {**cell, "fd_proxy": 120.0}},
-                         "RayFlow ray [noise]": {str(n): {**cell, "fd_proxy": 100.0 / n, "nfe": n} for n in (1, 2, 4, 8)}},
+                         "RayFlow ray [noise]": {str(n): {**cell, "fd_proxy": 100.0 / n, "nfe": n} for n in (1, 2, 4, 8)},
+                         "curve ray @300": {str(n): cell for n in (1, 2, 4)}},
              "curves": {"ray": {"300": {"1": 50.0, "2": 20.0, "4": 10.0}}}}
     (tmp_path / "results.json").write_text(json.dumps(saved))
     assert main(["--replot", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
     assert "| RayFlow ray [noise] | 100.00 / 0.90 / 1 | 50.00 / 0.90 / 2 | 25.00 / 0.90 / 4 | 12.50 / 0.90 / 8 |" in table
-    assert "| ray | 50.0 / 20.0 / 10.0 |" in table
+    assert "| ray | 50.0 / 20.0 / 10.0 |" in table and "curve ray" not in table
     assert (tmp_path / "fd_vs_steps.png").stat().st_size > 0
     assert (tmp_path / "fd_vs_training_steps.png").stat().st_size > 0
