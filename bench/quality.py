@@ -28,6 +28,7 @@ import torch
 
 from proxy.demo import SIGMA
 from rayflow import RayProcess, estimate_target_mean_vp, sample_ray
+from training.config import ATTENTION_TARGETS
 
 # the recipe every RayFlow variant shares (the demo's): sigma 0.1 and the truncated-SNR loss weighting
 RECIPE = dict(sigma=SIGMA, loss_weighting="truncated-snr")
@@ -41,7 +42,7 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     "linear": dict(ray_path="linear"),
     "eps_loss": dict(loss_weighting="eps"),
     # LoRA on the attention and feed-forward projections only (no convolutions)
-    "attn_lora": dict(lora_targets="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2"),
+    "attn_lora": dict(lora_targets=",".join(ATTENTION_TARGETS)),
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 STEPS = (1, 2, 4, 8)

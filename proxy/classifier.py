@@ -76,9 +76,14 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     return float((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * torch.trace(cross))
 
 
+def attribute_hits(classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[N, 4]`` bool: which predicted attributes of ``images`` equal the caption's ``labels`` ``[N, 4]``."""
+    return classifier.predict(images) == labels
+
+
 def alignment(classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of images whose predicted attributes all equal the caption's."""
-    return float((classifier.predict(images) == labels).all(1).float().mean())
+    return float(attribute_hits(classifier, images, labels).all(1).float().mean())
 
 
 def mean_pairwise_distance(features: torch.Tensor, groups: torch.Tensor) -> float:
@@ -110,10 +115,10 @@ def evaluate(classifier: AttributeClassifier, images: torch.Tensor, labels: torc
     f_gen, f_real = classifier.features(images), classifier.features(real_images)
     div_gen = mean_pairwise_distance(f_gen, caption_id(labels))
     div_real = mean_pairwise_distance(f_real, caption_id(real_labels))
-    hits = (classifier.predict(images) == labels).float()                   # [N, 4]
+    hits = attribute_hits(classifier, images, labels)                         # [N, 4]
     return {"fd_proxy": frechet_distance(f_gen, f_real), "alignment": float(hits.all(1).float().mean()),
             "diversity": div_gen / div_real, "hf_ratio": high_frequency_rms(images) / high_frequency_rms(real_images),
-            **{f"acc_{name}": float(hits[:, i].mean()) for i, name in enumerate(ATTR_NAMES)}}
+            **{f"acc_{name}": float(hits[:, i].float().mean()) for i, name in enumerate(ATTR_NAMES)}}
 
 
 # ----------------------------------------------------------------------------- training

@@ -21,9 +21,9 @@ SOLVERS = ("ddim", "dpmsolver++")
 # plus the UNet's first and last convolution; in PixArt only the transformer blocks' projections match.
 # On the proxy, adding the convolutions to the attention/feed-forward set halved the 2-step FD-proxy
 # (docs/benchmarks.md).
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv",
-                "conv_in", "conv_out")
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+LORA_TARGETS = ATTENTION_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv",
+                                    "upsamplers.0.conv", "conv_in", "conv_out")
 
 
 class ConfigError(ValueError):
