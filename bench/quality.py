@@ -28,7 +28,7 @@ import torch
 
 from proxy.demo import SIGMA
 from rayflow import RayProcess, estimate_target_mean_vp, sample_ray
-from training.config import ATTENTION_TARGETS
+from training.config import ATTENTION_TARGETS, DistillConfig
 
 # the recipe every RayFlow variant shares (the demo's): sigma 0.1 and the truncated-SNR loss weighting
 RECIPE = dict(sigma=SIGMA, loss_weighting="truncated-snr")
@@ -56,12 +56,11 @@ def options(variant: str) -> dict:
 
 
 def process_of(variant: str) -> RayProcess:
-    v = options(variant)
-    return RayProcess(sigma=1.0) if v.get("no_ray") else RayProcess(sigma=v["sigma"], path=v.get("ray_path", "sigma"))
+    """The process the variant's LoRA is trained with, and sampled with."""
+    return DistillConfig(**options(variant)).training_process()
 
 
 def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int) -> str:
-    from training.config import DistillConfig
     from training.distill import run
 
     path = os.path.join(out, f"lora_{variant}.safetensors")

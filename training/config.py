@@ -80,6 +80,13 @@ class DistillConfig:
     debug: bool = field(default=False, metadata={"help": "show tracebacks on errors"})
 
     # ------------------------------------------------------------------ validation
+    def training_process(self):
+        """The ``RayProcess`` phase 2 trains with: the Ray process of ``sigma`` / ``ray_path``, or for
+        ``no_ray`` the DDPM process (``sigma = 1``) whose pairs are built from the seeded noise."""
+        from rayflow import RayProcess
+
+        return RayProcess(sigma=1.0) if self.no_ray else RayProcess(sigma=self.sigma, path=self.ray_path)
+
     def validate(self) -> "DistillConfig":
         for name in ("model", "prompts", "output"):
             if not getattr(self, name):

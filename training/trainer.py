@@ -22,7 +22,7 @@ from typing import Dict, Optional
 
 import torch
 
-from rayflow import LossProfile, RayProcess, TimeSampler, sample_ray
+from rayflow import LossProfile, TimeSampler, sample_ray
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, DistillConfig
@@ -69,7 +69,7 @@ def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
 class Trainer:
     def __init__(self, cfg: DistillConfig, model: BaseModel, cache: Cache, accelerator):
         self.cfg, self.model, self.cache, self.acc = cfg, model, cache, accelerator
-        self.process = RayProcess(sigma=1.0) if cfg.no_ray else RayProcess(sigma=cfg.sigma, path=cfg.ray_path)
+        self.process = cfg.training_process()
         torch.manual_seed(cfg.seed)                 # LoRA init
         unet = model.unet
         add_lora(unet, cfg, pixart=model.architecture.startswith("pixart"))
