@@ -30,11 +30,10 @@ import comfy.model_patcher  # noqa: E402
 import comfy.supported_models  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from training.config import DistillConfig  # noqa: E402
-from training.export import export_state_dict, write_lora  # noqa: E402
-from training.models import load_base_model  # noqa: E402
+from training.export import SAVE_DTYPES, export_state_dict, write_lora  # noqa: E402
 from training.tiny import build_tiny_pixart, build_tiny_sd15, build_tiny_sdxl  # noqa: E402
-from training.trainer import add_lora  # noqa: E402
+
+from lora_models import ALPHA, RANK, random_lora_model  # noqa: E402
 
 # ComfyUI unet configs describing the tiny diffusers UNets of training/tiny.py
 COMFY_CONFIGS = {
@@ -60,23 +59,14 @@ BUILD = {"sd15": lambda d: build_tiny_sd15(d, width=32), "sdxl": lambda d: build
          "pixart_alpha": build_tiny_pixart, "pixart_sigma": lambda d: build_tiny_pixart(d, sigma=True)}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("arch", ["sd15", "sdxl", "pixart_alpha", "pixart_sigma"])
-def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch):
-    from peft import get_peft_model_state_dict
-
+def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch, precision):
     path = BUILD[arch](str(tmp_path / "m"))      # SD UNets 32 channels wide: ComfyUI uses 32 norm groups
-    cfg = DistillConfig(model=path, prompts="p.txt", output="o.safetensors", lora_rank=4, lora_alpha=8)
-    model = load_base_model(path)
+    _, peft_sd = random_lora_model(path, arch, seed=0)
     pixart = arch.startswith("pixart")
-    add_lora(model.unet, cfg, pixart=pixart)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.unet.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.2)
-    peft_sd = get_peft_model_state_dict(model.unet)
     lora_path = str(tmp_path / "l.safetensors")
-    write_lora(lora_path, export_state_dict(arch, peft_sd, 4, 8), {"rayflow.architecture": arch})
+    write_lora(lora_path, export_state_dict(arch, peft_sd, RANK, ALPHA, precision), {"rayflow.architecture": arch})
 
     cls, unet_config = COMFY_CONFIGS[arch]
     comfy_model = cls(unet_config).get_model({})
@@ -98,8 +88,9 @@ def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch):
     after = comfy_model.state_dict()
     for module in modules:
         target = key_map[("transformer." + module) if pixart else ("lora_unet_" + module.replace(".", "_"))]
-        A, B = peft_sd[module + ".lora_A.weight"], peft_sd[module + ".lora_B.weight"]
-        delta = (B.flatten(1) @ A.flatten(1)) * (8 / 4)
+        # the file holds the weights rounded to the saved dtype (alpha / rank = 2 scales exactly)
+        A, B = (peft_sd[module + part].to(SAVE_DTYPES[precision]).float() for part in (".lora_A.weight", ".lora_B.weight"))
+        delta = (B.flatten(1) @ A.flatten(1)) * (ALPHA / RANK)
         if isinstance(target, tuple):            # a slice of a fused weight (PixArt qkv / kv)
             target, (dim, start, size) = target
             got = (after[target] - before[target]).narrow(dim, start, size).flatten(1)

@@ -173,6 +173,7 @@ def _bad_input_cases(tiny, tmp_path):
         (["--model", model, "--prompts", binary], "prompts file is not UTF-8 text", None),
         (["--model", model, "--prompts", tmp_path / "missing.txt"], "prompts file not found", None),
         (["--model", model, "--prompts", prompts, "--loss-weighting", "snr"], "--loss-weighting must be one of", None),
+        (["--model", model, "--prompts", prompts, "--save-precision", "fp8"], "--save-precision must be one of", None),
         (["--model", model, "--prompts", prompts, "--resolution", "20"], "--resolution must be a positive multiple of 8", None),
         (["--model", model, "--prompts", prompts], "output location is not writable", afile / "sub" / "x.safetensors"),
     ]

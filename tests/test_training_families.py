@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from training.config import DistillConfig
 from training.distill import main
 from training.models import detect_architecture, load_base_model
 from training.tiny import build_tiny_pixart, build_tiny_sd15, build_tiny_sdxl
+
+from lora_models import ALPHA, RANK, random_lora_model
 
 FAST = ["--resolution", "16", "--teacher-steps", "3", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "8",
         "--shard-size", "2", "--log-every", "2", "--train-steps", "4"]
@@ -68,26 +69,16 @@ def test_both_phases_end_to_end(models, tmp_path, arch):
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl", "pixart_alpha", "pixart_sigma"])
 def test_exported_file_reproduces_the_trained_model_in_diffusers(models, tmp_path, arch):
-    from peft import get_peft_model_state_dict
-
     from training.export import export_state_dict, load_transformer_lora, write_lora
-    from training.trainer import add_lora
 
     paths, _ = models
-    cfg = DistillConfig(model=paths[arch], prompts="p.txt", output="o.safetensors", lora_rank=4, lora_alpha=8)
-    model = load_base_model(paths[arch])
-    add_lora(model.unet, cfg, pixart=arch.startswith("pixart"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.unet.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.2)
+    model, sd = random_lora_model(paths[arch], arch, seed=1)
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([999, 400])
     cond = model.encode_prompts(["a red cat", "a dog"], torch.device("cpu"))
     with torch.no_grad():
         want = model.denoise(x, t, cond, 64)
     path = str(tmp_path / "l.safetensors")
-    write_lora(path, export_state_dict(arch, get_peft_model_state_dict(model.unet), 4, 8), {"rayflow.architecture": arch})
+    write_lora(path, export_state_dict(arch, sd, RANK, ALPHA), {"rayflow.architecture": arch})
 
     fresh = load_base_model(paths[arch])
     if arch.startswith("pixart"):
@@ -107,6 +98,52 @@ def test_exported_file_reproduces_the_trained_model_in_diffusers(models, tmp_pat
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     if not arch.startswith("pixart"):
         assert not torch.allclose(base, want, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "pixart_alpha"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_export_is_the_rounded_lora_at_half_the_size(models, tmp_path, arch, precision):
+    """--save-precision fp16/bf16 stores the LoRA weights rounded to that dtype (alpha stays float32):
+    loading the file gives exactly the model whose LoRA weights were rounded, and the file is about
+    half the float32 one."""
+    from safetensors.torch import load_file
+
+    from training.export import SAVE_DTYPES, export_state_dict, load_transformer_lora, write_lora
+
+    paths, _ = models
+    dtype = SAVE_DTYPES[precision]
+    model, sd = random_lora_model(paths[arch], arch, seed=1)
+    files = {}
+    for prec in ("fp32", precision):
+        files[prec] = str(tmp_path / f"{prec}.safetensors")
+        write_lora(files[prec], export_state_dict(arch, sd, RANK, ALPHA, prec), {"rayflow.architecture": arch})
+    tensors = load_file(files[precision])
+    assert {v.dtype for k, v in tensors.items() if not k.endswith(".alpha")} == {dtype}
+    assert all(v.dtype == torch.float32 for k, v in tensors.items() if k.endswith(".alpha"))
+    assert os.path.getsize(files[precision]) < 0.6 * os.path.getsize(files["fp32"])
+
+    with torch.no_grad():             # the trained model with its LoRA weights rounded to the saved dtype
+        for name, p in model.unet.named_parameters():
+            if "lora_" in name:
+                p.copy_(p.to(dtype).float())
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([999, 400])
+    cond = model.encode_prompts(["a red cat", "a dog"], torch.device("cpu"))
+    with torch.no_grad():
+        want = model.denoise(x, t, cond, 64)
+    fresh = load_base_model(paths[arch])
+    if arch.startswith("pixart"):
+        load_transformer_lora(fresh.unet, files[precision])
+    else:
+        import diffusers
+
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(paths[arch], safety_checker=None, feature_extractor=None,
+                                                                 requires_safety_checker=False)
+        pipe.load_lora_weights(files[precision])
+        fresh.unet = pipe.unet
+    with torch.no_grad():
+        got = fresh.denoise(x, t, cond, 64)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_architecture_override_must_match_the_model(models, tmp_path, capsys):

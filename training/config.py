@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 
 from rayflow.process import LOSS_WEIGHTINGS, PATHS
 
+from .export import SAVE_DTYPES
+
 ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
 SOLVERS = ("ddim", "dpmsolver++")
 # LoRA targets: LCM-LoRA's set (attention, feed-forward, ResNet convs and time projections, resamplers)
@@ -76,6 +78,7 @@ class DistillConfig:
     log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
     # ---- export metadata
+    save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
     recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
     debug: bool = field(default=False, metadata={"help": "show tracebacks on errors"})
 
@@ -105,6 +108,8 @@ class DistillConfig:
             raise ConfigError(f"--sigma must be in (0, 10], got {self.sigma}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.save_precision not in SAVE_DTYPES:
+            raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}, got {self.save_precision!r}")
         for name in ("seeds_per_prompt", "teacher_steps", "shard_size", "train_steps", "batch_size", "grad_accum",
                      "lora_rank", "time_sampler_particles", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:

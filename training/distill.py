@@ -104,7 +104,8 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
     }
 
     def export(path: str, steps: int) -> None:
-        lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha)
+        lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha,
+                                 cfg.save_precision)
         write_lora(path, lora, {**metadata, "rayflow.train_steps": steps})
 
     trainer.fit(progress, snapshot=lambda step: export(snapshot_path(cfg.output, step), step))

@@ -16,8 +16,13 @@ from safetensors.torch import save_file
 FORMAT_VERSION = "1"
 
 
-def kohya_unet_state_dict(peft_state: Dict[str, torch.Tensor], rank: int, alpha: float) -> Dict[str, torch.Tensor]:
-    """Map peft keys ``<module>.lora_A.weight`` / ``.lora_B.weight`` to kohya keys."""
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def kohya_unet_state_dict(peft_state: Dict[str, torch.Tensor], rank: int, alpha: float,
+                          dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+    """Map peft keys ``<module>.lora_A.weight`` / ``.lora_B.weight`` to kohya keys; the down/up
+    weights are stored in ``dtype``, the ``alpha`` scalars in float32."""
     out: Dict[str, torch.Tensor] = {}
     for key, value in peft_state.items():
         for part, kohya in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
@@ -26,17 +31,18 @@ def kohya_unet_state_dict(peft_state: Dict[str, torch.Tensor], rank: int, alpha:
                 if module.startswith("base_model.model."):
                     module = module[len("base_model.model."):]
                 name = "lora_unet_" + module.replace(".", "_")
-                out[f"{name}.{kohya}.weight"] = value.detach().to("cpu", torch.float32).contiguous()
+                out[f"{name}.{kohya}.weight"] = value.detach().to("cpu", torch.float32).to(dtype).contiguous()
                 out[f"{name}.alpha"] = torch.tensor(float(alpha))
     if not out:
         raise ValueError("the LoRA state dict holds no lora_A/lora_B weights")
     return out
 
 
-def diffusers_transformer_state_dict(peft_state: Dict[str, torch.Tensor], rank: int,
-                                     alpha: float) -> Dict[str, torch.Tensor]:
+def diffusers_transformer_state_dict(peft_state: Dict[str, torch.Tensor], rank: int, alpha: float,
+                                     dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
     """PixArt form: ``transformer.<module>.lora_A.weight`` ``[r, in]`` / ``.lora_B.weight`` ``[out, r]``
-    with the ``alpha / rank`` scale folded into ``lora_B`` (so the file needs no alpha)."""
+    with the ``alpha / rank`` scale folded into ``lora_B`` in float32 (so the file needs no alpha),
+    stored in ``dtype``."""
     out: Dict[str, torch.Tensor] = {}
     scale = float(alpha) / float(rank)
     for key, value in peft_state.items():
@@ -46,18 +52,21 @@ def diffusers_transformer_state_dict(peft_state: Dict[str, torch.Tensor], rank: 
             v = v * scale
         elif not module.endswith(".lora_A.weight"):
             continue
-        out["transformer." + module] = v.contiguous()
+        out["transformer." + module] = v.to(dtype).contiguous()
     if not out:
         raise ValueError("the LoRA state dict holds no lora_A/lora_B weights")
     return out
 
 
 def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], rank: int,
-                      alpha: float) -> Dict[str, torch.Tensor]:
-    """The tensors of the LoRA file for ``architecture`` (docs/lora-format.md)."""
+                      alpha: float, precision: str = "fp32") -> Dict[str, torch.Tensor]:
+    """The tensors of the LoRA file for ``architecture`` (docs/lora-format.md), weights in
+    ``precision`` (a key of ``SAVE_DTYPES``; fp16 and bf16 halve the file)."""
+    if precision not in SAVE_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(SAVE_DTYPES)}, got {precision!r}")
     if architecture.startswith("pixart"):
-        return diffusers_transformer_state_dict(peft_state, rank, alpha)
-    return kohya_unet_state_dict(peft_state, rank, alpha)
+        return diffusers_transformer_state_dict(peft_state, rank, alpha, SAVE_DTYPES[precision])
+    return kohya_unet_state_dict(peft_state, rank, alpha, SAVE_DTYPES[precision])
 
 
 def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
