@@ -43,6 +43,9 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     "eps_loss": dict(loss_weighting="eps"),
     # LoRA on the attention and feed-forward projections only (no convolutions)
     "attn_lora": dict(lora_targets=",".join(ATTENTION_TARGETS)),
+    # the top of the Ray process centred on the seeded start (docs/method.md eq. 7.3), over the top 10 % / 50 %
+    "anchor0.1": dict(start_anchor=0.1),
+    "anchor0.5": dict(start_anchor=0.5),
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 STEPS = (1, 2, 4, 8)

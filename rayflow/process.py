@@ -206,6 +206,38 @@ class RayProcess:
         x_t = per_sample(a.sqrt(), x0) * x0.to(dt) + per_sample((1.0 - a).sqrt(), x0) * n_t
         return x_t.to(x0.dtype), n_t.to(x0.dtype)
 
+    def start_anchored_mean(self, eps_mu: torch.Tensor, x0: torch.Tensor, start: torch.Tensor, a_start: Alpha,
+                            weight: Alpha) -> torch.Tensor:
+        """Target mean blended toward the seeded start point (eq. 7.3), ``[B, ...]``::
+
+            w * n_z / c(a_start) + (1 - w) * eps_mu,      n_z = (start - sqrt(a_start) x0) / sqrt(1 - a_start)
+
+        ``n_z`` is the noise that places ``x0`` at ``start`` at level ``a_start`` (eq. 4.1), so with
+        ``w = 1`` the marginal at ``a_start`` (eq. 2.2) is centred on ``start`` exactly; ``w = 0`` gives
+        ``eps_mu``. ``eps_mu, x0, start``: ``[B, ...]``; ``weight``: scalar or ``[B]`` in ``[0, 1]``.
+        """
+        check_same_shape(("eps_mu", "x0", "start"), eps_mu, x0, start)
+        a_start = _check_alpha("a_start", a_start)
+        w = torch.as_tensor(weight).detach().to("cpu", torch.float64)
+        check_finite("weight", w)
+        if bool(((w < 0) | (w > 1)).any()):
+            raise ValueError(f"weight must be in [0, 1], got values in [{float(w.min())}, {float(w.max())}]")
+        dt = compute_dtype(x0)
+        n_z = (start.to(dt) - per_sample(a_start.sqrt(), x0) * x0.to(dt)) / per_sample((1.0 - a_start).sqrt(), x0)
+        w = per_sample(w, x0)
+        return (w * n_z / per_sample(self.eps_coef(a_start), x0) + (1.0 - w) * eps_mu.to(dt)).to(eps_mu.dtype)
+
+    @staticmethod
+    def start_anchor_weight(t: torch.Tensor, num_timesteps: int, anchor: float) -> torch.Tensor:
+        """``w(t) = clamp(1 - (T - 1 - t) / (anchor T), 0, 1)`` (eq. 7.3), float64, the shape of ``t``:
+        1 at the top timestep ``T - 1``, falling linearly to 0 at ``t = T - 1 - anchor T`` and below;
+        all zeros for ``anchor = 0`` (the paper's process)."""
+        anchor = check_scalar("anchor", anchor, 0.0, 1.0)
+        t = torch.as_tensor(t).detach().to("cpu", torch.float64)
+        if anchor == 0:
+            return torch.zeros_like(t)
+        return (1.0 - (num_timesteps - 1 - t) / (anchor * num_timesteps)).clamp(0.0, 1.0)
+
     @staticmethod
     def loss_weight(a: Alpha, weighting: str = "eps") -> torch.Tensor:
         """Per-timestep weight ``lambda(a)`` of the noise-space loss (eq. 7.2), float64, shape of ``a``.

@@ -134,6 +134,36 @@ def test_training_pair_is_the_marginal_in_epsilon_form(path, sched):
         torch.testing.assert_close(n, mu + 0.3 * noise)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_start_anchor_centres_the_top_marginal_on_the_start_point(path, sched):
+    """eq. 7.3: with weight 1 the training input at the top level is the start point plus the
+    process's own noise, with weight 0 the target mean is untouched, in between a linear blend."""
+    proc = RayProcess(sigma=0.1, path=path)
+    g = torch.Generator().manual_seed(11)
+    x0, mu, z, noise = (torch.randn(3, 4, 6, 6, generator=g, dtype=torch.float64) for _ in range(4))
+    a_top = sched.alpha_bar(torch.tensor(999.0))
+    top = proc.start_anchored_mean(mu, x0, z, a_top, 1.0)
+    x_t, n = proc.training_pair(x0, top, a_top.expand(3), noise)
+    torch.testing.assert_close(x_t, z + (1 - a_top).sqrt() * 0.1 * noise)
+    torch.testing.assert_close(proc.start_anchored_mean(mu, x0, z, a_top, 0.0), mu)
+    w = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    got = proc.start_anchored_mean(mu, x0, z, a_top, w)
+    torch.testing.assert_close(got, w.view(-1, 1, 1, 1) * top + (1 - w.view(-1, 1, 1, 1)) * mu)
+    assert proc.start_anchored_mean(mu.half(), x0.half(), z.half(), a_top, 0.5).dtype == torch.float16
+    with pytest.raises(ValueError, match="weight must be in"):
+        proc.start_anchored_mean(mu, x0, z, a_top, 1.5)
+
+
+def test_start_anchor_weight_falls_from_the_top_timestep():
+    t = torch.tensor([999.0, 899.0, 749.0, 499.0, 0.0])
+    w = RayProcess.start_anchor_weight(t, 1000, 0.5)
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.8, 0.5, 0.0, 0.0], dtype=torch.float64))
+    assert RayProcess.start_anchor_weight(t, 1000, 0.1).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert not RayProcess.start_anchor_weight(t, 1000, 0.0).any()
+    with pytest.raises(ValueError, match="anchor must be in"):
+        RayProcess.start_anchor_weight(t, 1000, 1.5)
+
+
 def test_truncated_snr_weight_is_the_x0_error_where_noise_dominates(sched):
     """lambda * ||n_hat - n||^2 equals ||x0_hat - x0||^2 for a < 1/2 and the noise error above."""
     proc = RayProcess(sigma=0.3)

@@ -76,6 +76,22 @@ def test_ablation_flags(tiny, tmp_path, flags, recipe, ts, weighting):
     assert meta["rayflow.loss_weighting"] == weighting
 
 
+def test_start_anchor_changes_training_and_is_recorded(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    model, prompts = tiny
+    outs = {}
+    for anchor in ("0", "1"):
+        outs[anchor] = tmp_path / f"anchor{anchor}.safetensors"
+        assert run_cli("--model", model, "--prompts", prompts, "--output", outs[anchor], "--train-steps", 4, *FAST,
+                       "--start-anchor", anchor) == 0
+    with safe_open(str(outs["1"]), "pt") as f:
+        assert f.metadata()["rayflow.start_anchor"] == "1.0"
+    plain, anchored = load_file(str(outs["0"])), load_file(str(outs["1"]))
+    assert plain.keys() == anchored.keys()
+    assert any(not torch.equal(plain[k], anchored[k]) for k in plain)
+
+
 def test_phase1_items_do_not_depend_on_sharding(tiny, tmp_path):
     from training.data import load_cache
 
@@ -173,6 +189,8 @@ def _bad_input_cases(tiny, tmp_path):
         (["--model", model, "--prompts", binary], "prompts file is not UTF-8 text", None),
         (["--model", model, "--prompts", tmp_path / "missing.txt"], "prompts file not found", None),
         (["--model", model, "--prompts", prompts, "--loss-weighting", "snr"], "--loss-weighting must be one of", None),
+        (["--model", model, "--prompts", prompts, "--start-anchor", "2"], "--start-anchor must be in [0, 1]", None),
+        (["--model", model, "--prompts", prompts, "--start-anchor", "0.5", "--no-ray"], "--no-ray does not use", None),
         (["--model", model, "--prompts", prompts, "--save-precision", "fp8"], "--save-precision must be one of", None),
         (["--model", model, "--prompts", prompts, "--resolution", "20"], "--resolution must be a positive multiple of 8", None),
         (["--model", model, "--prompts", prompts], "output location is not writable", afile / "sub" / "x.safetensors"),

@@ -66,6 +66,7 @@ class DistillConfig:
     ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
     loss_weighting: str = field(default="truncated-snr", metadata={"help": "per-timestep loss weight (docs/method.md eq. 7.2): eps (plain noise-space MSE) or truncated-snr (max(1, (1-a_t)/a_t): x0-space error where the noise dominates, as in progressive distillation)"})
+    start_anchor: float = field(default=0.0, metadata={"help": "centre the top of the Ray process on the seeded start point: blend the target mean toward the start's noise over this top fraction of the timesteps (docs/method.md eq. 7.3; 0 = the paper's process, 0.5 = linearly over the upper half)"})
     no_time_sampler: bool = field(default=False, metadata={"help": "ablation: uniform timesteps instead of the Time Sampler"})
     time_sampler_particles: int = field(default=32, metadata={"help": "Time Sampler particles per sample"})
     time_sampler_lr: float = field(default=1e-3, metadata={"help": "Time Sampler network learning rate"})
@@ -106,6 +107,10 @@ class DistillConfig:
             raise ConfigError(f"--loss-weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if not 0 < self.sigma <= 10:
             raise ConfigError(f"--sigma must be in (0, 10], got {self.sigma}")
+        if not 0 <= self.start_anchor <= 1:
+            raise ConfigError(f"--start-anchor must be in [0, 1], got {self.start_anchor}")
+        if self.start_anchor > 0 and self.no_ray:
+            raise ConfigError("--start-anchor changes the Ray target mean, which --no-ray does not use: give one of them")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.save_precision not in SAVE_DTYPES:
@@ -129,7 +134,7 @@ class DistillConfig:
         keep = ("model", "model_config", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
                 "teacher_cfg", "negative_prompt", "resolution", "shard_size", "batch_size", "grad_accum",
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
-                "ray_path", "no_ray", "loss_weighting", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
+                "ray_path", "no_ray", "loss_weighting", "start_anchor", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
                 "mixed_precision", "ema_decay")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])

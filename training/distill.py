@@ -99,6 +99,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
         "rayflow.train_steps": cfg.train_steps,
         "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
         "rayflow.loss_weighting": cfg.loss_weighting,
+        "rayflow.start_anchor": cfg.start_anchor,
         "rayflow.lora_rank": cfg.lora_rank,
         "rayflow.lora_alpha": cfg.lora_alpha,
     }

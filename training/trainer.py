@@ -166,6 +166,10 @@ class Trainer:
             x_t, target = self.process.training_pair(x0, torch.zeros_like(x0), a, z)
         else:
             noise = torch.randn(x0.shape, generator=self.gen)
+            if cfg.start_anchor > 0:       # eq. 7.3: the top of the process centred on the seeded start z
+                a_top = self.model.schedule.alpha_bar(torch.tensor(float(T - 1)))
+                mu = self.process.start_anchored_mean(mu, x0, z, a_top,
+                                                      self.process.start_anchor_weight(t, T, cfg.start_anchor))
             x_t, target = self.process.training_pair(x0, mu, a, noise)
         with self.acc.accumulate(self.unet), self.acc.autocast():
             pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
