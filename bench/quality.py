@@ -126,8 +126,8 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
 
 def write_report(results: dict, curves: dict, out: str) -> None:
     """``results.md``, ``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` from the measured results
-    (the intermediate ``curve <variant> @<step>`` rows of an unfinished run's results.json appear only
-    in the training-steps table)."""
+    (the ``curve <variant> @<step>`` rows of the intermediate LoRAs, which results.json keeps with all
+    their metrics, appear only in the training-steps table)."""
     results = {k: v for k, v in results.items() if not k.startswith("curve ")}
     lines = ["| method | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",
              "|---|" + "---|" * len(STEPS)]
@@ -268,9 +268,7 @@ def main(argv=None) -> int:
                 if name in results:
                     curves.setdefault(variant, {})[str(k)] = {n: results[name][n]["fd_proxy"] for n in ("1", "2", "4")}
         report()
-    results = {k: v for k, v in results.items() if not k.startswith("curve ")}
-    report()
-    write_report(results, curves, args.out)
+    write_report(results, curves, args.out)      # the table leaves the "curve ..." rows out; results.json keeps them
     return 0
 
 
