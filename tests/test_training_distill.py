@@ -225,6 +225,16 @@ def test_resume_from_a_different_configuration_is_refused(tiny, tmp_path, capsys
     assert rc == 2 and "already holds a training checkpoint: pass --resume" in err and not out.exists()
 
 
+def test_checkpoints_from_before_an_option_existed_resume_at_its_default():
+    cfg = DistillConfig(model="m", prompts="p.txt", output="o.safetensors").validate()
+    old = {k: v for k, v in cfg.fingerprint().items() if k != "start_anchor"}     # written before --start-anchor
+    assert cfg.matches_fingerprint(cfg.fingerprint()) and cfg.matches_fingerprint(old)
+    assert not DistillConfig(model="m", prompts="p.txt", output="o.safetensors", start_anchor=0.5).validate() \
+        .matches_fingerprint(old)
+    assert not cfg.matches_fingerprint({**old, "sigma": 0.5})
+    assert not cfg.matches_fingerprint({**cfg.fingerprint(), "retired_option": 1})
+
+
 def test_debug_flag_shows_the_traceback(tmp_path, capsys):
     rc = run_cli("--model", tmp_path / "nowhere", "--prompts", tmp_path / "p.txt", "--output",
                  tmp_path / "o.safetensors", "--debug")

@@ -142,6 +142,13 @@ class DistillConfig:
         d["model_config"] = os.path.abspath(d["model_config"]) if d["model_config"] else ""
         return d
 
+    def matches_fingerprint(self, old: Dict[str, Any]) -> bool:
+        """Whether a checkpoint's ``fingerprint()`` allows resuming with this configuration. An option
+        added to the fingerprint after the checkpoint was written matches at its default value."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        now = self.fingerprint()
+        return {k: old.get(k, defaults[k]) for k in now} == now and set(old) <= set(now)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 

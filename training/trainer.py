@@ -109,7 +109,7 @@ class Trainer:
         state = load_checkpoint(self.ckpt_dir)
         if state is None:
             return False
-        if state["fingerprint"] != self.cfg.fingerprint():
+        if not self.cfg.matches_fingerprint(state["fingerprint"]):
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
                               f"resume with the same options or use another --work-dir")
         from peft import set_peft_model_state_dict
