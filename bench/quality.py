@@ -4,9 +4,9 @@ At 1, 2, 4 and 8 steps: the teacher with DDIM and with DPM-Solver++ (the 25-step
 the reference), RayFlow LoRAs distilled at an equal training budget — the full recipe (``RECIPE``:
 sigma 0.1, truncated-SNR loss weighting, Time Sampler, the default LoRA targets) and its ablations
 (no Time Sampler, no Ray trajectory, sigma 0.03 / 0.3 / 0.5, the linear Ray path, the plain
-noise-space loss, a LoRA on the attention and feed-forward projections only) and an LCM-style
-consistency-distilled LoRA on the same data and steps — and the cost in NFEs of each way of
-obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The ``ray`` and
+noise-space loss, a LoRA on the attention and feed-forward projections only, start anchoring, rank
+64) and an LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs
+of each way of obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The ``ray`` and
 ``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training steps (the
 Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity (``proxy/classifier.py``).
 Writes ``results.json`` (after every variant), ``results.md``, ``fd_vs_steps.png`` and
@@ -46,8 +46,12 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     # the top of the Ray process centred on the seeded start (docs/method.md eq. 7.3), over the top 10 % / 50 %
     "anchor0.1": dict(start_anchor=0.1),
     "anchor0.5": dict(start_anchor=0.5),
+    # four times the LoRA rank (64 instead of 16, alpha scaled with it: the same initial update scale)
+    "rank64": dict(lora_rank=64, lora_alpha=64.0),
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
+COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5")}     # variants that combine two of the above
+VARIANTS.update({name: {k: v for part in parts for k, v in VARIANTS[part].items()} for name, parts in COMBINED.items()})
 STEPS = (1, 2, 4, 8)
 CURVE_VARIANTS = ("ray", "no_ts")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps
 SNAPSHOT_EVERY = 300
@@ -77,12 +81,12 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
             raise SystemExit("the lcm variant trains on the phase-1 cache of the ray variant: list ray before lcm")
         return distil_lcm(teacher, shared, path, train_steps=train_steps, batch_size=32, lora_rank=16,
                           lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0, seed=seed, resolution=16)
-    cfg = DistillConfig(model=teacher, prompts=prompts, output=path, work_dir=os.path.join(out, f"work_{variant}"),
-                        resolution=16, seeds_per_prompt=seeds, seed=seed, teacher_solver="dpmsolver++",
-                        teacher_steps=25, teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32,
-                        learning_rate=1e-3, lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=100_000,
-                        log_every=50, save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0,
-                        **options(variant))
+    base = dict(model=teacher, prompts=prompts, output=path, work_dir=os.path.join(out, f"work_{variant}"),
+                resolution=16, seeds_per_prompt=seeds, seed=seed, teacher_solver="dpmsolver++", teacher_steps=25,
+                teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32, learning_rate=1e-3,
+                lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=100_000, log_every=50,
+                save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0)
+    cfg = DistillConfig(**{**base, **options(variant)})      # a variant may override the LoRA's rank
     cfg.validate()
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if variant != "ray" and cfg.ray_path == "sigma" and os.path.isdir(shared) \
@@ -122,6 +126,17 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
 
     x0 = sample_ray(eps_model, z, mu, process, model.schedule, model.schedule.ray_timesteps(steps))
     return model.decode(x0), steps + extra_nfe
+
+
+def evaluation_set(eval_per_caption: int, seed: int):
+    """The benchmark's evaluation set: every caption ``eval_per_caption`` times (labels ``[N, 4]``),
+    per-image seeds ``[N]`` that no LoRA trains on, and real images ``[N, 3, 16, 16]`` of the same
+    captions for FD-proxy."""
+    from proxy.data import all_labels, render
+
+    labels = all_labels().repeat_interleave(eval_per_caption, 0)
+    seeds = 10_000_000 + torch.arange(len(labels))
+    return labels, seeds, render(labels, torch.Generator().manual_seed(seed + 99))
 
 
 def write_report(results: dict, curves: dict, out: str) -> None:
@@ -203,7 +218,7 @@ def main(argv=None) -> int:
         write_report(saved["results"], saved["curves"], args.out)
         return 0
     from proxy.classifier import evaluate, load_classifier
-    from proxy.data import all_labels, caption_of, render
+    from proxy.data import all_labels, caption_of
     from proxy.demo import CLASSIFIER, TEACHER, generate, load_lora_unet
     from training.models import load_base_model
 
@@ -214,9 +229,7 @@ def main(argv=None) -> int:
         f.writelines(caption_of(l) + "\n" for l in labels.tolist())
     model = load_base_model(TEACHER)
     classifier = load_classifier(CLASSIFIER)
-    eval_labels = labels.repeat_interleave(args.eval_per_caption, 0)
-    eval_seeds = 10_000_000 + torch.arange(len(eval_labels))
-    real = render(eval_labels, torch.Generator().manual_seed(args.seed + 99))
+    eval_labels, eval_seeds, real = evaluation_set(args.eval_per_caption, args.seed)
     results = {}
 
     def record(name, steps, nfe, imgs, extra=None):

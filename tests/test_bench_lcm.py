@@ -3,7 +3,6 @@ distillation on the proxy teacher whose LoRA loads and samples like the benchmar
 
 import os
 
-import pytest
 import torch
 
 from bench.lcm_baseline import (SKIP, boundary_scalings, consistency_fn, distil_lcm, lcm_loss, lcm_samples,
@@ -86,25 +85,6 @@ def test_loss_matches_a_diffusers_ddim_reference():
         losses.append(torch.sqrt(d2 + 1e-6) - 1e-3)
     want = torch.cat(losses).mean()
     assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-7)
-
-
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory):
-    if not os.path.isdir(TEACHER):
-        pytest.skip("the committed proxy teacher is missing (proxy/weights/teacher)")
-    from proxy.data import all_labels, caption_of
-    from training.config import DistillConfig
-    from training.distill import run
-
-    out = tmp_path_factory.mktemp("lcm")
-    labels = all_labels()[:3]
-    (out / "p.txt").write_text("".join(caption_of(l) + "\n" for l in labels.tolist()))
-    cfg = DistillConfig(model=TEACHER, prompts=str(out / "p.txt"), output=str(out / "ray.safetensors"),
-                        work_dir=str(out / "w"), resolution=16, seeds_per_prompt=4, teacher_steps=4, teacher_cfg=3.0,
-                        shard_size=8, train_steps=1, batch_size=4, lora_rank=4, lora_alpha=4.0)
-    cfg.validate()
-    run(cfg, progress=False)
-    return out, labels
 
 
 def test_distilled_lora_loads_and_samples_with_the_trained_parametrisation(small_cache):

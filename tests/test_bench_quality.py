@@ -2,14 +2,18 @@
 
 import json
 
-from bench.quality import RECIPE, VARIANTS, main, options, process_of
+from bench.quality import COMBINED, RECIPE, VARIANTS, main, options, process_of
 
 
 def test_each_variant_changes_one_thing_of_the_recipe():
     assert options("ray") == RECIPE
-    for name in VARIANTS:
+    for name in set(VARIANTS) - set(COMBINED):
         changed = {k for k, v in options(name).items() if RECIPE.get(k, None) != v}
+        changed -= {"lora_alpha"} if "lora_rank" in changed else set()      # the LoRA's size: rank and alpha together
         assert len(changed) <= 1, (name, changed)
+    for name, parts in COMBINED.items():       # a combined variant is exactly the union of its parts
+        assert options(name) == {**options(parts[0]), **options(parts[1])} != options(parts[0])
+    assert options("rank64")["lora_rank"] == 64 and options("rank64_anchor0.5")["start_anchor"] == 0.5
     assert process_of("no_ray").sigma == 1.0
     assert process_of("sigma0.3").sigma == 0.3 and process_of("linear").path == "linear"
     # the attention-only ablation drops exactly the convolutions of the default target set
@@ -32,3 +36,40 @@ def test_replot_rewrites_the_table_and_plots_from_results_json(tmp_path):
     assert "| ray | 50.0 / 20.0 / 10.0 |" in table and "curve ray" not in table
     assert (tmp_path / "fd_vs_steps.png").stat().st_size > 0
     assert (tmp_path / "fd_vs_training_steps.png").stat().st_size > 0
+
+
+def test_onestep_ceiling_trains_the_whole_unet_on_the_one_step_map(small_cache, tmp_path):
+    import torch
+
+    from bench.onestep_ceiling import main as ceiling, one_step_x0
+    from bench.quality import rayflow_samples
+    from proxy.data import caption_of
+    from proxy.demo import TEACHER, load_lora_unet
+    from training.data import item_noise
+    from training.models import load_base_model
+
+    out, labels = small_cache
+    # its one-step sample is the benchmark's one-step RayFlow sample (Algorithm 3), for any UNet
+    model = load_base_model(TEACHER)
+    unet = load_lora_unet(TEACHER, str(out / "ray.safetensors"))
+    seeds = torch.arange(len(labels))
+    imgs, nfe = rayflow_samples(model, unet, labels, seeds, 1, process_of("ray"), "noise")
+    cond = model.encode_prompts([caption_of(l) for l in labels.tolist()], torch.device("cpu"))["cond"]
+    with torch.no_grad():
+        mine = model.decode(one_step_x0(unet, model, item_noise(0, seeds, (3, 16, 16)), cond))
+    assert nfe == 1 and torch.allclose(mine, imgs, atol=1e-5)
+
+    assert ceiling(["--cache", str(out / "w" / "cache"), "--out", str(tmp_path), "--steps", "3", "--eval-every", "2",
+                    "--eval-per-caption", "1"]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["step"] for r in saved["rows"]] == [2, 3] and saved["items"] == 12
+    assert saved["parameters"] == sum(p.numel() for p in model.unet.parameters())     # every parameter trains
+    for row in saved["rows"]:
+        assert 0 <= row["alignment"] <= 1 and 0 <= row["train_alignment"] <= 1 and row["fd_proxy"] > 0
+    # training moved the network: the two evaluations differ
+    assert saved["rows"][0]["fd_proxy"] != saved["rows"][1]["fd_proxy"]
+    # --lora-rank trains a LoRA instead, on the trainer's default targets
+    assert ceiling(["--cache", str(out / "w" / "cache"), "--out", str(tmp_path / "lora"), "--steps", "1",
+                    "--eval-per-caption", "1", "--lora-rank", "2"]) == 0
+    lora = json.loads((tmp_path / "lora" / "results.json").read_text())
+    assert 0 < lora["parameters"] < saved["parameters"] / 10 and len(lora["rows"]) == 1

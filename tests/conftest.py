@@ -1,0 +1,29 @@
+"""Shared fixtures."""
+
+import os
+
+import pytest
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(HERE, "proxy", "weights", "teacher")
+
+
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory):
+    """A phase-1 cache of the committed proxy teacher (3 captions x 4 seeds, 4 teacher steps) in
+    ``out/w/cache`` and a 1-step RayFlow LoRA ``out/ray.safetensors``; returns ``(out, labels)``."""
+    if not os.path.isdir(TEACHER):
+        pytest.skip("the committed proxy teacher is missing (proxy/weights/teacher)")
+    from proxy.data import all_labels, caption_of
+    from training.config import DistillConfig
+    from training.distill import run
+
+    out = tmp_path_factory.mktemp("proxy_cache")
+    labels = all_labels()[:3]
+    (out / "p.txt").write_text("".join(caption_of(l) + "\n" for l in labels.tolist()))
+    cfg = DistillConfig(model=TEACHER, prompts=str(out / "p.txt"), output=str(out / "ray.safetensors"),
+                        work_dir=str(out / "w"), resolution=16, seeds_per_prompt=4, teacher_steps=4, teacher_cfg=3.0,
+                        shard_size=8, train_steps=1, batch_size=4, lora_rank=4, lora_alpha=4.0)
+    cfg.validate()
+    run(cfg, progress=False)
+    return out, labels
