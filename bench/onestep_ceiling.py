@@ -4,9 +4,8 @@
 A one-step sample is the denoiser's clean estimate at ``t = T - 1`` from the seeded start ``z``
 (``docs/method.md`` Algorithm 3). This script fine-tunes the *whole* proxy teacher UNet (every
 parameter; or, with ``--lora-rank R``, a rank-``R`` LoRA on the trainer's default targets) on that
-one map alone: input ``z`` at ``t = T - 1``, target the teacher's
-25-step sample ``x̂0`` from a phase-1 cache, loss in ``x̂0`` space (what the truncated-SNR weighting
-measures at ``T - 1``). Every ``--eval-every`` steps it reports the one-step FD-proxy, alignment,
+one map alone: input ``z`` at ``t = T - 1``, target the teacher's 25-step sample ``x̂0`` from a
+phase-1 cache, loss in ``x̂0`` space (what the truncated-SNR weighting measures at ``T - 1``). Every ``--eval-every`` steps it reports the one-step FD-proxy, alignment,
 shape accuracy and high-frequency ratio on ``bench.quality``'s evaluation set (seeds no model
 trained on), and the one-step alignment on 432 of the training items, into ``--out/results.json``.
 The RayFlow LoRAs' one-step numbers can then be read against what this network learns of the
@@ -56,9 +55,9 @@ def main(argv=None) -> int:
     from proxy.classifier import alignment, evaluate, load_classifier
     from proxy.data import caption_of, parse_caption
     from proxy.demo import CLASSIFIER, TEACHER
+    from training.config import DistillConfig
     from training.data import item_noise, load_cache
     from training.models import load_base_model
-    from training.config import DistillConfig
     from training.trainer import add_lora, warmup_cosine
 
     os.makedirs(args.out, exist_ok=True)

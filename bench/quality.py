@@ -6,12 +6,12 @@ sigma 0.1, truncated-SNR loss weighting, Time Sampler, the default LoRA targets)
 (no Time Sampler, no Ray trajectory, sigma 0.03 / 0.3 / 0.5, the linear Ray path, the plain
 noise-space loss, a LoRA on the attention and feed-forward projections only, start anchoring, rank
 64) and an LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs
-of each way of obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The ``ray`` and
-``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training steps (the
-Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity (``proxy/classifier.py``).
-Writes ``results.json`` (after every variant), ``results.md``, ``fd_vs_steps.png`` and
-``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are reused, and ``--replot``
-only redraws the table and plots from the ``results.json`` there.
+of each way of obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The
+``ray`` and ``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training
+steps (the Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity
+(``proxy/classifier.py``). Writes ``results.json`` (after every variant), ``results.md``,
+``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are
+reused, and ``--replot`` only redraws the table and plots from the ``results.json`` there.
 
     python -m bench.quality [--variants ray,no_ts,...] [--train-steps 1200] [--out outputs/quality]
 """
