@@ -31,7 +31,8 @@ TRAIN_PROBE = 432       # training items whose one-step alignment is reported (e
 
 
 def one_step_x0(unet, model, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """The one-step sample (eq. 4.3 at ``t = T - 1``) ``[N, C, H, W]`` from start points ``z``."""
+    """The one-step sample (eq. 4.3 at ``t = T - 1``) ``[N, C, H, W]`` from start points ``z``: the
+    differentiable form of ``rayflow.sample_ray_onestep`` (a sampler, so it runs without gradients)."""
     T = model.schedule.num_timesteps
     t = torch.full((z.shape[0],), T - 1)
     return RayProcess.x0_from_eps(z, unet(z, t, encoder_hidden_states=cond).sample, model.schedule.alpha_bar(t.double()))
