@@ -52,12 +52,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from bench.quality import evaluation_set
+    from bench.quality import evaluation_set, process_of, rayflow_samples
     from proxy.classifier import alignment, evaluate, load_classifier
-    from proxy.data import caption_of, parse_caption
+    from proxy.data import parse_caption
     from proxy.demo import CLASSIFIER, TEACHER
     from training.config import DistillConfig
-    from training.data import item_noise, load_cache
+    from training.data import load_cache
     from training.models import load_base_model
     from training.trainer import add_lora, warmup_cosine
 
@@ -66,8 +66,6 @@ def main(argv=None) -> int:
     cache = load_cache(args.cache)
     classifier = load_classifier(CLASSIFIER)
     eval_labels, eval_seeds, real = evaluation_set(args.eval_per_caption, args.seed)
-    eval_cond = model.encode_prompts([caption_of(l) for l in eval_labels.tolist()], torch.device("cpu"))["cond"]
-    eval_z = item_noise(0, eval_seeds, tuple(cache.x0.shape[1:]))
     probe = torch.linspace(0, len(cache.x0) - 1, min(TRAIN_PROBE, len(cache.x0))).round().long()
     probe_labels = torch.tensor([parse_caption(cache.prompts[int(i)]) for i in probe])
 
@@ -86,8 +84,8 @@ def main(argv=None) -> int:
 
     def evaluate_now(step: int) -> None:
         unet.eval()
+        imgs, _ = rayflow_samples(model, unet, eval_labels, eval_seeds, 1, process_of("ray"), "noise")
         with torch.no_grad():
-            imgs = model.decode(one_step_x0(unet, model, eval_z, eval_cond))
             train_imgs = model.decode(one_step_x0(unet, model, cache.noise[probe], cache.cond["cond"][probe]))
         m = evaluate(classifier, imgs, eval_labels, real, eval_labels)
         rows.append({"step": step, **{k: m[k] for k in ("fd_proxy", "alignment", "acc_shape", "hf_ratio")},
