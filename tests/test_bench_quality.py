@@ -10,10 +10,12 @@ def test_each_variant_changes_one_thing_of_the_recipe():
     for name in set(VARIANTS) - set(COMBINED):
         changed = {k for k, v in options(name).items() if RECIPE.get(k, None) != v}
         changed -= {"lora_alpha"} if "lora_rank" in changed else set()      # the LoRA's size: rank and alpha together
+        changed -= {"anchor_taper"} if "start_anchor" in changed else set()  # the taper is a form of anchoring
         assert len(changed) <= 1, (name, changed)
     for name, parts in COMBINED.items():       # a combined variant is exactly the union of its parts
         assert options(name) == {**options(parts[0]), **options(parts[1])} != options(parts[0])
     assert options("rank64")["lora_rank"] == 64 and options("rank64_anchor0.5")["start_anchor"] == 0.5
+    assert options("top50_taper_anchor0.5") == {**RECIPE, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
     assert process_of("no_ray").sigma == 1.0
     assert process_of("sigma0.3").sigma == 0.3 and process_of("linear").path == "linear"
     # the attention-only ablation drops exactly the convolutions of the default target set

@@ -92,6 +92,58 @@ def test_start_anchor_changes_training_and_is_recorded(tiny, tmp_path):
     assert any(not torch.equal(plain[k], anchored[k]) for k in plain)
 
 
+def _training_inputs(monkeypatch, tiny, out, *flags):
+    """Run 3 training steps and return ``(x_t, t)`` of every denoiser call of phase 2, and the cache."""
+    from training.data import load_cache
+    from training.trainer import Trainer
+
+    seen = []
+    denoise = Trainer._denoise
+
+    def spy(self, net, x, t, cond):
+        seen.append((x.detach().cpu().clone(), t.detach().cpu().clone()))
+        return denoise(self, net, x, t, cond)
+
+    monkeypatch.setattr(Trainer, "_denoise", spy)
+    model, prompts = tiny
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 3, *FAST, *flags) == 0
+    x_t, t = (torch.cat(v) for v in zip(*seen[:3]))     # the 3 training steps (validation grids come later)
+    return x_t, t, load_cache(str(out)[: -len(".safetensors")] + ".work/cache")
+
+
+def test_top_share_trains_the_one_step_timestep_and_the_taper_feeds_the_exact_start(monkeypatch, tiny, tmp_path):
+    T = 1000
+    x_t, t, cache = _training_inputs(monkeypatch, tiny, tmp_path / "top.safetensors", "--start-anchor", "1",
+                                     "--anchor-taper", "--top-share", "0.5")
+    top = t == T - 1
+    assert int(top.sum()) >= 3 * 2 and bool(top.view(3, 4)[:, :2].all())     # half of every batch of 4
+    # eq. 7.4: at T - 1 with anchor weight 1 and the noise tapered away, x_t is a seeded start z itself
+    dist = torch.cdist(x_t[top].flatten(1), cache.noise.flatten(1)).min(1).values
+    assert float(dist.max()) < 1e-4
+    # without the taper the Ray noise is still there: sqrt(1 - a) sigma noise, sigma = 0.3
+    x_t, t, cache = _training_inputs(monkeypatch, tiny, tmp_path / "plain.safetensors", "--start-anchor", "1",
+                                     "--top-share", "0.5")
+    dist = torch.cdist(x_t[t == T - 1].flatten(1), cache.noise.flatten(1)).min(1).values
+    assert float(dist.min()) > 1.0
+
+
+def test_taper_and_top_share_are_checked_and_recorded(tiny, tmp_path):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--anchor-taper .* give --start-anchor > 0"):
+        DistillConfig(model="m", prompts="p.txt", output="o.safetensors", anchor_taper=True).validate()
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="--top-share must be in"):
+            DistillConfig(model="m", prompts="p.txt", output="o.safetensors", top_share=bad).validate()
+    model, prompts = tiny
+    out = tmp_path / "rec.safetensors"
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 1, *FAST,
+                   "--start-anchor", "0.5", "--anchor-taper", "--top-share", "0.25") == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["rayflow.anchor_taper"] == "True" and meta["rayflow.top_share"] == "0.25"
+
+
 def test_phase1_items_do_not_depend_on_sharding(tiny, tmp_path):
     from training.data import load_cache
 

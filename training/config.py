@@ -67,6 +67,8 @@ class DistillConfig:
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
     loss_weighting: str = field(default="truncated-snr", metadata={"help": "per-timestep loss weight (docs/method.md eq. 7.2): eps (plain noise-space MSE) or truncated-snr (max(1, (1-a_t)/a_t): x0-space error where the noise dominates, as in progressive distillation)"})
     start_anchor: float = field(default=0.0, metadata={"help": "centre the top of the Ray process on the seeded start point: blend the target mean toward the start's noise over this top fraction of the timesteps (docs/method.md eq. 7.3; 0 = the paper's process, 0.5 = linearly over the upper half)"})
+    anchor_taper: bool = field(default=False, metadata={"help": "with --start-anchor: scale the Ray noise by 1 - w(t), so at the top timestep the training input is the seeded start itself and the target the teacher's sample, the one-step map exactly (docs/method.md eq. 7.4)"})
+    top_share: float = field(default=0.0, metadata={"help": "fraction of every batch trained at the top timestep T-1, the one-step sampler's only timestep, with weight 1; the rest from the Time Sampler (docs/method.md eq. 7.4; 0 = off)"})
     no_time_sampler: bool = field(default=False, metadata={"help": "ablation: uniform timesteps instead of the Time Sampler"})
     time_sampler_particles: int = field(default=32, metadata={"help": "Time Sampler particles per sample"})
     time_sampler_lr: float = field(default=1e-3, metadata={"help": "Time Sampler network learning rate"})
@@ -111,6 +113,10 @@ class DistillConfig:
             raise ConfigError(f"--start-anchor must be in [0, 1], got {self.start_anchor}")
         if self.start_anchor > 0 and self.no_ray:
             raise ConfigError("--start-anchor changes the Ray target mean, which --no-ray does not use: give one of them")
+        if self.anchor_taper and self.start_anchor == 0:
+            raise ConfigError("--anchor-taper tapers the Ray noise where --start-anchor weighs the start point: give --start-anchor > 0")
+        if not 0 <= self.top_share < 1:
+            raise ConfigError(f"--top-share must be in [0, 1), got {self.top_share}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.save_precision not in SAVE_DTYPES:
@@ -134,7 +140,7 @@ class DistillConfig:
         keep = ("model", "model_config", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
                 "teacher_cfg", "negative_prompt", "resolution", "shard_size", "batch_size", "grad_accum",
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
-                "ray_path", "no_ray", "loss_weighting", "start_anchor", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
+                "ray_path", "no_ray", "loss_weighting", "start_anchor", "anchor_taper", "top_share", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
                 "mixed_precision", "ema_decay")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])

@@ -100,6 +100,8 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
         "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
         "rayflow.loss_weighting": cfg.loss_weighting,
         "rayflow.start_anchor": cfg.start_anchor,
+        "rayflow.anchor_taper": cfg.anchor_taper,
+        "rayflow.top_share": cfg.top_share,
         "rayflow.lora_rank": cfg.lora_rank,
         "rayflow.lora_alpha": cfg.lora_alpha,
     }

@@ -161,6 +161,10 @@ class Trainer:
             t, w = self.ts.sample(feats, T, generator=self.gen)
         else:
             t, w = torch.randint(0, T, (B,), generator=self.gen), torch.ones(B)
+        k = round(cfg.top_share * B)
+        if k:       # eq. 7.4: a fixed share of the batch at the one-step sampler's timestep
+            t, w = t.clone(), w.clone()
+            t[:k], w[:k] = T - 1, 1.0
         a = self.model.schedule.alpha_bar(t.double())
         if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z
             x_t, target = self.process.training_pair(x0, torch.zeros_like(x0), a, z)
@@ -168,8 +172,10 @@ class Trainer:
             noise = torch.randn(x0.shape, generator=self.gen)
             if cfg.start_anchor > 0:       # eq. 7.3: the top of the process centred on the seeded start z
                 a_top = self.model.schedule.alpha_bar(torch.tensor(float(T - 1)))
-                mu = self.process.start_anchored_mean(mu, x0, z, a_top,
-                                                      self.process.start_anchor_weight(t, T, cfg.start_anchor))
+                w_z = self.process.start_anchor_weight(t, T, cfg.start_anchor)
+                mu = self.process.start_anchored_mean(mu, x0, z, a_top, w_z)
+                if cfg.anchor_taper:       # eq. 7.4: the Ray noise fades out where the start point is the mean
+                    noise = noise * (1.0 - w_z).to(noise.dtype).view(-1, *[1] * (noise.dim() - 1))
             x_t, target = self.process.training_pair(x0, mu, a, noise)
         with self.acc.accumulate(self.unet), self.acc.autocast():
             pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
