@@ -89,8 +89,10 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
     base = dict(model=teacher, prompts=prompts, output=path, work_dir=os.path.join(out, f"work_{variant}"),
                 resolution=16, seeds_per_prompt=seeds, seed=seed, teacher_solver="dpmsolver++", teacher_steps=25,
                 teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32, learning_rate=1e-3,
-                lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=100_000, log_every=50,
-                save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0)
+                lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=200, log_every=50,
+                save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0,
+                # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
+                resume=os.path.isdir(os.path.join(out, f"work_{variant}", "checkpoint")))
     cfg = DistillConfig(**{**base, **options(variant)})      # a variant may override the LoRA's rank
     cfg.validate()
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget

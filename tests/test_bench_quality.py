@@ -75,3 +75,15 @@ def test_onestep_ceiling_trains_the_whole_unet_on_the_one_step_map(small_cache, 
                     "--eval-per-caption", "1", "--lora-rank", "2"]) == 0
     lora = json.loads((tmp_path / "lora" / "results.json").read_text())
     assert 0 < lora["parameters"] < saved["parameters"] / 10 and len(lora["rows"]) == 1
+
+
+def test_an_interrupted_variant_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import training.distill
+    from bench.quality import distil
+
+    seen = []
+    monkeypatch.setattr(training.distill, "run", lambda cfg, progress=True: seen.append(cfg))
+    distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
+    (tmp_path / "work_anchor0.5" / "checkpoint").mkdir(parents=True)
+    distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
+    assert [c.resume for c in seen] == [False, True] and seen[0].checkpoint_every <= 200
