@@ -23,6 +23,7 @@ from typing import Dict, Optional
 import torch
 
 from rayflow import LossProfile, TimeSampler, sample_ray
+from rayflow.process import per_sample as per_sample_coef   # the loss below has a local per_sample
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, DistillConfig
@@ -175,7 +176,7 @@ class Trainer:
                 w_z = self.process.start_anchor_weight(t, T, cfg.start_anchor)
                 mu = self.process.start_anchored_mean(mu, x0, z, a_top, w_z)
                 if cfg.anchor_taper:       # eq. 7.4: the Ray noise fades out where the start point is the mean
-                    noise = noise * (1.0 - w_z).to(noise.dtype).view(-1, *[1] * (noise.dim() - 1))
+                    noise = noise * per_sample_coef(1.0 - w_z, noise)
             x_t, target = self.process.training_pair(x0, mu, a, noise)
         with self.acc.accumulate(self.unet), self.acc.autocast():
             pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
