@@ -5,7 +5,7 @@ the reference), RayFlow LoRAs distilled at an equal training budget — the full
 sigma 0.1, truncated-SNR loss weighting, Time Sampler, the default LoRA targets) and its ablations
 (no Time Sampler, no Ray trajectory, sigma 0.03 / 0.3 / 0.5, the linear Ray path, the plain
 noise-space loss, a LoRA on the attention and feed-forward projections only, start anchoring, rank
-64) and an LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs
+64, the one-step map of eq. 7.4) and an LCM-style consistency-distilled LoRA on the same data and steps — and the cost in NFEs
 of each way of obtaining the target mean (noise mode vs a Theorem-1 probe of the teacher). The
 ``ray`` and ``no_ts`` LoRAs are also saved every 300 training steps to measure FD-proxy vs training
 steps (the Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversity
@@ -86,13 +86,14 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
             raise SystemExit("the lcm variant trains on the phase-1 cache of the ray variant: list ray before lcm")
         return distil_lcm(teacher, shared, path, train_steps=train_steps, batch_size=32, lora_rank=16,
                           lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0, seed=seed, resolution=16)
-    base = dict(model=teacher, prompts=prompts, output=path, work_dir=os.path.join(out, f"work_{variant}"),
+    work_dir = os.path.join(out, f"work_{variant}")
+    base = dict(model=teacher, prompts=prompts, output=path, work_dir=work_dir,
                 resolution=16, seeds_per_prompt=seeds, seed=seed, teacher_solver="dpmsolver++", teacher_steps=25,
                 teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32, learning_rate=1e-3,
                 lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=200, log_every=50,
                 save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0,
                 # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
-                resume=os.path.isdir(os.path.join(out, f"work_{variant}", "checkpoint")))
+                resume=os.path.isdir(os.path.join(work_dir, "checkpoint")))
     cfg = DistillConfig(**{**base, **options(variant)})      # a variant may override the LoRA's rank
     cfg.validate()
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
