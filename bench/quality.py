@@ -48,14 +48,16 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     "anchor0.5": dict(start_anchor=0.5),
     # four times the LoRA rank (64 instead of 16, alpha scaled with it: the same initial update scale)
     "rank64": dict(lora_rank=64, lora_alpha=64.0),
-    # eq. 7.4: start anchoring with the Ray noise tapered to the exact start point at T - 1; and half
-    # of every batch at T - 1, the one-step sampler's timestep
+    # eq. 7.4: start anchoring with the Ray noise tapered to the exact start point at T - 1; and half (three
+    # quarters) of every batch at T - 1, the one-step sampler's timestep
     "taper_anchor0.5": dict(start_anchor=0.5, anchor_taper=True),
     "top50": dict(top_share=0.5),
+    "top75": dict(top_share=0.75),
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that combine two of the above
-            "top50_taper_anchor0.5": ("top50", "taper_anchor0.5")}
+            "top50_taper_anchor0.5": ("top50", "taper_anchor0.5"),
+            "top75_taper_anchor0.5": ("top75", "taper_anchor0.5")}
 VARIANTS.update({name: {k: v for part in parts for k, v in VARIANTS[part].items()} for name, parts in COMBINED.items()})
 STEPS = (1, 2, 4, 8)
 CURVE_VARIANTS = ("ray", "no_ts")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps

@@ -16,6 +16,7 @@ def test_each_variant_changes_one_thing_of_the_recipe():
         assert options(name) == {**options(parts[0]), **options(parts[1])} != options(parts[0])
     assert options("rank64")["lora_rank"] == 64 and options("rank64_anchor0.5")["start_anchor"] == 0.5
     assert options("top50_taper_anchor0.5") == {**RECIPE, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
+    assert options("top75_taper_anchor0.5") == {**options("top50_taper_anchor0.5"), "top_share": 0.75}
     assert process_of("no_ray").sigma == 1.0
     assert process_of("sigma0.3").sigma == 0.3 and process_of("linear").path == "linear"
     # the attention-only ablation drops exactly the convolutions of the default target set
