@@ -163,8 +163,7 @@ class Trainer:
         else:
             t, w = torch.randint(0, T, (B,), generator=self.gen), torch.ones(B)
         k = round(cfg.top_share * B)
-        if k:       # eq. 7.4: a fixed share of the batch at the one-step sampler's timestep
-            t, w = t.clone(), w.clone()
+        if k:       # eq. 7.4: a fixed share of the batch at the one-step sampler's timestep (t, w are fresh tensors)
             t[:k], w[:k] = T - 1, 1.0
         a = self.model.schedule.alpha_bar(t.double())
         if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z
