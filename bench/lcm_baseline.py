@@ -89,7 +89,7 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     from training.data import load_cache
     from training.export import kohya_unet_state_dict, save_atomic
     from training.models import load_base_model
-    from training.trainer import add_lora, lora_state, warmup_cosine
+    from training.trainer import add_lora, data_generator, lora_state, warmup_cosine
 
     model = load_base_model(teacher_path)
     cache = load_cache(cache_folder)
@@ -111,11 +111,12 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     def teacher(x, t, ehs):
         return teacher_unet(x, t, encoder_hidden_states=ehs).sample
 
-    g = torch.Generator().manual_seed(seed)
+    # the batches of the RayFlow trainer with the same seed (paired), then the LCM timesteps and noise
+    g_data, g = data_generator(seed), torch.Generator().manual_seed(seed)
     N, grid = cache.x0.shape[0], skipping_grid(len(ac))
     bar = tqdm(range(train_steps), desc="LCM-LoRA distillation", disable=not progress)
     for _ in bar:
-        idx = torch.randint(N, (batch_size,), generator=g)
+        idx = torch.randint(N, (batch_size,), generator=g_data)
         t = grid[torch.randint(len(grid), (batch_size,), generator=g)]
         x0, cond = cache.x0[idx], cache.cond["cond"][idx]
         noise = torch.randn(x0.shape, generator=g)

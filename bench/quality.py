@@ -14,6 +14,9 @@ steps (the Time Sampler's efficiency). Metrics: FD-proxy, alignment and diversit
 reused, and ``--replot`` only redraws the table and plots from the ``results.json`` there.
 
     python -m bench.quality [--variants ray,no_ts,...] [--train-steps 1200] [--out outputs/quality]
+    python -m bench.quality --seeds 0 1 2 [--workers 2] [--results docs/results/quality_multiseed.json]
+
+``--seeds`` is the multi-seed benchmark of ``bench/multiseed.py`` (means, 95 % CIs, paired seeds).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from proxy.demo import SIGMA
 from rayflow import RayProcess, estimate_target_mean_vp, sample_ray
-from training.config import ATTENTION_TARGETS, DistillConfig
+from training.config import ATTENTION_TARGETS, PRESETS, DistillConfig
 
 # the recipe every RayFlow variant shares (the demo's): sigma 0.1 and the truncated-SNR loss weighting
 RECIPE = dict(sigma=SIGMA, loss_weighting="truncated-snr")
@@ -53,14 +56,24 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     "taper_anchor0.5": dict(start_anchor=0.5, anchor_taper=True),
     "top50": dict(top_share=0.5),
     "top75": dict(top_share=0.75),
+    # the Time Sampler's weak points (issue 17 item 5): a gradient-norm target, half the proposal uniform,
+    # 300 uniform warm-up steps, the biased objective (sampled timesteps at weight 1), one density for all
+    "ts_grad": dict(time_sampler_target="grad"),
+    "ts_mix50": dict(time_sampler_uniform=0.5),
+    "ts_warmup": dict(time_sampler_warmup=300),
+    "ts_biased": dict(time_sampler_biased=True),
+    "ts_static": dict(time_sampler_input="none"),
+    # the one-step preset of training.distill (--preset one-step), as the CLI applies it
+    "one_step": {k: v for k, v in PRESETS["one-step"].items() if k != "recommended_steps"},
     "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
 }
 COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that combine two of the above
             "top50_taper_anchor0.5": ("top50", "taper_anchor0.5"),
             "top75_taper_anchor0.5": ("top75", "taper_anchor0.5")}
 VARIANTS.update({name: {k: v for part in parts for k, v in VARIANTS[part].items()} for name, parts in COMBINED.items()})
+MULTISEED_VARIANTS = ("ray", "no_ts", "no_ray", "lcm")      # the --seeds default: the recipe and its baselines
 STEPS = (1, 2, 4, 8)
-CURVE_VARIANTS = ("ray", "no_ts")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps
+CURVE_VARIANTS = ("ray", "no_ts", "ts_grad", "ts_mix50", "ts_warmup", "ts_biased", "ts_static")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps
 SNAPSHOT_EVERY = 300
 
 
@@ -74,32 +87,40 @@ def process_of(variant: str) -> RayProcess:
     return DistillConfig(**options(variant)).training_process()
 
 
-def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int) -> str:
+def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,
+           train_seed: int = -1, cache: str = "", save_every: int = -1) -> str:
+    """Train ``variant`` into ``<out>/lora_<variant>.safetensors`` (reused when it exists) and return
+    its path. ``seed`` makes the phase-1 data, ``train_seed`` phase 2 (-1: ``seed``); ``cache`` is a
+    phase-1 cache to share (default: the ``ray`` variant's in ``out``); ``save_every`` the snapshot
+    interval (-1: ``SNAPSHOT_EVERY`` for the ``CURVE_VARIANTS``, else none)."""
     from training.distill import run
 
     path = os.path.join(out, f"lora_{variant}.safetensors")
     if os.path.isfile(path):
         return path
-    shared = os.path.join(out, "work_ray", "cache")
+    shared = cache or os.path.join(out, "work_ray", "cache")
+    if save_every < 0:
+        save_every = SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0
     if variant == "lcm":
         from bench.lcm_baseline import distil_lcm
 
         if not os.path.isdir(shared):
             raise SystemExit("the lcm variant trains on the phase-1 cache of the ray variant: list ray before lcm")
         return distil_lcm(teacher, shared, path, train_steps=train_steps, batch_size=32, lora_rank=16,
-                          lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0, seed=seed, resolution=16)
+                          lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0,
+                          seed=seed if train_seed < 0 else train_seed, resolution=16, progress=False)
     work_dir = os.path.join(out, f"work_{variant}")
     base = dict(model=teacher, prompts=prompts, output=path, work_dir=work_dir,
-                resolution=16, seeds_per_prompt=seeds, seed=seed, teacher_solver="dpmsolver++", teacher_steps=25,
-                teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32, learning_rate=1e-3,
-                lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=200, log_every=50,
-                save_every=SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0,
+                resolution=16, seeds_per_prompt=seeds, seed=seed, train_seed=train_seed, teacher_solver="dpmsolver++",
+                teacher_steps=25, teacher_cfg=3.0, shard_size=64, train_steps=train_steps, batch_size=32,
+                learning_rate=1e-3, lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=200, log_every=50,
+                save_every=save_every,
                 # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
                 resume=os.path.isdir(os.path.join(work_dir, "checkpoint")))
     cfg = DistillConfig(**{**base, **options(variant)})      # a variant may override the LoRA's rank
     cfg.validate()
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
-    if variant != "ray" and cfg.ray_path == "sigma" and os.path.isdir(shared) \
+    if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \
             and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
         os.makedirs(cfg.work_dir, exist_ok=True)
         os.symlink(os.path.abspath(shared), os.path.join(cfg.work_dir, "cache"))
@@ -108,7 +129,11 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
 
 
 @torch.no_grad()
-def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
+def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str, eta: float = 0.0):
+    """RayFlow images of ``unet`` for captions ``labels`` ``[N, 4]`` from the seeded noise of ``seeds``
+    ``[N]`` in ``steps`` Ray steps, with the target mean of ``mu_mode`` (``noise``, or ``probeP``: a
+    P-step Theorem-1 probe of the teacher with CFG 3) and stochasticity ``eta`` (its noise from a fixed
+    generator, the same for every LoRA). Returns ``(images [N, 3, 16, 16], NFE per image)``."""
     from training.data import item_noise
 
     from proxy.data import caption_of
@@ -134,7 +159,8 @@ def rayflow_samples(model, unet, labels, seeds, steps, process, mu_mode: str):
     def eps_model(x, t):
         return unet(x, t, encoder_hidden_states=cond["cond"]).sample
 
-    x0 = sample_ray(eps_model, z, mu, process, model.schedule, model.schedule.ray_timesteps(steps))
+    x0 = sample_ray(eps_model, z, mu, process, model.schedule, model.schedule.ray_timesteps(steps), eta=eta,
+                    generator=torch.Generator().manual_seed(20_000_000))
     return model.decode(x0), steps + extra_nfe
 
 
@@ -214,14 +240,34 @@ def write_report(results: dict, curves: dict, out: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/quality")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from " + ", ".join(VARIANTS))
+    ap.add_argument("--variants", default=None, help="comma-separated, from " + ", ".join(VARIANTS) +
+                    f" (default: all; with --seeds: {','.join(MULTISEED_VARIANTS)})")
     ap.add_argument("--train-steps", type=int, default=1200)
     ap.add_argument("--seeds-per-prompt", type=int, default=8)
     ap.add_argument("--eval-per-caption", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the seed of the data (with --seeds: of the shared phase-1 cache and real images)")
     ap.add_argument("--replot", action="store_true",
                     help="only rewrite results.md and the plots from the results.json already in --out")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                    help="multi-seed mode (bench/multiseed.py): train every variant once per training seed on one "
+                         "phase-1 cache and report means, 95%% CIs and paired differences")
+    ap.add_argument("--workers", type=int, default=1, help="with --seeds: jobs run at a time (one thread each)")
+    ap.add_argument("--results", default=None,
+                    help="with --seeds: the summary JSON (default <out>/quality_multiseed.json; .md beside it)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.seeds is not None:
+        from bench import multiseed
+
+        args.argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"]
+        args.variants = (args.variants or ",".join(MULTISEED_VARIANTS)).split(",")
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        args.data_seed = args.seed
+        args.results = args.results or os.path.join(args.out, "quality_multiseed.json")
+        return multiseed.main(args)
+    args.variants = args.variants or ",".join(VARIANTS)
     if args.replot:
         with open(os.path.join(args.out, "results.json")) as f:
             saved = json.load(f)

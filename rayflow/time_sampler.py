@@ -80,7 +80,8 @@ class LossProfile:
         self.sq = torch.where(again, self.decay * self.sq + (1 - self.decay) * batch_mean, self.sq)
         self.seen |= hit
 
-    def _log_grid(self) -> torch.Tensor:
+    def log_grid(self) -> torch.Tensor:
+        """``log sqrt(E[l^2])`` per bin ``[bins]`` float64 (unseen bins: the mean of the seen ones)."""
         if not bool(self.seen.any()):
             return torch.zeros(self.bins, dtype=torch.float64)
         sq = torch.where(self.seen, self.sq, self.sq[self.seen].mean())
@@ -88,7 +89,7 @@ class LossProfile:
 
     def log_density(self, u: torch.Tensor) -> torch.Tensor:
         """Unnormalised ``log p*(u)`` (shape, dtype and device of ``u``)."""
-        g = self._log_grid()
+        g = self.log_grid()
         x = (u.detach().to("cpu", torch.float64) * self.bins - 0.5).clamp(0, self.bins - 1)
         lo = x.floor().long().clamp(0, self.bins - 2)
         w = x - lo
@@ -96,7 +97,7 @@ class LossProfile:
 
     def score(self, u: torch.Tensor) -> torch.Tensor:
         """``d/du log p*(u)`` (slope of the interpolated log-density; 0 beyond the end centres)."""
-        g = self._log_grid()
+        g = self.log_grid()
         x = u.detach().to("cpu", torch.float64) * self.bins - 0.5
         lo = x.floor().long().clamp(0, self.bins - 2)
         slope = (g[lo + 1] - g[lo]) * self.bins

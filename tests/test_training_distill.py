@@ -40,7 +40,12 @@ def test_end_to_end_sd15_produces_a_lora_that_diffusers_loads(tiny, tmp_path):
     with safe_open(str(out), "pt") as f:
         meta, keys = f.metadata(), list(f.keys())
     assert meta["rayflow.format"] == "1" and meta["rayflow.architecture"] == "sd15"
-    assert meta["rayflow.sigma"] == "0.3" and meta["rayflow.path"] == "sigma" and meta["rayflow.recipe"] == "ray"
+    # --sigma auto (the default): the mean Theorem-1 spread of the trajectories phase 1 built, to 4 decimals
+    from training.data import load_cache
+
+    sigma_star = load_cache(str(tmp_path / "out" / "ray.work" / "cache")).sigma_star
+    assert meta["rayflow.sigma"] == str(round(float(sigma_star.double().mean()), 4)) != "0.3"
+    assert meta["rayflow.path"] == "sigma" and meta["rayflow.recipe"] == "ray" and meta["rayflow.preset"] == "few-step"
     assert meta["rayflow.schedule"] == "scaled_linear" and meta["rayflow.time_sampler"] == "on"
     assert meta["rayflow.train_steps"] == "12" and meta["rayflow.teacher_solver"] == "dpmsolver++"
     assert keys and all(k.startswith("lora_unet_") for k in keys)
@@ -142,6 +147,66 @@ def test_taper_and_top_share_are_checked_and_recorded(tiny, tmp_path):
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     assert meta["rayflow.anchor_taper"] == "True" and meta["rayflow.top_share"] == "0.25"
+
+
+def test_one_step_preset_reaches_the_trainer_and_the_metadata_and_flags_win(tiny, tmp_path):
+    import json
+
+    model, prompts = tiny
+    out = tmp_path / "one.safetensors"
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 2, *FAST,
+                   "--preset", "one-step", "--sigma", "0.2") == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["rayflow.preset"] == "one-step" and meta["rayflow.sigma"] == "0.2"          # the explicit flag wins
+    assert meta["rayflow.start_anchor"] == "0.5" and meta["rayflow.anchor_taper"] == "True"
+    assert meta["rayflow.top_share"] == "0.75" and meta["rayflow.recommended_steps"] == "1"
+    # the trainer used the preset: three of every batch of 4 at the top timestep (the last diagnostics bin)
+    recs = [json.loads(line) for line in (tmp_path / "one.work" / "time_sampler.jsonl").read_text().splitlines()]
+    hist = recs[-1]["t_hist"]
+    assert recs[-1]["step"] == 2 and sum(hist) == 8 and hist[-1] >= 6
+
+
+def test_preset_values_sit_under_file_and_flag_values(tmp_path):
+    from training.config import PRESETS, ConfigError, parse_args
+
+    base = ["--model", "m", "--prompts", "p.txt", "--output", "o.safetensors"]
+    cfg = parse_args(base + ["--preset", "one-step"])
+    assert (cfg.start_anchor, cfg.anchor_taper, cfg.top_share, cfg.recommended_steps) == (0.5, True, 0.75, 1)
+    assert parse_args(base + ["--preset", "one-step", "--top-share", "0.5"]).top_share == 0.5
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "one-step"\nstart-anchor = 0.25\n')
+    cfg = parse_args(base + ["--config", str(toml)])
+    assert cfg.start_anchor == 0.25 and cfg.top_share == 0.75
+    few = parse_args(base)
+    assert few.preset == "few-step" and few.sigma == "auto" and few.top_share == 0.0 and not PRESETS["few-step"]
+    with pytest.raises(ConfigError, match="--preset must be one of few-step, one-step"):
+        parse_args(base + ["--preset", "fast"])
+    with pytest.raises(ConfigError, match="--sigma"):
+        parse_args(base + ["--sigma", "big"])
+    text = " ".join(build_parser().format_help().split())
+    assert "--preset PRESET" in text and "(default: 'auto')" in text.split("--sigma SIGMA Ray", 1)[1].split("--ray-path", 1)[0]
+
+
+def test_time_sampler_options_are_checked_used_and_recorded(tiny, tmp_path):
+    from training.config import ConfigError
+
+    for bad, msg in ((dict(time_sampler_target="norm"), "--time-sampler-target"),
+                     (dict(time_sampler_uniform=0.0), "--time-sampler-uniform"),
+                     (dict(time_sampler_warmup=-1), "--time-sampler-warmup"),
+                     (dict(time_sampler_input="text"), "--time-sampler-input")):
+        with pytest.raises(ConfigError, match=msg):
+            DistillConfig(model="m", prompts="p.txt", output="o.safetensors", **bad).validate()
+    model, prompts = tiny
+    out = tmp_path / "ts.safetensors"
+    assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 3, *FAST,
+                   "--time-sampler-biased", "--time-sampler-target", "grad", "--time-sampler-uniform", "0.5",
+                   "--time-sampler-input", "none") == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["rayflow.time_sampler_options"] == "target=grad,uniform=0.5,warmup=0,biased=True,input=none"
+    last = (tmp_path / "ts.work" / "log.csv").read_text().strip().splitlines()[-1].split(",")
+    assert last[0] == "3" and float(last[5]) == 1.0 and float(last[6]) == 1.0      # biased: every weight 1
 
 
 def test_phase1_items_do_not_depend_on_sharding(tiny, tmp_path):

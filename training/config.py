@@ -28,6 +28,14 @@ LORA_TARGETS = ATTENTION_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb
                                     "upsamplers.0.conv", "conv_in", "conv_out")
 
 
+# named recipes: option values a preset sets unless the option is given explicitly (docs/benchmarks.md
+# has each preset's measured numbers)
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "few-step": {},
+    "one-step": {"start_anchor": 0.5, "anchor_taper": True, "top_share": 0.75, "recommended_steps": 1},
+}
+
+
 class ConfigError(ValueError):
     """Bad option or config file; the CLI prints it as one line."""
 
@@ -43,7 +51,8 @@ class DistillConfig:
     architecture: str = field(default="auto", metadata={"help": f"model family, one of {ARCHITECTURES}; auto detects it from the model"})
     # ---- phase 1: teacher trajectories (Algorithm 1, data construction)
     seeds_per_prompt: int = field(default=1, metadata={"help": "noise seeds per prompt (training pairs = prompts x seeds)"})
-    seed: int = field(default=0, metadata={"help": "global seed: noise, LoRA init, timesteps, data order"})
+    seed: int = field(default=0, metadata={"help": "global seed: the teacher trajectories' noise, and phase 2 unless --train-seed is given"})
+    train_seed: int = field(default=-1, metadata={"help": "seed of phase 2 alone (LoRA init, batch order, timesteps, Ray noise) on the same phase-1 data; -1 = --seed"})
     teacher_solver: str = field(default="dpmsolver++", metadata={"help": f"teacher ODE solver, one of {SOLVERS}"})
     teacher_steps: int = field(default=25, metadata={"help": "teacher solver steps"})
     teacher_cfg: float = field(default=4.5, metadata={"help": "classifier-free guidance scale baked into the pairs (1 = off)"})
@@ -62,7 +71,7 @@ class DistillConfig:
     lora_targets: str = field(default=",".join(LORA_TARGETS),
                               metadata={"help": "comma-separated module-name suffixes that get LoRA adapters (default: attention, feed-forward, "
                                                 "ResNet convolutions, time projections, resamplers, conv_in/conv_out; PixArt: those inside the transformer blocks)"})
-    sigma: float = field(default=0.3, metadata={"help": "Ray variance coefficient"})
+    sigma: "float | str" = field(default="auto", metadata={"help": "Ray variance coefficient, or auto: the mean Theorem-1 spread sigma* of the teacher trajectories that phase 1 measures (on the proxy 0.099, where 0.1 measured best); the value used is stored in the LoRA"})
     ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
     loss_weighting: str = field(default="truncated-snr", metadata={"help": "per-timestep loss weight (docs/method.md eq. 7.2): eps (plain noise-space MSE) or truncated-snr (max(1, (1-a_t)/a_t): x0-space error where the noise dominates, as in progressive distillation)"})
@@ -72,6 +81,11 @@ class DistillConfig:
     no_time_sampler: bool = field(default=False, metadata={"help": "ablation: uniform timesteps instead of the Time Sampler"})
     time_sampler_particles: int = field(default=32, metadata={"help": "Time Sampler particles per sample"})
     time_sampler_lr: float = field(default=1e-3, metadata={"help": "Time Sampler network learning rate"})
+    time_sampler_target: str = field(default="loss", metadata={"help": "what the Time Sampler's density follows per timestep: loss (sqrt E[l^2] of the weighted loss l, Prop. 3) or grad (sqrt E[lambda^2 mse], proportional to the gradient norm of l)"})
+    time_sampler_uniform: float = field(default=0.1, metadata={"help": "uniform share of the Time Sampler's proposal (bounds the importance weights by 1 / share)"})
+    time_sampler_warmup: int = field(default=0, metadata={"help": "train on uniform timesteps for the first N steps while the Time Sampler learns the loss profile"})
+    time_sampler_biased: bool = field(default=False, metadata={"help": "use the Time Sampler's timesteps with weight 1 (changes the objective toward the sampled timesteps) instead of unbiased importance weights"})
+    time_sampler_input: str = field(default="data", metadata={"help": "the Time Sampler network's input: data (pooled latent and text features) or none (one density for every sample)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
@@ -80,6 +94,7 @@ class DistillConfig:
     validate_every: int = field(default=0, metadata={"help": "write a 1/2/4-step validation grid every N steps (0 = only at the end)"})
     log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
+    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/benchmarks.md); options given explicitly win"})
     # ---- export metadata
     save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
     recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
@@ -91,7 +106,22 @@ class DistillConfig:
         ``no_ray`` the DDPM process (``sigma = 1``) whose pairs are built from the seeded noise."""
         from rayflow import RayProcess
 
-        return RayProcess(sigma=1.0) if self.no_ray else RayProcess(sigma=self.sigma, path=self.ray_path)
+        if self.no_ray:
+            return RayProcess(sigma=1.0)
+        if self.sigma == "auto":
+            raise ConfigError("--sigma auto is resolved from the phase-1 cache (resolve_sigma) before training")
+        return RayProcess(sigma=self.sigma, path=self.ray_path)
+
+    def resolve_sigma(self, sigma_star) -> "DistillConfig":
+        """``--sigma auto``: the mean of the cache's Theorem-1 spreads ``sigma_star`` ``[N]``, to 4
+        decimals (a value given explicitly is kept)."""
+        if self.sigma == "auto":
+            self.sigma = round(float(sigma_star.double().mean()), 4)
+        return self
+
+    def phase2_seed(self) -> int:
+        """The seed of phase 2's LoRA init and random streams: ``train_seed``, or ``seed`` when -1."""
+        return self.seed if self.train_seed < 0 else self.train_seed
 
     def validate(self) -> "DistillConfig":
         for name in ("model", "prompts", "output"):
@@ -107,8 +137,17 @@ class DistillConfig:
             raise ConfigError(f"--ray-path must be {' or '.join(PATHS)}, got {self.ray_path!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ConfigError(f"--loss-weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
-        if not 0 < self.sigma <= 10:
-            raise ConfigError(f"--sigma must be in (0, 10], got {self.sigma}")
+        if self.train_seed < -1:
+            raise ConfigError(f"--train-seed must be >= 0 (or -1 for --seed), got {self.train_seed}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.sigma != "auto":
+            try:
+                self.sigma = float(self.sigma)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--sigma must be a number or auto, got {self.sigma!r}") from None
+            if not 0 < self.sigma <= 10:
+                raise ConfigError(f"--sigma must be auto or in (0, 10], got {self.sigma}")
         if not 0 <= self.start_anchor <= 1:
             raise ConfigError(f"--start-anchor must be in [0, 1], got {self.start_anchor}")
         if self.start_anchor > 0 and self.no_ray:
@@ -117,6 +156,14 @@ class DistillConfig:
             raise ConfigError("--anchor-taper tapers the Ray noise where --start-anchor weighs the start point: give --start-anchor > 0")
         if not 0 <= self.top_share < 1:
             raise ConfigError(f"--top-share must be in [0, 1), got {self.top_share}")
+        if self.time_sampler_target not in ("loss", "grad"):
+            raise ConfigError(f"--time-sampler-target must be loss or grad, got {self.time_sampler_target!r}")
+        if self.time_sampler_input not in ("data", "none"):
+            raise ConfigError(f"--time-sampler-input must be data or none, got {self.time_sampler_input!r}")
+        if not 0 < self.time_sampler_uniform <= 1:
+            raise ConfigError(f"--time-sampler-uniform must be in (0, 1], got {self.time_sampler_uniform}")
+        if self.time_sampler_warmup < 0:
+            raise ConfigError(f"--time-sampler-warmup must be >= 0, got {self.time_sampler_warmup}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.save_precision not in SAVE_DTYPES:
@@ -137,10 +184,11 @@ class DistillConfig:
 
     def fingerprint(self) -> Dict[str, Any]:
         """Options that must match for a resume to be meaningful (phase 1 and phase 2)."""
-        keep = ("model", "model_config", "prompts", "architecture", "seeds_per_prompt", "seed", "teacher_solver", "teacher_steps",
+        keep = ("model", "model_config", "prompts", "architecture", "seeds_per_prompt", "seed", "train_seed", "teacher_solver", "teacher_steps",
                 "teacher_cfg", "negative_prompt", "resolution", "shard_size", "batch_size", "grad_accum",
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
                 "ray_path", "no_ray", "loss_weighting", "start_anchor", "anchor_taper", "top_share", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
+                "time_sampler_target", "time_sampler_uniform", "time_sampler_warmup", "time_sampler_biased", "time_sampler_input",
                 "mixed_precision", "ema_decay")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])
@@ -216,6 +264,10 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
+    preset = values.get("preset", "few-step")
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    values = {**PRESETS[preset], **values}        # the preset's values, then the file's and the flags
     try:
         cfg = DistillConfig(**values)
     except TypeError as exc:

@@ -124,7 +124,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     C, H = model.latent_channels, model.latent_size(cfg.resolution)
     total = len(prompts) * cfg.seeds_per_prompt
     n_shards = (total + cfg.shard_size - 1) // cfg.shard_size
-    process = RayProcess(sigma=cfg.sigma, path=cfg.ray_path)
+    process = RayProcess(sigma=1.0, path=cfg.ray_path)     # Theorem 1 depends on the path, not on sigma
     uncond_one = model.encode_prompts([cfg.negative_prompt], device)
     mine = [k for k in range(n_shards) if k % accelerator.num_processes == accelerator.process_index]
     todo = [k for k in mine if not os.path.isfile(_shard_path(folder, k))]

@@ -72,9 +72,12 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
             f.write(cfg.to_json())
     folder = build_cache(cfg, model, prompts, accelerator, progress)
     cache = load_cache(folder)
+    auto = cfg.sigma == "auto"
+    cfg.resolve_sigma(cache.sigma_star)
     if progress and accelerator.is_main_process:
         print(f"phase 1: Theorem-1 spread sigma* of the teacher trajectories: mean {cache.sigma_star.mean():.3f}, "
-              f"median {cache.sigma_star.median():.3f} (training with --sigma {cfg.sigma})", flush=True)
+              f"median {cache.sigma_star.median():.3f} (training with --sigma {cfg.sigma}"
+              f"{', the mean: --sigma auto' if auto else ''})", flush=True)
     for enc in model.text_encoders:          # phase 2 never needs the text encoders (PixArt's T5 is large)
         enc.to("cpu")
     model.text_encoders.clear()
@@ -88,6 +91,7 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
         "rayflow.sigma": proc.sigma,
         "rayflow.path": proc.path,
         "rayflow.recipe": "rectified" if cfg.no_ray else "ray",
+        "rayflow.preset": cfg.preset,
         "rayflow.schedule": model.schedule_name,
         "rayflow.num_train_timesteps": model.schedule.num_timesteps,
         "rayflow.target_mean": "noise",
@@ -98,6 +102,9 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
         "rayflow.teacher_cfg": cfg.teacher_cfg,
         "rayflow.train_steps": cfg.train_steps,
         "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
+        "rayflow.time_sampler_options": "" if cfg.no_time_sampler else (
+            f"target={cfg.time_sampler_target},uniform={cfg.time_sampler_uniform:g},warmup={cfg.time_sampler_warmup},"
+            f"biased={cfg.time_sampler_biased},input={cfg.time_sampler_input}"),
         "rayflow.loss_weighting": cfg.loss_weighting,
         "rayflow.start_anchor": cfg.start_anchor,
         "rayflow.anchor_taper": cfg.anchor_taper,

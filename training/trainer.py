@@ -7,9 +7,13 @@ Sampler with importance weights ``w`` (uniform ``t``, ``w = 1`` with ``--no-time
 ``RayProcess.loss_weight``, eq. 7.2). The Time Sampler network follows
 its SVGD loss on the running per-timestep loss profile.
 
-Everything random comes from one generator whose state is checkpointed with the LoRA, the
-optimizer, the LR schedule, the Time Sampler and the loss profile, so a resumed run continues
-exactly where the killed one stopped.
+Everything random in phase 2 comes from the training seed (``DistillConfig.phase2_seed``) through
+three generators, one per stream: the batches drawn from the cache, the timesteps (Time Sampler or
+uniform), and the Ray noise. Separate streams pair the ablations: with the same seed the Time
+Sampler and uniform arms (and the Ray and no-Ray arms) see identical batches, and the Ray arms
+identical noise. The generators' states are checkpointed with the LoRA, the optimizer, the LR
+schedule, the Time Sampler and the loss profile, so a resumed run continues exactly where the
+killed one stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, DistillConfig
 from .data import Cache
 from .models import BaseModel
+
+DIAG_BINS = 20      # timestep bins of the Time Sampler diagnostics (``time_sampler.jsonl``)
 
 
 def ts_features(x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -67,11 +73,18 @@ def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
 
 
+def data_generator(seed: int, process_index: int = 0) -> torch.Generator:
+    """The generator of the cache indices of every batch for training seed ``seed``; the LCM
+    baseline (``bench/lcm_baseline.py``) draws its batches from the same stream."""
+    return torch.Generator().manual_seed(seed * 7919 + 17 + process_index)
+
+
 class Trainer:
     def __init__(self, cfg: DistillConfig, model: BaseModel, cache: Cache, accelerator):
         self.cfg, self.model, self.cache, self.acc = cfg, model, cache, accelerator
         self.process = cfg.training_process()
-        torch.manual_seed(cfg.seed)                 # LoRA init
+        seed = cfg.phase2_seed()
+        torch.manual_seed(seed)                     # LoRA init
         unet = model.unet
         add_lora(unet, cfg, pixart=model.architecture.startswith("pixart"))
         if cfg.gradient_checkpointing:
@@ -82,11 +95,15 @@ class Trainer:
         self.lr_sched = warmup_cosine(self.opt, cfg.lr_warmup, cfg.train_steps)
         self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
         feat_dim = cache.cond["cond"].shape[-1] + 4 * cache.x0.shape[1]
-        self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles)
+        self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles,
+                                                               uniform_mix=cfg.time_sampler_uniform)
         self.ts_opt = None if self.ts is None else torch.optim.Adam(self.ts.parameters(), lr=cfg.time_sampler_lr)
         self.profile = LossProfile()
-        self.gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17 + accelerator.process_index)
+        self.gen = data_generator(seed, accelerator.process_index)                       # batches
+        self.gen_t = torch.Generator().manual_seed(seed * 7919 + 29 + accelerator.process_index)  # timesteps
+        self.gen_noise = torch.Generator().manual_seed(seed * 7919 + 41 + accelerator.process_index)  # Ray noise
         self.step = 0
+        self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)     # timesteps drawn since the last diagnostics record
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self.ckpt_dir = os.path.join(cfg.work_dir, "checkpoint")
         self.log_path = os.path.join(cfg.work_dir, "log.csv")
@@ -96,9 +113,10 @@ class Trainer:
         unwrapped = self.acc.unwrap_model(self.unet)
         return {"step": self.step, "lora": lora_state(unwrapped), "opt": self.opt.state_dict(),
                 "lr_sched": self.lr_sched.state_dict(), "gen": self.gen.get_state(),
+                "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
                 "ts": None if self.ts is None else self.ts.state_dict(),
                 "ts_opt": None if self.ts_opt is None else self.ts_opt.state_dict(),
-                "profile": self.profile.state_dict(), "ema": self.ema,
+                "profile": self.profile.state_dict(), "ema": self.ema, "t_hist": self.t_hist,
                 "fingerprint": self.cfg.fingerprint()}
 
     def save(self) -> None:
@@ -118,11 +136,17 @@ class Trainer:
         set_peft_model_state_dict(self.acc.unwrap_model(self.unet), state["lora"])
         self.opt.load_state_dict(state["opt"])
         self.lr_sched.load_state_dict(state["lr_sched"])
+        if "gen_t" not in state:
+            raise ConfigError(f"the checkpoint in {self.ckpt_dir} was written by an older version whose random streams "
+                              f"this version cannot continue exactly; delete that folder to train from the start")
         self.gen.set_state(state["gen"])
+        self.gen_t.set_state(state["gen_t"])
+        self.gen_noise.set_state(state["gen_noise"])
         if self.ts is not None:
             self.ts.load_state_dict(state["ts"])
             self.ts_opt.load_state_dict(state["ts_opt"])
         self.profile.load_state_dict(state["profile"])
+        self.t_hist = state.get("t_hist", torch.zeros(DIAG_BINS, dtype=torch.float64)).to(torch.float64)
         self.ema = state["ema"]
         self.step = int(state["step"])
         return True
@@ -159,9 +183,14 @@ class Trainer:
         cond = {k: v[idx].to(dev) for k, v in cache.cond.items()}
         if self.ts is not None:
             feats = ts_features(x0, cache.cond["cond"][idx])
-            t, w = self.ts.sample(feats, T, generator=self.gen)
+            if cfg.time_sampler_input == "none":    # one density for every sample
+                feats = torch.zeros_like(feats)
+        if self.ts is not None and self.step >= cfg.time_sampler_warmup:
+            t, w = self.ts.sample(feats, T, generator=self.gen_t)
+            if cfg.time_sampler_biased:
+                w = torch.ones_like(w)
         else:
-            t, w = torch.randint(0, T, (B,), generator=self.gen), torch.ones(B)
+            t, w = torch.randint(0, T, (B,), generator=self.gen_t), torch.ones(B)
         k = round(cfg.top_share * B)
         if k:       # eq. 7.4: a fixed share of the batch at the one-step sampler's timestep (t, w are fresh tensors)
             t[:k], w[:k] = T - 1, 1.0
@@ -169,7 +198,7 @@ class Trainer:
         if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z
             x_t, target = self.process.training_pair(x0, torch.zeros_like(x0), a, z)
         else:
-            noise = torch.randn(x0.shape, generator=self.gen)
+            noise = torch.randn(x0.shape, generator=self.gen_noise)
             if cfg.start_anchor > 0:       # eq. 7.3: the top of the process centred on the seeded start z
                 a_top = self.model.schedule.alpha_bar(torch.tensor(float(T - 1)))
                 w_z = self.process.start_anchor_weight(t, T, cfg.start_anchor)
@@ -193,7 +222,13 @@ class Trainer:
         if self.acc.num_processes > 1:      # every process keeps the same loss profile (and Time Sampler)
             u = self.acc.gather(u.float().to(dev)).double().cpu()
             per_sample = self.acc.gather(per_sample.detach()).cpu()
-        self.profile.update(u, per_sample.detach().cpu())
+        seen = per_sample.detach().cpu()
+        if cfg.time_sampler_target == "grad":   # sqrt(lam * l) = lam * sqrt(mse): the gradient norm's scale
+            seen = (lam.detach().cpu().reshape(-1) * seen).sqrt() if self.acc.num_processes == 1 else \
+                (self.acc.gather(lam.detach()).cpu() * seen).sqrt()
+        self.profile.update(u, seen)
+        self._last_feats = feats.detach() if self.ts is not None else None
+        self.t_hist += torch.histc(u.float(), DIAG_BINS, 0.0, 1.0).double()
         stats = {"loss": float(loss.detach()), "t_mean": float(t.float().mean()), "t_std": float(t.float().std()),
                  "w_mean": float(w.mean()), "w_max": float(w.max())}
         if self.ts is not None:
@@ -243,6 +278,7 @@ class Trainer:
                         for name, v in zip(["loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"], row[1:]):
                             writer.add_scalar(name, v, self.step)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.train_steps:
+                    self.record_diagnostics()
                     self.save()
                 if snapshot is not None and cfg.save_every and self.step % cfg.save_every == 0 \
                         and self.step < cfg.train_steps and self.acc.is_main_process:
@@ -252,7 +288,28 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
+        self.record_diagnostics()
         self.save()
+
+    @torch.no_grad()
+    def record_diagnostics(self) -> None:
+        """Append the Time Sampler diagnostics at this step to ``<work_dir>/time_sampler.jsonl``:
+        ``t_hist`` (timesteps drawn since the last record, ``DIAG_BINS`` bins of t / T), ``profile``
+        (the loss profile's ``log sqrt E[l^2]`` on its bins) and ``density`` (the proposal's mass per
+        bin, mean over the last batch; absent with uniform timesteps). A resumed run may repeat a
+        step: read the last record of each step."""
+        import json
+
+        T = self.model.schedule.num_timesteps
+        rec = {"step": self.step, "t_hist": self.t_hist.tolist(), "profile": self.profile.log_grid().tolist()}
+        if self.ts is not None and getattr(self, "_last_feats", None) is not None:
+            q = self.ts.proposal(self.ts(self._last_feats), T).mean(0)                     # [T]
+            rec["density"] = torch.zeros(DIAG_BINS, dtype=torch.float64).index_add_(
+                0, torch.arange(T) * DIAG_BINS // T, q).tolist()
+        self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)
+        if self.acc.is_main_process:
+            with open(os.path.join(self.cfg.work_dir, "time_sampler.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
 
     def final_lora(self) -> Dict[str, torch.Tensor]:
         return self.ema if self.ema is not None else lora_state(self.acc.unwrap_model(self.unet))

@@ -1,0 +1,114 @@
+"""bench/stats.py and bench/multiseed.py: intervals over training seeds, pairing, resumable jobs."""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import multiseed
+from bench.stats import mean_ci, paired_difference, t_quantile, verdict
+
+
+def test_t_interval_of_known_samples():
+    assert t_quantile(0.975, 2) == pytest.approx(4.302653, abs=1e-5)       # table value
+    assert t_quantile(0.975, 1000) == pytest.approx(1.962339, abs=1e-5)
+    s = mean_ci([1.0, 2.0, 3.0])            # mean 2, s = 1: half width t_{.975,2} / sqrt(3)
+    assert s["mean"] == 2.0 and s["n"] == 3
+    assert s["ci95"] == pytest.approx([2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)], abs=1e-5)
+    s = mean_ci([5.0, None, 7.0])           # a seed not measured yet: kept in per_seed, left out of the interval
+    assert s["n"] == 2 and s["mean"] == 6.0 and s["per_seed"] == [5.0, None, 7.0]
+    assert s["ci95"] == pytest.approx([6 - 12.706205, 6 + 12.706205], abs=1e-4)     # s = sqrt(2), n = 2
+    assert mean_ci([4.0])["ci95"] is None and mean_ci([None, None])["mean"] is None
+
+
+def test_pairing_cancels_what_the_seeds_share():
+    seed_effect = [100.0, 40.0, 250.0, 10.0]          # a large per-seed offset both arms share
+    a = [x + 1.0 for x in seed_effect]
+    b = [x + 3.0 + 0.1 * k for k, x in enumerate(seed_effect)]
+    unpaired = mean_ci(a)["ci95"][1] - mean_ci(a)["ci95"][0]
+    d = paired_difference(a, b)
+    assert d["mean"] == pytest.approx(-2.15) and d["ci95"][1] - d["ci95"][0] < unpaired / 100
+    assert verdict(d) == "better" and verdict(d, lower_is_better=False) == "worse"
+    # only the seeds both arms have count
+    d = paired_difference([1.0, None, 3.0], [0.0, 5.0, 1.0])
+    assert d["n"] == 2 and d["per_seed"] == [1.0, None, 2.0]
+    assert verdict(paired_difference([1.0, -1.0, 2.0], [0.0, 0.0, 0.0])) == "no difference shown"
+    assert verdict(paired_difference([1.0], [0.0])) == "no difference shown"      # one seed decides nothing
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(tmp_path):
+    lock = str(tmp_path / "runs" / "seed0" / "ray.lock")
+    assert multiseed.claim(lock) and open(lock).read() == str(os.getpid())
+    assert not multiseed.claim(lock)                      # ours, alive
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(lock, "w") as f:
+        f.write(str(dead.pid))
+    assert multiseed.claim(lock) and open(lock).read() == str(os.getpid())
+
+
+def _args(out, seeds, variants, steps=10):
+    return argparse.Namespace(out=str(out), seeds=seeds, variants=variants, train_steps=steps, data_seed=0,
+                              seeds_per_prompt=8, eval_per_caption=1, results=str(out / "summary.json"),
+                              argv=["--seeds", *map(str, seeds)])
+
+
+def _result(seed, variant, fd):
+    rows = {variant: {str(n): {"fd": fd + n, "fd_data": 2 * fd, "rmse": 0.1, "alignment": 0.5, "diversity": 1.0,
+                               "hf_ratio": 1.0, "nfe": n} for n in multiseed.STEPS}}
+    return {"variant": variant, "train_seed": seed, "train_steps": 10, "distill_seconds": 1.0, "rows": rows,
+            "curve": {"5": {n: {"fd": fd + 50} for n in ("1", "2", "4")}, "10": {n: rows[variant][n] for n in ("1", "2", "4")}}}
+
+
+def test_interrupted_runs_continue_with_the_jobs_not_done_and_summaries_pair_by_seed(tmp_path, monkeypatch):
+    (tmp_path / "teacher.json").write_text(json.dumps({"teacher floor": {"25": {"fd": 1.0, "alignment": 1.0}}}))
+    done = []
+
+    def fake_job(args, ev, seed, variant):
+        if (seed, variant) == (1, "no_ts"):
+            raise KeyboardInterrupt           # the run is stopped in the middle of a job
+        folder, result, _ = multiseed.job_paths(args.out, seed, variant)
+        multiseed.write_json(result, _result(seed, variant, {"ray": 10.0, "no_ts": 20.0}[variant] + seed))
+        done.append((seed, variant))
+
+    monkeypatch.setattr(multiseed, "run_job", fake_job)
+    args = _args(tmp_path, [0, 1, 2], ["ray", "no_ts"])
+    with pytest.raises(KeyboardInterrupt):
+        multiseed.work(args, ev=None)
+    assert done == [(0, "ray"), (0, "no_ts"), (1, "ray")]
+    assert not os.path.exists(tmp_path / "runs" / "seed1" / "no_ts.lock")      # the interrupted job's lock is freed
+    partial = json.loads((tmp_path / "summary.json").read_text())            # written after every job
+    assert partial["train_seeds"] == [0, 1] and partial["variants"]["no_ts"]["fd"]["2"]["per_seed"] == [22.0, None]
+    monkeypatch.setattr(multiseed, "run_job", lambda *a: _finish(*a, done))
+    multiseed.work(args, ev=None)
+    assert done[3:] == [(1, "no_ts"), (2, "ray"), (2, "no_ts")]            # nothing done twice
+    data = json.loads((tmp_path / "summary.json").read_text())
+    fd2 = data["variants"]["no_ts"]["fd"]["2"]
+    assert data["train_seeds"] == [0, 1, 2] and fd2["per_seed"] == [22.0, 23.0, 24.0] and fd2["mean"] == 23.0
+    diff = data["variants"]["no_ts"]["paired_vs_ray"]["fd"]["2"]
+    assert diff["per_seed"] == [10.0, 10.0, 10.0] and diff["verdict"] == "worse"
+    assert data["variants"]["ray"]["paired_vs_no_ts"]["fd"]["4"]["verdict"] == "better"
+    # a summary of another invocation on the same --out (other variants listed) still holds every finished job
+    other = multiseed.summarise(_args(tmp_path, [0, 1, 2], ["no_ts"]))
+    assert set(other["variants"]) == {"ray", "no_ts"} and list(other["variants"])[0] == "no_ts"
+    # ray's FD at the step-5 snapshot (60 + seed) is above no_ts's final one (22 + seed): reached only at the end
+    assert data["fraction_of_budget_to_reach_uniform_final_fd"]["ray"]["2"]["per_seed"] == [1.0, 1.0, 1.0]
+    assert "| RayFlow no_ts |" in (tmp_path / "summary.md").read_text()
+
+
+def _finish(args, ev, seed, variant, done):
+    folder, result, _ = multiseed.job_paths(args.out, seed, variant)
+    multiseed.write_json(result, _result(seed, variant, {"ray": 10.0, "no_ts": 20.0}[variant] + seed))
+    done.append((seed, variant))
+
+
+def test_steps_to_reach():
+    curve = {"300": {"2": 90.0}, "600": {"2": 60.0}, "1200": {"2": 50.0}}
+    assert multiseed.steps_to_reach(curve, 60.0, "2") == 600
+    assert multiseed.steps_to_reach(curve, 10.0, "2") is None
