@@ -305,7 +305,31 @@ def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
                      "teacher": "proxy/weights/teacher, DPM-Solver++ 25 steps, CFG 3"},
             "distill_seconds": {f"{v} seed {s}": r["distill_seconds"] for (s, v), r in runs.items()},
             "teacher": teacher, "variants": variants, "curves": curve_stats, "convergence_2step_last_quarter": convergence,
-            "fraction_of_budget_to_reach_uniform_final_fd": reach}
+            "fraction_of_budget_to_reach_uniform_final_fd": reach,
+            "time_sampler_diagnostics": time_sampler_diagnostics(args, seeds)}
+
+
+def time_sampler_diagnostics(args, seeds: List[int]) -> Dict:
+    """The Time Sampler's records (``training/trainer.py`` ``record_diagnostics``) of the ``ray`` and
+    ``no_ts`` jobs, per arm and training step: the share of drawn timesteps per bin (``t_hist``), the
+    proposal's mass per bin (``density``, ``ray`` only) and the loss profile (``profile``), each as
+    per-seed lists (the last record of a step counts: a resumed run may repeat one)."""
+    out: Dict[str, Dict[str, Dict[str, List]]] = {}
+    for arm in ("ray", "no_ts"):
+        for seed in seeds:
+            path = os.path.join(args.out, "runs", f"seed{seed}", f"work_{arm}", "time_sampler.jsonl")
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as f:
+                records = {r["step"]: r for r in map(json.loads, filter(str.strip, f))}
+            for step, r in records.items():
+                cell = out.setdefault(arm, {}).setdefault(str(step), {})
+                total = sum(r["t_hist"]) or 1.0
+                for key, values in (("t_hist", [h / total for h in r["t_hist"]]), ("density", r.get("density")),
+                                    ("profile", r["profile"])):
+                    if values is not None:
+                        cell.setdefault(key, {})[str(seed)] = values
+    return out
 
 
 def fmt(stat: Dict, digits: int = 1) -> str:
@@ -354,13 +378,113 @@ def report(data: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLOT_ROWS = ("ray", "no_ts", "no_ray", "lcm", "one_step")       # the rows drawn in the FD-vs-sampling-steps plot
+
+
+def plot(data: Dict, stem: str) -> List[str]:
+    """``<stem>_fd_vs_steps.png`` (FD to the teacher vs sampling steps, mean and 95 % CI per variant,
+    the teacher's DPM-Solver++ beside them) and, when there are curves, ``<stem>_fd_vs_training_steps.png``
+    (2- and 4-step FD vs training steps, mean and 95 % CI band). Returns the paths written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return []
+    paths = []
+    if not any(c.get("ci95") for name in PLOT_ROWS for c in data["variants"].get(name, {}).get("fd", {}).values()):
+        return paths            # no interval yet (fewer than two seeds): nothing to draw
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in PLOT_ROWS:
+        fd = data["variants"].get(name, {}).get("fd")
+        if not fd:
+            continue
+        ns = [n for n in STEPS if str(n) in fd and fd[str(n)].get("ci95")]
+        mean = [fd[str(n)]["mean"] for n in ns]
+        err = [[m - fd[str(n)]["ci95"][0] for n, m in zip(ns, mean)], [fd[str(n)]["ci95"][1] - m for n, m in zip(ns, mean)]]
+        ax.errorbar(ns, mean, yerr=err, marker="o", capsize=3, label="LCM-LoRA" if name == "lcm" else f"RayFlow {name}")
+    dpm = data["teacher"].get("teacher DPM-Solver++", {})
+    ns = [n for n in STEPS if str(n) in dpm]
+    if ns:
+        ax.plot(ns, [dpm[str(n)]["fd"] for n in ns], "k--", marker="x", label="teacher DPM-Solver++")
+    floor = data["teacher"].get("teacher floor", {}).get("25", {}).get("fd")
+    if floor is not None:
+        ax.axhline(floor, color="grey", lw=0.8, ls=":", label="teacher floor")
+    ax.set(xscale="log", yscale="log", xticks=list(STEPS), xticklabels=[str(n) for n in STEPS], xlabel="sampling steps",
+           ylabel="FD-proxy to the teacher", title=f"mean and 95 % CI over training seeds {data['train_seeds']}")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(f"{stem}_fd_vs_steps.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    if data.get("curves"):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, n in zip(axes, ("2", "4")):
+            for v, ks in data["curves"].items():
+                if v not in ("ray", "no_ts"):
+                    continue
+                xs = sorted(ks, key=int)
+                cells = [ks[k][n] for k in xs]
+                mean = [c["mean"] for c in cells]
+                ax.plot([int(k) for k in xs], mean, marker="o", label={"ray": "Time Sampler", "no_ts": "uniform t"}[v])
+                if all(c.get("ci95") for c in cells):
+                    ax.fill_between([int(k) for k in xs], [c["ci95"][0] for c in cells], [c["ci95"][1] for c in cells], alpha=0.2)
+            ax.set(xlabel="training steps", ylabel=f"{n}-step FD-proxy to the teacher", yscale="log")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"mean and 95 % CI over training seeds {data['train_seeds']}", fontsize=9)
+        fig.tight_layout()
+        paths.append(f"{stem}_fd_vs_training_steps.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    diag = data.get("time_sampler_diagnostics", {}).get("ray")
+    if diag:            # timestep histogram, learned density and loss profile at four points of training
+        steps = sorted(diag, key=int)
+        picks = sorted({steps[min(len(steps) - 1, round(q * (len(steps) - 1)))] for q in (0.1, 0.33, 0.66, 1.0)}, key=int)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        for ax, key, label in zip(axes, ("t_hist", "density", "profile"),
+                                  ("share of drawn timesteps", "proposal mass per bin", "loss profile log sqrt E[l²]")):
+            for i, step in enumerate(picks):
+                per_seed = diag[step].get(key, {})
+                if not per_seed:
+                    continue
+                bins = len(next(iter(per_seed.values())))
+                x = [(b + 0.5) / bins for b in range(bins)]
+                colour = plt.cm.viridis(i / max(1, len(picks) - 1))
+                for values in per_seed.values():
+                    ax.plot(x, values, color=colour, lw=0.5, alpha=0.4)
+                ax.plot(x, [sum(v) / len(per_seed) for v in zip(*per_seed.values())], color=colour, lw=1.6,
+                        label=f"step {step}")
+            if key == "t_hist":
+                ax.axhline(1 / 20, color="grey", ls=":", lw=0.8, label="uniform")
+            ax.set(xlabel="t / T", ylabel=label)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Time Sampler of the ray arm: thin lines per seed, thick the mean over seeds "
+                     f"{sorted({s for c in diag.values() for s in c.get('t_hist', {})}, key=int)}", fontsize=9)
+        fig.tight_layout()
+        paths.append(f"{stem}_time_sampler.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_report(data: Dict, results: str) -> None:
+    """``results`` (the JSON), the markdown report and the plots beside it."""
+    write_json(results, data)
+    stem = os.path.splitext(results)[0]
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write(report(data))
+    plot(data, stem)
+
+
 def summarise(args) -> Dict:
     with open(os.path.join(args.out, "teacher.json")) as f:
         teacher = json.load(f)
     data = summary(args, load_runs(args), teacher)
-    write_json(args.results, data)
-    with open(os.path.splitext(args.results)[0] + ".md", "w", encoding="utf-8") as f:
-        f.write(report(data))
+    write_report(data, args.results)
     return data
 
 
@@ -398,6 +522,12 @@ def prepare(args) -> Evaluation:
 def main(args) -> int:
     """``args``: the ``bench.quality`` namespace with ``seeds``, ``variants`` (a list), ``workers``,
     ``results`` and ``argv``."""
+    if args.replot:            # redraw the report and plots from the summary JSON alone
+        with open(args.results) as f:
+            data = json.load(f)
+        write_report(data, args.results)
+        print(report(data))
+        return 0
     if args.worker or args.workers <= 1:
         if args.worker:
             torch.set_num_threads(1)

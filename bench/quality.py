@@ -247,7 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-per-caption", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0, help="the seed of the data (with --seeds: of the shared phase-1 cache and real images)")
     ap.add_argument("--replot", action="store_true",
-                    help="only rewrite results.md and the plots from the results.json already in --out")
+                    help="only rewrite results.md and the plots from the results.json already in --out "
+                         "(with --seeds: the report and plots from the --results JSON)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                     help="multi-seed mode (bench/multiseed.py): train every variant once per training seed on one "
                          "phase-1 cache and report means, 95%% CIs and paired differences")

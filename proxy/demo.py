@@ -36,8 +36,8 @@ SETTINGS = {
                   lora_rank=8),
 }
 TEACHER_STEPS, TEACHER_CFG = 25, 3.0
-# Ray variance coefficient: the Theorem-1 spread of this teacher's trajectories is about 0.1, and 0.1
-# beats 0.3 and 0.5 at every step count here (docs/benchmarks.md; the paper found 0.3 best for SDXL)
+# Ray variance coefficient: the Theorem-1 spread of this teacher's trajectories is about 0.1 (what
+# --sigma auto picks); a single-seed sweep favoured it over 0.3 and 0.5 (docs/experiments.md)
 SIGMA = 0.1
 
 

@@ -112,3 +112,41 @@ def test_steps_to_reach():
     curve = {"300": {"2": 90.0}, "600": {"2": 60.0}, "1200": {"2": 50.0}}
     assert multiseed.steps_to_reach(curve, 60.0, "2") == 600
     assert multiseed.steps_to_reach(curve, 10.0, "2") is None
+
+
+def test_time_sampler_records_are_gathered_per_seed_with_the_last_record_of_a_step(tmp_path):
+    for seed in (0, 2):
+        work = tmp_path / "runs" / f"seed{seed}" / "work_ray"
+        work.mkdir(parents=True)
+        records = [{"step": 5, "t_hist": [1.0, 3.0], "profile": [0.0, 1.0], "density": [0.5, 0.5]},
+                   {"step": 5, "t_hist": [2.0, 2.0], "profile": [0.0, 2.0], "density": [0.25, 0.75]},   # resumed: repeats step 5
+                   {"step": 10, "t_hist": [0.0, 4.0 + seed], "profile": [1.0, 1.0], "density": [0.1, 0.9]}]
+        (work / "time_sampler.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    diag = multiseed.time_sampler_diagnostics(_args(tmp_path, [0, 1, 2], ["ray"]), [0, 1, 2])
+    assert set(diag) == {"ray"} and set(diag["ray"]) == {"5", "10"}
+    assert diag["ray"]["5"]["t_hist"] == {"0": [0.5, 0.5], "2": [0.5, 0.5]}        # shares, the later record
+    assert diag["ray"]["5"]["density"]["2"] == [0.25, 0.75] and diag["ray"]["10"]["profile"]["0"] == [1.0, 1.0]
+    assert diag["ray"]["10"]["t_hist"]["2"] == [0.0, 1.0]
+
+
+def test_the_one_step_recipe_pairs_with_lcm_and_the_report_redraws_from_the_json_alone(tmp_path):
+    (tmp_path / "teacher.json").write_text(json.dumps({"teacher floor": {"25": {"fd": 1.0, "alignment": 1.0}}}))
+    for seed in (0, 1, 2):
+        for variant, fd in (("one_step", 10.0), ("lcm", 30.0)):
+            folder, result, _ = multiseed.job_paths(str(tmp_path), seed, variant)
+            os.makedirs(folder, exist_ok=True)
+            multiseed.write_json(result, _result(seed, variant, fd + seed * seed))
+    args = _args(tmp_path, [0, 1, 2], ["one_step", "lcm"])
+    data = multiseed.summarise(args)
+    diff = data["variants"]["one_step"]["paired_vs_lcm"]["fd"]["1"]
+    assert diff["per_seed"] == [-20.0, -20.0, -20.0] and diff["verdict"] == "better"
+    assert "paired_vs_lcm" not in data["variants"]["lcm"] and "paired_vs_ray" not in data["variants"]["one_step"]
+    report = (tmp_path / "summary.md").read_text()
+    assert "Paired difference to `lcm`" in report and "Paired difference to `ray`" not in report
+    (tmp_path / "summary.md").unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")            # the raw runs are gone: --replot needs only the summary JSON
+    args.replot = True
+    assert multiseed.main(args) == 0 and (tmp_path / "summary.md").read_text() == report
+    assert json.loads((tmp_path / "summary.json").read_text()) == data

@@ -22,7 +22,7 @@ SOLVERS = ("ddim", "dpmsolver++")
 # LoRA targets: LCM-LoRA's set (attention, feed-forward, ResNet convs and time projections, resamplers)
 # plus the UNet's first and last convolution; in PixArt only the transformer blocks' projections match.
 # On the proxy, adding the convolutions to the attention/feed-forward set halved the 2-step FD-proxy
-# (docs/benchmarks.md).
+# in a single-seed run (docs/experiments.md).
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 LORA_TARGETS = ATTENTION_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv",
                                     "upsamplers.0.conv", "conv_in", "conv_out")
@@ -94,7 +94,7 @@ class DistillConfig:
     validate_every: int = field(default=0, metadata={"help": "write a 1/2/4-step validation grid every N steps (0 = only at the end)"})
     log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
-    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/benchmarks.md); options given explicitly win"})
+    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
     # ---- export metadata
     save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
     recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
