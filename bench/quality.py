@@ -109,6 +109,21 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
         return distil_lcm(teacher, shared, path, train_steps=train_steps, batch_size=32, lora_rank=16,
                           lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0,
                           seed=seed if train_seed < 0 else train_seed, resolution=16, progress=False)
+    cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every)
+    # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
+    if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \
+            and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        os.symlink(os.path.abspath(shared), os.path.join(cfg.work_dir, "cache"))
+    run(cfg, progress=False)
+    return path
+
+
+def distil_config(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,
+                  train_seed: int = -1, save_every: int = 0) -> DistillConfig:
+    """The validated ``DistillConfig`` that :func:`distil` trains ``variant`` with (work dir
+    ``<out>/work_<variant>``; resumes when a checkpoint is there)."""
+    path = os.path.join(out, f"lora_{variant}.safetensors")
     work_dir = os.path.join(out, f"work_{variant}")
     base = dict(model=teacher, prompts=prompts, output=path, work_dir=work_dir,
                 resolution=16, seeds_per_prompt=seeds, seed=seed, train_seed=train_seed, teacher_solver="dpmsolver++",
@@ -117,15 +132,7 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
                 save_every=save_every,
                 # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
                 resume=os.path.isdir(os.path.join(work_dir, "checkpoint")))
-    cfg = DistillConfig(**{**base, **options(variant)})      # a variant may override the LoRA's rank
-    cfg.validate()
-    # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
-    if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \
-            and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
-        os.makedirs(cfg.work_dir, exist_ok=True)
-        os.symlink(os.path.abspath(shared), os.path.join(cfg.work_dir, "cache"))
-    run(cfg, progress=False)
-    return path
+    return DistillConfig(**{**base, **options(variant)}).validate()      # a variant may override the LoRA's rank
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import csv
 import math
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -174,17 +174,11 @@ class Trainer:
                     self.ema[k].mul_(self.cfg.ema_decay).add_(v, alpha=1 - self.cfg.ema_decay)
         return stats
 
-    def _micro_step(self) -> Dict[str, float]:
-        cfg, cache, dev = self.cfg, self.cache, self.acc.device
-        T = self.model.schedule.num_timesteps
-        B = cfg.batch_size
-        idx = torch.randint(0, cache.x0.shape[0], (B,), generator=self.gen)
-        x0, mu, z = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx]
-        cond = {k: v[idx].to(dev) for k, v in cache.cond.items()}
-        if self.ts is not None:
-            feats = ts_features(x0, cache.cond["cond"][idx])
-            if cfg.time_sampler_input == "none":    # one density for every sample
-                feats = torch.zeros_like(feats)
+    def draw_timesteps(self, feats: Optional[torch.Tensor], B: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps ``t`` ``[B]`` (long) and importance weights ``w`` ``[B]`` of one micro-batch, from
+        ``gen_t``: the Time Sampler's proposal for ``feats`` ``[B, F]`` (uniform during the warm-up,
+        weight 1 when biased) or uniform timesteps, with the ``top_share`` of the batch at ``T - 1``."""
+        cfg, T = self.cfg, self.model.schedule.num_timesteps
         if self.ts is not None and self.step >= cfg.time_sampler_warmup:
             t, w = self.ts.sample(feats, T, generator=self.gen_t)
             if cfg.time_sampler_biased:
@@ -194,6 +188,20 @@ class Trainer:
         k = round(cfg.top_share * B)
         if k:       # eq. 7.4: a fixed share of the batch at the one-step sampler's timestep (t, w are fresh tensors)
             t[:k], w[:k] = T - 1, 1.0
+        return t, w
+
+    def features(self, idx: torch.Tensor) -> Optional[torch.Tensor]:
+        """The Time Sampler's input for cache items ``idx`` ``[B]`` (None without a Time Sampler)."""
+        if self.ts is None:
+            return None
+        feats = ts_features(self.cache.x0[idx], self.cache.cond["cond"][idx])
+        return torch.zeros_like(feats) if self.cfg.time_sampler_input == "none" else feats   # "none": one density for all
+
+    def training_pair(self, idx: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, target, alpha_bar(t))`` of cache items ``idx`` at timesteps ``t`` (each ``[B]``): the
+        Ray process's pair (its noise from ``gen_noise``) or, for ``no_ray``, the ReFlow pair."""
+        cfg, cache, T = self.cfg, self.cache, self.model.schedule.num_timesteps
+        x0, mu, z = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx]
         a = self.model.schedule.alpha_bar(t.double())
         if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z
             x_t, target = self.process.training_pair(x0, torch.zeros_like(x0), a, z)
@@ -206,12 +214,29 @@ class Trainer:
                 if cfg.anchor_taper:       # eq. 7.4: the Ray noise fades out where the start point is the mean
                     noise = noise * per_sample_coef(1.0 - w_z, noise)
             x_t, target = self.process.training_pair(x0, mu, a, noise)
+        return x_t, target, a
+
+    def weighted_loss(self, idx: torch.Tensor, t: torch.Tensor, w: torch.Tensor):
+        """The minimised loss ``mean(w * lam * mse)`` (scalar) of cache items ``idx`` at timesteps ``t``
+        with weights ``w`` (each ``[B]``), its per-sample ``lam * mse`` ``[B]`` and ``lam`` ``[B]``."""
+        dev = self.acc.device
+        x_t, target, a = self.training_pair(idx, t)
+        cond = {k: v[idx].to(dev) for k, v in self.cache.cond.items()}
+        pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
+        # the weighted per-sample loss is the one minimised, so it is also what the Time Sampler sees
+        lam = self.process.loss_weight(a, self.cfg.loss_weighting).float().to(dev)
+        per_sample = lam * (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
+        return (w.to(dev) * per_sample).mean(), per_sample, lam
+
+    def _micro_step(self) -> Dict[str, float]:
+        cfg, cache, dev = self.cfg, self.cache, self.acc.device
+        T = self.model.schedule.num_timesteps
+        B = cfg.batch_size
+        idx = torch.randint(0, cache.x0.shape[0], (B,), generator=self.gen)
+        feats = self.features(idx)
+        t, w = self.draw_timesteps(feats, B)
         with self.acc.accumulate(self.unet), self.acc.autocast():
-            pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
-            # the weighted per-sample loss is the one minimised, so it is also what the Time Sampler sees
-            lam = self.process.loss_weight(a, cfg.loss_weighting).float().to(dev)
-            per_sample = lam * (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
-            loss = (w.to(dev) * per_sample).mean()
+            loss, per_sample, lam = self.weighted_loss(idx, t, w)
             self.acc.backward(loss)
             if self.acc.sync_gradients:
                 self.acc.clip_grad_norm_(self.params, 1.0)
