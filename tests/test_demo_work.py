@@ -11,7 +11,7 @@ import pytest
 from proxy.workdir import KEY_FILE, prepare_work_dir
 
 TINY = dict(seeds_per_prompt=1, train_steps=4, batch_size=2, eval_caption_stride=72, eval_per_caption=2,
-            lora_rank=2, checkpoint_every=2)
+            lora_rank=2, checkpoint_every=2, eval_every=2)
 
 
 def test_prepare_work_dir_reuses_its_own_folder_and_sets_another_aside(tmp_path):
@@ -102,6 +102,10 @@ def test_stopped_demo_then_quick_then_resume(tiny_demo, tmp_path, monkeypatch, c
     assert "Traceback" not in err and "run the same command again" in err
     assert [os.path.basename(p) for p in glob.glob(os.path.join(out, "rayflow_proxy-step*.safetensors"))] \
         == ["rayflow_proxy-step000002.safetensors"]
+    with open(os.path.join(out, "metrics.json")) as f:               # the step-2 snapshot's grid and metrics
+        assert json.load(f)["snapshot_step"] == 2
+    assert os.path.isfile(os.path.join(out, "samples.png")) and "snapshot after 2 of 4" in open(
+        os.path.join(out, "report.md")).read()
     # the quick run in the same output folder gets its own cache: no traceback, no error
     monkeypatch.setattr(Trainer, "train_step", original)
     assert tiny_demo.main(["--quick", "--out", out]) == 0
@@ -116,4 +120,21 @@ def test_stopped_demo_then_quick_then_resume(tiny_demo, tmp_path, monkeypatch, c
     assert os.path.isfile(os.path.join(out, "rayflow_proxy.safetensors"))
     assert not glob.glob(os.path.join(out, "rayflow_proxy-step*.safetensors"))
     with open(os.path.join(out, "metrics.json")) as f:
-        assert json.load(f)["mode"] == "full"
+        final = json.load(f)
+    assert final["mode"] == "full" and final["snapshot_step"] is None and "RayFlow 2" in final["metrics"]
+
+
+def test_grid_has_a_caption_under_each_column(tmp_path):
+    import torch
+    from PIL import Image
+
+    from proxy.grid import save_grid
+
+    rows = {"teacher DDIM 25 steps": torch.zeros(3, 3, 16, 16), "RayFlow 1 step": torch.ones(3, 3, 16, 16)}
+    save_grid(rows, ["a small red circle on a blue background"] * 3, str(tmp_path / "g.png"))
+    img = Image.open(tmp_path / "g.png")
+    assert img.size[0] == 130 + 3 * 96 and img.size[1] > 2 * 96                  # caption lines below the rows
+    below = img.crop((130, 2 * 96, 130 + 96, img.size[1])).convert("L")
+    assert below.getextrema()[0] < 128                                         # text drawn under column 0
+    with pytest.raises(ValueError, match="captions"):
+        save_grid(rows, ["one"], str(tmp_path / "h.png"))
