@@ -158,7 +158,7 @@ def _demo(argv: List[str] = None) -> int:
     cfg.work_dir = args.work_dir or os.path.join(args.out, "work", key)
     eval_images = len(labels[::s["eval_caption_stride"]]) * s["eval_per_caption"]
     print(plan_line(mode, len(labels) * s["seeds_per_prompt"], TEACHER_STEPS, TEACHER_CFG, s["train_steps"],
-                    s["batch_size"], eval_images, cfg.work_dir), flush=True)
+                    s["batch_size"], eval_images, cfg.work_dir, (s["train_steps"] - 1) // s["eval_every"]), flush=True)
     try:
         continuing = prepare_work_dir(cfg.work_dir, key, {"mode": mode, "seed": args.seed, **s})
     except OSError as exc:

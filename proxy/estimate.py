@@ -20,14 +20,17 @@ PHASE1_S_PER_EVAL = 0.156 / 50
 PHASE2_S_PER_SAMPLE = (636 - 576 * 0.156) / (1200 * 32)
 EVAL_S_PER_EVAL = (755 - 636) / (432 * 71)
 EVAL_NFE = 25 * 2 + (1 + 2 + 4) + (1 + 2 + 4) * 2     # the demo's sample grid rows, per image
+SNAPSHOT_NFE = 1 + 2 + 4                              # a snapshot's evaluation redoes only the RayFlow rows
 
 
 def estimate_seconds(trajectories: int, teacher_steps: int, teacher_cfg: float, train_steps: int,
-                     batch_size: int, eval_images: int) -> Dict[str, float]:
-    """Estimated seconds of each part of a demo run on an idle 2-core CPU: ``phase1``, ``phase2``,
-    ``eval`` and their ``total``."""
+                     batch_size: int, eval_images: int, snapshot_evals: int = 0) -> Dict[str, float]:
+    """Estimated seconds of each part of a demo run on an idle 2-core CPU: ``phase1``, ``phase2``
+    (with ``snapshot_evals`` evaluations of LoRA snapshots), ``eval`` and their ``total``."""
     evals = trajectories * teacher_steps * (2 if teacher_cfg != 1 else 1)
-    parts = {"phase1": evals * PHASE1_S_PER_EVAL, "phase2": train_steps * batch_size * PHASE2_S_PER_SAMPLE,
+    parts = {"phase1": evals * PHASE1_S_PER_EVAL,
+             "phase2": train_steps * batch_size * PHASE2_S_PER_SAMPLE
+             + snapshot_evals * eval_images * SNAPSHOT_NFE * EVAL_S_PER_EVAL,
              "eval": eval_images * EVAL_NFE * EVAL_S_PER_EVAL}
     parts["total"] = sum(parts.values())
     return parts
@@ -42,9 +45,9 @@ def human_duration(seconds: float) -> str:
 
 
 def plan_line(mode: str, trajectories: int, teacher_steps: int, teacher_cfg: float, train_steps: int,
-              batch_size: int, eval_images: int, work_dir: str) -> str:
+              batch_size: int, eval_images: int, work_dir: str, snapshot_evals: int = 0) -> str:
     """One line saying what the run will do and its estimated duration on 2 CPU cores."""
-    t = estimate_seconds(trajectories, teacher_steps, teacher_cfg, train_steps, batch_size, eval_images)
+    t = estimate_seconds(trajectories, teacher_steps, teacher_cfg, train_steps, batch_size, eval_images, snapshot_evals)
     return (f"proxy demo ({mode}): phase 1 runs the teacher on {trajectories} noise seeds ({teacher_steps} steps, "
             f"CFG {teacher_cfg:g}), phase 2 trains the LoRA {train_steps} steps of batch {batch_size}, then "
             f"{eval_images} images per sampler are evaluated; estimate for 2 idle CPU cores: "
