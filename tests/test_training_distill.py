@@ -367,6 +367,14 @@ def test_help_documents_every_option():
     assert "--config" in text
 
 
+def test_help_shows_no_default_for_required_options():
+    text = " ".join(build_parser().format_help().split())
+    assert "(required) (default:" not in text and "(default: '')" not in text
+    for flag in ("--model MODEL", "--prompts PROMPTS", "--output OUTPUT"):
+        assert text.split(flag, 2)[2].split(" --", 1)[0].rstrip().endswith("(required)")
+    assert "(default: 25)" in text.split("--teacher-steps TEACHER_STEPS", 2)[2].split(" --", 1)[0]
+
+
 def test_config_file_keys_match_flags_and_flags_win(tmp_path):
     from training.config import ConfigError, parse_args
 

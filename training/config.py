@@ -207,6 +207,15 @@ class DistillConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
+def _help_text(f: dataclasses.Field) -> str:
+    """A field's help plus ``(default: ...)``, left out where the help already says ``(required)`` or
+    describes its own default; an empty-string default reads ``(default: empty)``."""
+    text = f.metadata.get("help", "")
+    if "(required)" in text or "default:" in text:
+        return text
+    return f"{text} (default: {'empty' if f.default == '' else repr(f.default)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.distill",
@@ -216,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="TOML or YAML file whose keys are these options")
     for f in dataclasses.fields(DistillConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
+        help_text = _help_text(f)
         if f.type in (bool, "bool"):
             p.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         else:

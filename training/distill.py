@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .config import ConfigError, DistillConfig, parse_args
 from .models import ModelError
@@ -44,8 +44,10 @@ def snapshot_path(output: str, step: int) -> str:
     return f"{output[:-len('.safetensors')]}-step{step:06d}.safetensors"
 
 
-def run(cfg: DistillConfig, progress: bool = True) -> str:
-    """Run both phases and export; returns the LoRA path. Raises the errors of ``INPUT_ERRORS``."""
+def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callable[[str, int], None]] = None) -> str:
+    """Run both phases and export; returns the LoRA path. Raises the errors of ``INPUT_ERRORS``.
+
+    ``on_snapshot(path, step)`` is called after each ``--save-every`` LoRA snapshot is written."""
     from accelerate import Accelerator
 
     from .data import build_cache, load_cache
@@ -118,7 +120,13 @@ def run(cfg: DistillConfig, progress: bool = True) -> str:
                                  cfg.save_precision)
         write_lora(path, lora, {**metadata, "rayflow.train_steps": steps})
 
-    trainer.fit(progress, snapshot=lambda step: export(snapshot_path(cfg.output, step), step))
+    def snapshot(step: int) -> None:
+        path = snapshot_path(cfg.output, step)
+        export(path, step)
+        if on_snapshot is not None:
+            on_snapshot(path, step)
+
+    trainer.fit(progress, snapshot=snapshot)
     if accelerator.is_main_process:
         trainer.validation_grid(os.path.join(cfg.work_dir, "validation_final.png"))
         export(cfg.output, cfg.train_steps)
