@@ -23,6 +23,7 @@ ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "pixart_alpha": "PixArt-alpha", "
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
                "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 WEIGHT_DTYPES = ("F32", "F16", "BF16")
+STEPS_RANGE = (1, 50)                   # rayflow.recommended_steps; the trainer refuses others up front
 
 
 class LoraFileError(ValueError):
@@ -63,7 +64,7 @@ SCHEMA: Dict[str, Callable[[str], object]] = {
     "schedule": _choice("scaled_linear", "linear"),
     "num_train_timesteps": _number(2, 100_000, integer=True),
     "target_mean": _target_mean,
-    "recommended_steps": _number(1, 50, integer=True),
+    "recommended_steps": _number(*STEPS_RANGE, integer=True),
     "recommended_cfg": _number(0, 100),
     "recipe": _choice("ray", "rectified"),
     "teacher_steps": _number(1, 10_000, integer=True),
