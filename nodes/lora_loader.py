@@ -1,7 +1,9 @@
 """RayFlow LoRA Loader: stock LoRA patching plus the RayFlow metadata on the MODEL.
 
-Loads ``.safetensors`` only (never pickle), refuses a LoRA made for another architecture with one
-sentence naming both sides, and attaches the LoRA's sampler settings (sigma, path, recommended
+Loads ``.safetensors`` only (never pickle), validates the whole file against the model's layers
+first (``rayflow.lora_file.validate_lora``: a damaged, non-finite, no-op or partial file is refused
+with one sentence; nothing from ``comfy.lora`` or torch leaks), refuses a LoRA made for another
+architecture with one sentence naming both sides, and attaches the LoRA's sampler settings (sigma, path, recommended
 steps and cfg) to the cloned MODEL (``model_options["rayflow"]``) for the RayFlow nodes.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .lora_meta import LoraFileError, check_architecture, lora_modules, read_rayflow_metadata, sampler_settings
+from ..rayflow.lora_file import validate_lora
+from .lora_meta import LoraFileError, check_architecture, read_rayflow_metadata, sampler_settings
 
 CATEGORY = "sampling/rayflow"
 
@@ -21,10 +24,26 @@ def _lora_names():
     return [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
 
 
-class RayFlowLoraLoader:
-    def __init__(self):
-        self.loaded = None      # (path, state dict), like the stock loader's cache
+def model_targets(model, key_map, pixart: bool):
+    """The weight shape of every model layer a RayFlow file may name (``lora_unet_*`` for the UNet,
+    ``transformer.*`` for PixArt), from ComfyUI's LoRA key map; None where the shape is unknown."""
+    weights = model.state_dict()
+    prefix = "transformer." if pixart else "lora_unet_"
+    targets = {}
+    for key, to in key_map.items():
+        if not key.startswith(prefix):
+            continue
+        if isinstance(to, tuple):               # a slice of a fused weight: (key, (dim, start, size))
+            shape = list(weights[to[0]].shape) if to[0] in weights else None
+            if shape is not None and len(to) > 1 and isinstance(to[1], tuple) and len(to[1]) == 3:
+                shape[to[1][0]] = to[1][2]
+        else:
+            shape = list(weights[to].shape) if to in weights else None
+        targets[key] = shape
+    return targets
 
+
+class RayFlowLoraLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -32,6 +51,9 @@ class RayFlowLoraLoader:
             "lora_name": (_lora_names(), {"tooltip": "A RayFlow LoRA (.safetensors) from models/loras, as written by python -m training.distill."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                    "tooltip": "LoRA strength. RayFlow LoRAs are trained for 1.0."}),
+            "min_coverage": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "The least fraction of the LoRA's layers that must fit this model. "
+                                                  "1.0 refuses partial or damaged files; lower it only to load such a file anyway."}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -39,41 +61,36 @@ class RayFlowLoraLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Applies a RayFlow LoRA and passes its settings (variance coefficient, path, recommended steps "
-                   "and cfg) to the RayFlow nodes. Refuses LoRAs made for another model family.")
+                   "and cfg) to the RayFlow nodes. Refuses LoRAs made for another model family, and damaged, "
+                   "partial or no-op files.")
 
-    def load(self, model, lora_name, strength):
+    def load(self, model, lora_name, strength, min_coverage=1.0):
         import comfy.lora
         import comfy.lora_convert
-        import comfy.utils
         import folder_paths
 
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise LoraFileError(f"LoRA {lora_name} not found in models/loras")
+        name = os.path.basename(path)
         meta = read_rayflow_metadata(path)
         config_class = type(getattr(model.model, "model_config", None)).__name__
-        check_architecture(os.path.basename(path), meta["architecture"], config_class)
-        if self.loaded is not None and self.loaded[0] == path:
-            lora = self.loaded[1]
-        else:
-            try:
-                lora = comfy.utils.load_torch_file(path, safe_load=True)
-            except Exception as exc:
-                raise LoraFileError(f"{os.path.basename(path)} is corrupt and cannot be read ({exc})") from None
-            self.loaded = (path, lora)
+        check_architecture(name, meta["architecture"], config_class)
         key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-        patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map)
-        if not patches:
-            raise LoraFileError(f"{os.path.basename(path)} has no weights that fit this model's layers")
-        modules = lora_modules(lora.keys())
-        if len(patches) < len(modules):
-            raise LoraFileError(f"{os.path.basename(path)} fits only {len(patches)} of its {len(modules)} layers to "
-                                f"this model; it was exported for a different {meta['architecture']} variant or is damaged")
+        info = validate_lora(path, model_targets(model.model, key_map, meta["architecture"].startswith("pixart")),
+                             min_coverage=min_coverage)
+        try:
+            patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(dict(info.tensors)), key_map)
+        except Exception as exc:                # validated above; a guard so no raw error reaches the user
+            raise LoraFileError(f"{name} could not be applied by ComfyUI ({type(exc).__name__}: {exc})") from None
+        if len(patches) < info.fitting:
+            raise LoraFileError(f"{name} fits only {len(patches)} of its {info.declared} layers to this model; "
+                                f"it was exported for a different {meta['architecture']} variant or is damaged")
         out = model.clone()
         out.add_patches(patches, strength)
         settings = sampler_settings(meta)
         out.model_options["rayflow"] = settings
-        logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s",
-                     os.path.basename(path), settings["architecture"], settings["sigma"], settings["path"],
-                     settings["steps"], settings["cfg"])
+        logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s; %d of %d layers",
+                     name, settings["architecture"], settings["sigma"], settings["path"],
+                     settings["steps"], settings["cfg"], info.fitting, info.declared)
         return (out,)

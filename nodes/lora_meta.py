@@ -1,73 +1,27 @@
 """RayFlow LoRA metadata: reading, validating, and matching it to the loaded model.
 
-Pure Python + safetensors (no ComfyUI import), so it is unit-tested without ComfyUI. The format
-is ``docs/lora-format.md``.
+No ComfyUI import, so it is unit-tested without ComfyUI. The format is ``docs/lora-format.md``;
+the header and metadata checks are :mod:`rayflow.lora_header`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import struct
 from typing import Dict, Optional
 
-ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "pixart_alpha": "PixArt-alpha", "pixart_sigma": "PixArt-sigma"}
+# the file checks live in the torch-only kernels, shared with the trainer and training.check_lora
+from ..rayflow.lora_header import ARCH_NAMES, LoraFileError, read_header, read_metadata
+
 # ComfyUI model-config class names (comfy.supported_models) -> our architecture ids
 COMFY_ARCH = {"SD15": "sd15", "SD20": "sd20", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner",
               "PixArtAlpha": "pixart_alpha", "PixArtSigma": "pixart_sigma"}
 
-
-class LoraFileError(ValueError):
-    """The file is missing, corrupt, not a LoRA, or not for this model; the message is one sentence."""
-
-
-def read_header(path: str) -> Dict:
-    """The safetensors JSON header of ``path`` (tensor index + ``__metadata__``), without loading tensors."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise LoraFileError(f"LoRA file not found: {name}")
-    if not path.endswith(".safetensors"):
-        raise LoraFileError(f"{name} is not a .safetensors file; RayFlow loads LoRAs only from safetensors")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ValueError("file shorter than a header")
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or n > 100_000_000:
-                raise ValueError("implausible header size")
-            header = json.loads(f.read(n))
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise LoraFileError(f"{name} is corrupt or not a safetensors file ({exc}); re-download or re-export it") from None
-    return header
+__all__ = ["ARCH_NAMES", "COMFY_ARCH", "LoraFileError", "read_header", "read_rayflow_metadata",
+           "check_architecture", "lora_modules", "sampler_settings"]
 
 
 def read_rayflow_metadata(path: str) -> Dict[str, str]:
     """Validated RayFlow metadata of a LoRA file (``rayflow.*`` keys without the prefix)."""
-    header = read_header(path)
-    name = os.path.basename(path)
-    keys = [k for k in header if k != "__metadata__"]
-    if not any(("lora" in k.lower()) for k in keys):
-        raise LoraFileError(f"{name} is not a LoRA (no LoRA weights inside)")
-    meta = header.get("__metadata__") or {}
-    if "rayflow.format" not in meta:
-        raise LoraFileError(f"{name} is not a RayFlow LoRA (no RayFlow metadata); load it with the stock LoraLoader")
-    out = {k[len("rayflow."):]: v for k, v in meta.items() if k.startswith("rayflow.")}
-    if out.get("architecture") not in ARCH_NAMES:
-        raise LoraFileError(f"{name} names an unknown architecture {out.get('architecture')!r}")
-    try:
-        sigma = float(out.get("sigma", "0.3"))
-        steps = int(out.get("recommended_steps", "4"))
-        float(out.get("recommended_cfg", "1.0"))
-    except ValueError:
-        raise LoraFileError(f"{name} has malformed RayFlow metadata (sigma/steps/cfg are not numbers)") from None
-    if not 0 < sigma <= 10 or not 1 <= steps <= 50:
-        raise LoraFileError(f"{name} has out-of-range RayFlow metadata (sigma {sigma}, steps {steps})")
-    if out.get("path", "sigma") not in ("sigma", "linear"):
-        raise LoraFileError(f"{name} names an unknown Ray path {out.get('path')!r}")
-    return out
+    return read_metadata(path)
 
 
 def check_architecture(lora_name: str, lora_arch: str, model_config_class: Optional[str]) -> None:

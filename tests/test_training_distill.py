@@ -404,3 +404,34 @@ def test_prompt_file_formats(tmp_path):
     (tmp_path / "bad.csv").write_text('id,text\n1,a cat\n')
     with pytest.raises(PromptsError, match="has no 'prompt' column"):
         read_prompts(str(tmp_path / "bad.csv"))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--learning-rate", "nan", "--learning-rate must be a finite number in (0, 1]"),
+    ("--learning-rate", "-1", "--learning-rate must be a finite number in (0, 1]"),
+    ("--learning-rate", "inf", "--learning-rate must be a finite number"),
+    ("--learning-rate", "0", "--learning-rate must be a finite number"),
+    ("--weight-decay", "nan", "--weight-decay must be a finite number in [0, 10]"),
+    ("--time-sampler-lr", "nan", "--time-sampler-lr must be a finite number"),
+    ("--lora-alpha", "nan", "--lora-alpha must be a finite number in (0, 1e+06]"),
+    ("--lora-alpha", "0", "--lora-alpha must be a finite number"),
+    ("--teacher-cfg", "inf", "--teacher-cfg must be a finite number in [0, 100]"),
+    ("--lr-warmup", "-10", "--lr-warmup must be >= 0"),
+    ("--recommended-steps", "0", "--recommended-steps must be in [1, 50] (the range the RayFlow LoRA Loader accepts)"),
+    ("--recommended-steps", "100", "--recommended-steps must be in [1, 50]"),
+])
+def test_numbers_are_checked_before_any_work(flag, value, message):
+    """Config level only: parse_args refuses these before phase 1 could start."""
+    from training.config import ConfigError, parse_args
+
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--model", "m", "--prompts", "p.txt", "--output", "o.safetensors", flag, value])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_flag_abbreviations_are_refused_like_unknown_config_keys(capsys):
+    from training.config import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--model", "m", "--prompts", "p.txt", "--output", "o.safetensors", "--learning-rat", "1e-4"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --learning-rat" in capsys.readouterr().err

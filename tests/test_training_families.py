@@ -55,6 +55,9 @@ def test_both_phases_end_to_end(models, tmp_path, arch):
         meta, keys = f.metadata(), list(f.keys())
     assert meta["rayflow.architecture"] == arch and meta["rayflow.format"] == "1"
     assert meta["rayflow.schedule"] == ("scaled_linear" if arch == "sdxl" else "linear")
+    from rayflow.lora_file import validate_lora
+    lora = validate_lora(str(out))                # the trainer's metadata passes the loader's schema
+    assert lora.coverage == 1.0 and lora.declared == int(meta["rayflow.lora_modules"])
     if arch == "sdxl":
         assert keys and all(k.startswith("lora_unet_") for k in keys)
     else:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from rayflow.lora_header import STEPS_RANGE
 from rayflow.process import LOSS_WEIGHTINGS, PATHS
 
 from .export import SAVE_DTYPES
@@ -178,9 +180,29 @@ class DistillConfig:
             raise ConfigError("--save-every and --validate-every must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        self._validate_numbers()
         if not self.work_dir:
             self.work_dir = self.output[: -len(".safetensors")] + ".work"
         return self
+
+    def _validate_numbers(self) -> None:
+        """Finiteness and ranges of the optimiser and export numbers (a NaN passes every ``<`` test,
+        so each bound is written as what the value must satisfy)."""
+        positive = {"learning_rate": 1.0, "time_sampler_lr": 1.0, "lora_alpha": 1e6}
+        for name, high in positive.items():
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= high):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in (0, {high:g}], got {v!r}")
+        for name, high in (("weight_decay", 10.0), ("teacher_cfg", 100.0)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= high):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in [0, {high:g}], got {v!r}")
+        if self.lr_warmup < 0:
+            raise ConfigError(f"--lr-warmup must be >= 0, got {self.lr_warmup}")
+        low, high = STEPS_RANGE
+        if not low <= self.recommended_steps <= high:
+            raise ConfigError(f"--recommended-steps must be in [{low}, {high}] (the range the RayFlow LoRA Loader "
+                              f"accepts), got {self.recommended_steps}")
 
     def fingerprint(self) -> Dict[str, Any]:
         """Options that must match for a resume to be meaningful (phase 1 and phase 2)."""
@@ -218,7 +240,7 @@ def _help_text(f: dataclasses.Field) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.distill",
+        prog="python -m training.distill", allow_abbrev=False,     # a typo is refused, as in a config file
         description="Distil a RayFlow LoRA from a base text-to-image model (phase 1: teacher trajectories and "
                     "Theorem-1 target means; phase 2: LoRA training with the Ray process and the Time Sampler). "
                     "Run under `accelerate launch` for several GPUs.")

@@ -13,6 +13,8 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import save_file
 
+from rayflow.lora_file import module_count, validate_lora
+
 FORMAT_VERSION = "1"
 
 
@@ -82,19 +84,24 @@ def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[
 
 
 def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """Write a RayFlow LoRA atomically (:func:`save_atomic`); metadata values become strings."""
-    meta = {"rayflow.format": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
+    """Write a RayFlow LoRA atomically (:func:`save_atomic`); metadata values become strings, and
+    ``rayflow.lora_modules`` records the module count so that a partial file is recognised."""
+    meta = {"rayflow.format": FORMAT_VERSION, "rayflow.lora_modules": str(module_count(tensors)),
+            **{k: str(v) for k, v in metadata.items()}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_atomic(tensors, path, meta)
 
 
 def load_transformer_lora(transformer: torch.nn.Module, path: str) -> torch.nn.Module:
     """Apply a PixArt-form RayFlow LoRA file to a diffusers ``PixArtTransformer2DModel`` with peft
-    (diffusers has no ``load_lora_weights`` for PixArt pipelines). Returns ``transformer``."""
+    (diffusers has no ``load_lora_weights`` for PixArt pipelines), after the checks of
+    :func:`rayflow.lora_file.validate_lora` against the transformer's layers. Returns ``transformer``."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    sd = {k[len("transformer."):]: v for k, v in load_file(path).items() if k.startswith("transformer.")}
+    targets = {"transformer." + n: list(m.weight.shape) for n, m in transformer.named_modules()
+               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    lora = validate_lora(path, targets)
+    sd = {k[len("transformer."):]: v for k, v in lora.tensors.items()}
     if not sd:
         raise ValueError(f"{path} holds no transformer.* LoRA weights")
     modules = sorted({k.rsplit(".lora_", 1)[0] for k in sd})

@@ -21,7 +21,7 @@ def node(cls, title, **inputs):
 def base(ckpt, lora):
     return {
         "1": node("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=ckpt),
-        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name=lora, strength=1.0),
+        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name=lora, strength=1.0, min_coverage=1.0),
         "3": node("CLIPTextEncode", "Positive", clip=["1", 1], text=POS),
         "4": node("CLIPTextEncode", "Negative", clip=["1", 1], text=""),
     }
@@ -46,7 +46,7 @@ def pixart(steps):
         "1": node("UNETLoader", "Load PixArt transformer", unet_name="PixArt-Sigma-XL-2-1024-MS.safetensors", weight_dtype="default"),
         "9": node("CLIPLoader", "Load T5", clip_name="t5xxl_fp16.safetensors", type="pixart", device="default"),
         "10": node("VAELoader", "Load VAE", vae_name="pixart_sigma_vae.safetensors"),
-        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name="rayflow-pixart-sigma.safetensors", strength=1.0),
+        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name="rayflow-pixart-sigma.safetensors", strength=1.0, min_coverage=1.0),
         "3": node("CLIPTextEncode", "Positive", clip=["9", 0], text=POS),
         "4": node("CLIPTextEncode", "Negative", clip=["9", 0], text=""),
         "5": node("EmptyLatentImage", "Empty Latent Image", width=1024, height=1024, batch_size=1),

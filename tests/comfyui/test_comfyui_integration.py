@@ -67,8 +67,9 @@ def write_loras(model_patcher, folder):
     assert lora, "no attention projections found in the tiny model"
     save_file(lora, os.path.join(folder, "rayflow-sd15.safetensors"), metadata=SD15_META)
     save_file(lora, os.path.join(folder, "rayflow-sdxl.safetensors"), metadata={**SD15_META, "rayflow.architecture": "sdxl"})
-    extra = {"lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
-             "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4)}
+    extra = {"lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.randn(4, 320, generator=g) * 0.1,
+             "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.randn(320, 4, generator=g) * 0.1,
+             "lora_unet_down_blocks_7_attentions_0_proj_in.alpha": torch.tensor(4.0)}
     save_file({**lora, **extra}, os.path.join(folder, "rayflow-partial.safetensors"), metadata=SD15_META)
     with open(os.path.join(folder, "rayflow-corrupt.safetensors"), "wb") as f:
         f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
