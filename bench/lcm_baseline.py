@@ -89,7 +89,7 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     from training.data import load_cache
     from training.export import kohya_unet_state_dict, save_atomic
     from training.models import load_base_model
-    from training.trainer import add_lora, data_generator, lora_state, warmup_cosine
+    from training.trainer import add_lora, lora_state, phase2_generator, warmup_cosine
 
     model = load_base_model(teacher_path)
     cache = load_cache(cache_folder)
@@ -112,7 +112,7 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         return teacher_unet(x, t, encoder_hidden_states=ehs).sample
 
     # the batches of the RayFlow trainer with the same seed (paired), then the LCM timesteps and noise
-    g_data, g = data_generator(seed), torch.Generator().manual_seed(seed)
+    g_data, g = phase2_generator(seed, "batches"), torch.Generator().manual_seed(seed)
     N, grid = cache.x0.shape[0], skipping_grid(len(ac))
     bar = tqdm(range(train_steps), desc="LCM-LoRA distillation", disable=not progress)
     for _ in bar:

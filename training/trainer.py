@@ -73,10 +73,14 @@ def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
 
 
-def data_generator(seed: int, process_index: int = 0) -> torch.Generator:
-    """The generator of the cache indices of every batch for training seed ``seed``; the LCM
-    baseline (``bench/lcm_baseline.py``) draws its batches from the same stream."""
-    return torch.Generator().manual_seed(seed * 7919 + 17 + process_index)
+STREAMS = {"batches": 17, "timesteps": 29, "noise": 41}     # phase 2's random streams and their seed offsets
+
+
+def phase2_generator(seed: int, stream: str, process_index: int = 0) -> torch.Generator:
+    """The generator of one of phase 2's random ``STREAMS`` for training seed ``seed``: the cache
+    indices of every batch, the timesteps or the Ray noise. The LCM baseline
+    (``bench/lcm_baseline.py``) draws its batches from the same ``batches`` stream."""
+    return torch.Generator().manual_seed(seed * 7919 + STREAMS[stream] + process_index)
 
 
 class Trainer:
@@ -99,9 +103,9 @@ class Trainer:
                                                                uniform_mix=cfg.time_sampler_uniform)
         self.ts_opt = None if self.ts is None else torch.optim.Adam(self.ts.parameters(), lr=cfg.time_sampler_lr)
         self.profile = LossProfile()
-        self.gen = data_generator(seed, accelerator.process_index)                       # batches
-        self.gen_t = torch.Generator().manual_seed(seed * 7919 + 29 + accelerator.process_index)  # timesteps
-        self.gen_noise = torch.Generator().manual_seed(seed * 7919 + 41 + accelerator.process_index)  # Ray noise
+        self.gen = phase2_generator(seed, "batches", accelerator.process_index)
+        self.gen_t = phase2_generator(seed, "timesteps", accelerator.process_index)
+        self.gen_noise = phase2_generator(seed, "noise", accelerator.process_index)
         self.step = 0
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)     # timesteps drawn since the last diagnostics record
         self.ema: Optional[Dict[str, torch.Tensor]] = None
