@@ -23,12 +23,19 @@ job the summary ``quality_multiseed.json`` (mean, 95 % t-interval and per-seed v
 step count; paired differences to ``ray``) and ``quality_multiseed.md`` are rewritten. ``--workers N``
 runs N jobs at a time (one thread each); jobs are claimed with lock files, so several invocations
 on one ``--out`` share the work.
+
+Every summary also copies the finished jobs' records (result JSON and Time Sampler records, a few
+kB each) into the *archive* beside it, ``<results stem>_runs/seed<k>/`` (``--archive``). Jobs found
+there are not trained again, so a committed archive lets a later session or another machine add
+seeds or variants to a published result. ``--restore-runs`` writes the archive back from a summary
+JSON's per-seed values (for summaries made before the archive existed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -188,6 +195,93 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
         f"{n} steps fd {rows[variant][str(n)]['fd']:.1f}" for n in STEPS), flush=True)
 
 
+# ----------------------------------------------------------------------------- the archive of finished jobs
+def archive_of(args) -> str:
+    """The folder that keeps every finished job's record beside the summary (``<results stem>_runs``):
+    small JSON files meant to be committed with the summary, so that a later session, another machine
+    or ``--seeds`` with more seeds continues from them instead of training them again."""
+    return getattr(args, "archive", None) or os.path.splitext(args.results)[0] + "_runs"
+
+
+def archive_paths(args, seed: int, variant: str):
+    folder = os.path.join(archive_of(args), f"seed{seed}")
+    return os.path.join(folder, f"{variant}.json"), os.path.join(folder, f"{variant}.time_sampler.jsonl")
+
+
+def archive_runs(args) -> None:
+    """Copy every finished job of ``<out>/runs`` (its result and Time Sampler records) into the archive."""
+    root = os.path.join(args.out, "runs")
+    for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if not folder.startswith("seed") or not folder[4:].isdigit():
+            continue
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            if not name.endswith(".json"):
+                continue
+            with open(os.path.join(root, folder, name)) as f:
+                run = json.load(f)
+            if run.get("train_steps") != args.train_steps:
+                continue
+            result, records = archive_paths(args, int(folder[4:]), run["variant"])
+            os.makedirs(os.path.dirname(result), exist_ok=True)
+            write_json(result, run)
+            jsonl = os.path.join(root, folder, f"work_{run['variant']}", "time_sampler.jsonl")
+            if os.path.isfile(jsonl):
+                shutil.copyfile(jsonl, records)
+
+
+def restore_archive(data: Dict, archive: str) -> List[str]:
+    """Write the archive of the summary ``data`` back from its per-seed values: one job record per
+    (seed, variant) with every row and metric the summary holds, the training curve (FD) and the Time
+    Sampler records, each marked ``restored_from_summary``. It is what the summary needs to be
+    rebuilt or extended by more seeds or variants; the raw sample sets are not in it."""
+    seeds, written = data["train_seeds"], []
+    jobs_: Dict[tuple, Dict] = {}
+    for row, metrics in data["variants"].items():
+        variant = row.split(" [")[0]
+        for m in METRICS:
+            for n, stat in metrics.get(m, {}).items():
+                for seed, value in zip(seeds, stat["per_seed"]):
+                    if value is not None:
+                        job = jobs_.setdefault((seed, variant), {"rows": {}, "curve": {}})
+                        job["rows"].setdefault(row, {}).setdefault(n, {})[m] = value
+    for variant, ks in data.get("curves", {}).items():
+        for k, by_n in ks.items():
+            for n, stat in by_n.items():
+                for seed, value in zip(seeds, stat["per_seed"]):
+                    if value is not None and (seed, variant) in jobs_:
+                        jobs_[(seed, variant)]["curve"].setdefault(k, {})[n] = {"fd": value}
+    for (seed, variant), job in sorted(jobs_.items()):
+        folder = os.path.join(archive, f"seed{seed}")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{variant}.json")
+        write_json(path, {"variant": variant, "train_seed": seed, "train_steps": data["train_steps"],
+                          "distill_seconds": data["distill_seconds"].get(f"{variant} seed {seed}"),
+                          "rows": job["rows"], "curve": job["curve"], "restored_from_summary": True})
+        written.append(path)
+    for arm, steps in data.get("time_sampler_diagnostics", {}).items():
+        for seed in seeds:
+            records = [{"step": int(step), **{key: cell[key][str(seed)] for key in ("t_hist", "density", "profile")
+                                              if str(seed) in cell.get(key, {})}}
+                       for step, cell in sorted(steps.items(), key=lambda kv: int(kv[0])) if str(seed) in cell.get("t_hist", {})]
+            if records:
+                path = os.path.join(archive, f"seed{seed}", f"{arm}.time_sampler.jsonl")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in records)
+                written.append(path)
+    return written
+
+
+def finished(args, seed: int, variant: str) -> bool:
+    """Whether the job's result is in ``<out>/runs`` or in the archive (at this ``--train-steps``)."""
+    for path in (job_paths(args.out, seed, variant)[1], archive_paths(args, seed, variant)[0]):
+        if os.path.isfile(path):
+            with open(path) as f:
+                if json.load(f).get("train_steps") == args.train_steps:
+                    return True
+    return False
+
+
 def jobs(args) -> List[tuple]:
     """All (seed, variant) jobs, seed-major, so an interrupted run has whole seeds to pair."""
     return [(s, v) for s in args.seeds for v in args.variants]
@@ -197,10 +291,10 @@ def work(args, ev: Evaluation) -> None:
     """Run every job not yet done and not claimed by another process, summarising after each."""
     for seed, variant in jobs(args):
         _, result, lock = job_paths(args.out, seed, variant)
-        if os.path.isfile(result) or not claim(lock):
+        if finished(args, seed, variant) or not claim(lock):
             continue
         try:
-            if not os.path.isfile(result):
+            if not finished(args, seed, variant):
                 run_job(args, ev, seed, variant)
         finally:
             os.remove(lock)
@@ -209,19 +303,19 @@ def work(args, ev: Evaluation) -> None:
 
 # ----------------------------------------------------------------------------- summary
 def load_runs(args) -> Dict[tuple, Dict]:
-    """Every finished job under ``<out>/runs`` (also those of other ``--seeds`` / ``--variants``
-    invocations on the same ``--out``): ``{(seed, variant): result}``."""
+    """Every finished job in the archive and under ``<out>/runs`` (also those of other ``--seeds`` /
+    ``--variants`` invocations on the same ``--out``): ``{(seed, variant): result}``."""
     runs = {}
-    root = os.path.join(args.out, "runs")
-    for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        if not folder.startswith("seed") or not folder[4:].isdigit():
-            continue
-        for name in sorted(os.listdir(os.path.join(root, folder))):
-            if name.endswith(".json") and not name.endswith(".tmp"):
-                with open(os.path.join(root, folder, name)) as f:
-                    run = json.load(f)
-                if run.get("train_steps") == args.train_steps:
-                    runs[(int(folder[4:]), run["variant"])] = run
+    for root in (archive_of(args), os.path.join(args.out, "runs")):
+        for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            if not folder.startswith("seed") or not folder[4:].isdigit():
+                continue
+            for name in sorted(os.listdir(os.path.join(root, folder))):
+                if name.endswith(".json"):
+                    with open(os.path.join(root, folder, name)) as f:
+                        run = json.load(f)
+                    if run.get("train_steps") == args.train_steps:
+                        runs[(int(folder[4:]), run["variant"])] = run
     return runs
 
 
@@ -318,6 +412,8 @@ def time_sampler_diagnostics(args, seeds: List[int]) -> Dict:
     for arm in ("ray", "no_ts"):
         for seed in seeds:
             path = os.path.join(args.out, "runs", f"seed{seed}", f"work_{arm}", "time_sampler.jsonl")
+            if not os.path.isfile(path):
+                path = archive_paths(args, seed, arm)[1]
             if not os.path.isfile(path):
                 continue
             with open(path, encoding="utf-8") as f:
@@ -483,6 +579,7 @@ def write_report(data: Dict, results: str) -> None:
 def summarise(args) -> Dict:
     with open(os.path.join(args.out, "teacher.json")) as f:
         teacher = json.load(f)
+    archive_runs(args)
     data = summary(args, load_runs(args), teacher)
     write_report(data, args.results)
     return data
@@ -522,9 +619,13 @@ def prepare(args) -> Evaluation:
 def main(args) -> int:
     """``args``: the ``bench.quality`` namespace with ``seeds``, ``variants`` (a list), ``workers``,
     ``results`` and ``argv``."""
-    if args.replot:            # redraw the report and plots from the summary JSON alone
+    if args.replot or getattr(args, "restore_runs", False):     # redraw the report and plots from the summary JSON alone
         with open(args.results) as f:
             data = json.load(f)
+        if getattr(args, "restore_runs", False):
+            written = restore_archive(data, archive_of(args))
+            print(f"restored {len(written)} files into {archive_of(args)}")
+            return 0
         write_report(data, args.results)
         print(report(data))
         return 0

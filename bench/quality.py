@@ -262,6 +262,12 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="with --seeds: jobs run at a time (one thread each)")
     ap.add_argument("--results", default=None,
                     help="with --seeds: the summary JSON (default <out>/quality_multiseed.json; .md beside it)")
+    ap.add_argument("--archive", default=None, metavar="DIR",
+                    help="with --seeds: where every finished job's record is kept, to commit beside the summary and "
+                         "continue from in a later run (default <results stem>_runs)")
+    ap.add_argument("--restore-runs", action="store_true",
+                    help="with --seeds: rebuild the archive from the per-seed values of the --results JSON, so that it "
+                         "can be extended by more seeds or variants without training the ones it holds again")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.seeds is not None:

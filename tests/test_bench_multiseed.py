@@ -150,3 +150,43 @@ def test_the_one_step_recipe_pairs_with_lcm_and_the_report_redraws_from_the_json
     args.replot = True
     assert multiseed.main(args) == 0 and (tmp_path / "summary.md").read_text() == report
     assert json.loads((tmp_path / "summary.json").read_text()) == data
+
+
+def test_the_archive_keeps_finished_jobs_so_a_fresh_out_continues_and_a_summary_restores_it(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "teacher.json").write_text(json.dumps({"teacher floor": {"25": {"fd": 1.0, "alignment": 1.0}}}))
+    done = []
+    monkeypatch.setattr(multiseed, "run_job", lambda *a: _finish(*a, done))
+    args = _args(out, [0, 1], ["ray", "no_ts"])
+    args.results = str(tmp_path / "docs" / "summary.json")
+    os.makedirs(tmp_path / "docs")
+    work = out / "runs" / "seed1" / "work_ray"
+    work.mkdir(parents=True)
+    (work / "time_sampler.jsonl").write_text(json.dumps({"step": 5, "t_hist": [1.0, 3.0], "profile": [0.0, 1.0],
+                                                         "density": [0.5, 0.5]}) + "\n")
+    multiseed.work(args, ev=None)
+    first = json.loads((tmp_path / "docs" / "summary.json").read_text())
+    archive = tmp_path / "docs" / "summary_runs"
+    assert sorted(p.name for p in (archive / "seed1").iterdir()) == ["no_ts.json", "ray.json", "ray.time_sampler.jsonl"]
+    import shutil
+
+    shutil.rmtree(out / "runs")             # a fresh machine: only the committed summary and archive
+    fresh = _args(out, [0, 1, 2], ["ray", "no_ts"])
+    fresh.results = args.results
+    multiseed.work(fresh, ev=None)
+    assert done[4:] == [(2, "ray"), (2, "no_ts")]               # the archived seeds are not trained again
+    grown = json.loads((tmp_path / "docs" / "summary.json").read_text())
+    assert grown["variants"]["no_ts"]["fd"]["2"]["per_seed"] == [22.0, 23.0, 24.0]
+    assert grown["time_sampler_diagnostics"]["ray"]["5"]["t_hist"] == {"1": [0.25, 0.75]}
+    # an archive written back from the summary alone rebuilds the same summary
+    restored = tmp_path / "restored"
+    written = multiseed.restore_archive(first, str(restored))
+    assert len(written) == 5 and json.loads((restored / "seed0" / "ray.json").read_text())["restored_from_summary"]
+    shutil.rmtree(out / "runs")
+    again = _args(out, [0, 1], ["ray", "no_ts"])
+    again.results, again.archive = str(tmp_path / "again.json"), str(restored)
+    rebuilt = multiseed.summarise(again)
+    for key in ("train_seeds", "variants", "curves", "convergence_2step_last_quarter",
+                "fraction_of_budget_to_reach_uniform_final_fd", "time_sampler_diagnostics", "distill_seconds"):
+        assert rebuilt[key] == first[key], key
