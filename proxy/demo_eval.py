@@ -13,8 +13,9 @@ from typing import Dict, List, Optional
 
 import torch
 
+from training.grid import save_grid
+
 from .data import caption_of, render
-from .grid import save_grid
 
 NOTE = ("FD-proxy: Frechet distance in the proxy classifier's features to real images of the same captions "
         "(lower is better). Alignment: all four caption attributes recognised. Diversity: within-caption "

@@ -128,7 +128,7 @@ def test_grid_has_a_caption_under_each_column(tmp_path):
     import torch
     from PIL import Image
 
-    from proxy.grid import save_grid
+    from training.grid import save_grid
 
     rows = {"teacher DDIM 25 steps": torch.zeros(3, 3, 16, 16), "RayFlow 1 step": torch.ones(3, 3, 16, 16)}
     save_grid(rows, ["a small red circle on a blue background"] * 3, str(tmp_path / "g.png"))

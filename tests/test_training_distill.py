@@ -51,7 +51,15 @@ def test_end_to_end_sd15_produces_a_lora_that_diffusers_loads(tiny, tmp_path):
     assert keys and all(k.startswith("lora_unet_") for k in keys)
     assert any(k.endswith(".lora_down.weight") for k in keys) and any(k.endswith(".alpha") for k in keys)
     work = tmp_path / "out" / "ray.work"
-    assert (work / "validation_final.png").is_file()
+    # the validation grid: teacher row first, RayFlow 1/2/4 steps, a column per cached item, captions below
+    from PIL import Image
+
+    from training.grid import LABEL_W
+
+    items = len(load_cache(str(work / "cache")).prompts)
+    grid, tile = Image.open(work / "validation_final.png"), 16 * (96 // 16)
+    assert grid.size[0] == LABEL_W + min(4, items) * tile and grid.size[1] > 4 * tile
+    assert grid.crop((LABEL_W, 4 * tile, grid.size[0], grid.size[1])).convert("L").getextrema()[0] < 128
     rows = (work / "log.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,loss") and len(rows) == 1 + 12 // 5 + 1
     # diffusers loads the kohya-form file and it changes the UNet's output

@@ -93,7 +93,7 @@ class DistillConfig:
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps"})
     save_every: int = field(default=0, metadata={"help": "also export the LoRA every N steps as <output>-step<N>.safetensors (0 = only the final file)"})
-    validate_every: int = field(default=0, metadata={"help": "write a 1/2/4-step validation grid every N steps (0 = only at the end)"})
+    validate_every: int = field(default=0, metadata={"help": "write a validation grid (teacher, then RayFlow at 1/2/4 steps; prompts under the columns) every N steps (0 = only at the end)"})
     log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
     preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})

@@ -345,29 +345,33 @@ class Trainer:
 
     @torch.no_grad()
     def validation_grid(self, path: str, n: int = 4) -> None:
-        """Rows: RayFlow at 1, 2, 4 steps from the cached seeds' noise (noise-mode target mean)."""
+        """Write the validation grid (``training/grid.py``) to ``path``: the teacher's cached sample
+        first, then RayFlow at 1, 2 and 4 steps from the same noise (noise-mode target mean); one
+        column per cached item, ``n`` items of distinct prompts where the cache has them, the prompt
+        written under each column."""
         if not self.acc.is_main_process:
             return
-        from PIL import Image
+        from .grid import save_grid
 
         unet = self.acc.unwrap_model(self.unet)
         was_training = unet.training
         unet.eval()
-        z = self.cache.noise[:n].to(self.acc.device)
-        cond = {k: v[:n].to(self.acc.device) for k, v in self.cache.cond.items()}
-        sched = self.model.schedule
+        pick = torch.linspace(0, len(self.cache.prompts) - 1, min(n, len(self.cache.prompts))).round().long()
+        z = self.cache.noise[pick].to(self.acc.device)
+        cond = {k: v[pick].to(self.acc.device) for k, v in self.cache.cond.items()}
+        sched, cfg = self.model.schedule, self.cfg
 
         def eps_model(x, t):
             return self._denoise(unet, x, t, cond).float()
 
-        rows = [self.model.decode(sample_ray(eps_model, z, z, self.process, sched, sched.ray_timesteps(k)))
-                for k in (1, 2, 4)]
-        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)   # [3, 3H, nW]
-        img = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        Image.fromarray(img).save(path)
+        rows = {f"teacher {cfg.teacher_solver} {cfg.teacher_steps} steps": self.model.decode(self.cache.x0[pick].to(self.acc.device))}
+        for k in (1, 2, 4):
+            x0 = sample_ray(eps_model, z, z, self.process, sched, sched.ray_timesteps(k))
+            rows[f"RayFlow {k} step{'s' if k > 1 else ''}"] = self.model.decode(x0)
+        height = rows[next(iter(rows))].shape[-2]
+        save_grid(rows, [self.cache.prompts[i] for i in pick.tolist()], path, scale=max(1, 96 // height))
         if was_training:
             unet.train()
-
 
 def _tensorboard(work_dir: str):
     try:

@@ -8,6 +8,7 @@ Run with a Python that can run ComfyUI (torch + torchvision)::
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -156,6 +157,20 @@ def _run(server, wf, timeout=300):
                 return hist[pid]
         time.sleep(0.5)
     pytest.fail("prompt did not finish in time")
+
+
+def test_the_comfyui_under_test_meets_the_declared_minimum():
+    """``requires-comfyui`` in pyproject.toml names a version these tests have run against."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        spec = SpecifierSet(tomllib.load(f)["tool"]["comfy"]["requires-comfyui"])
+    with open(os.path.join(COMFYUI_PATH, "comfyui_version.py"), encoding="utf-8") as f:
+        version = re.search(r'__version__\s*=\s*"([^"]+)"', f.read()).group(1)
+    assert Version(version) in spec, (version, str(spec))
 
 
 def test_object_info_lists_our_nodes_with_their_inputs(server):
