@@ -1,21 +1,75 @@
-"""Writes the workflows: API format in ``workflows/api/`` (POST /prompt) and UI format in
-``workflows/ui/`` (drag into the browser). Run: ``python workflows/make_workflows.py``.
+"""Writes the workflows and their Templates-menu thumbnails. Run: ``python workflows/make_workflows.py``.
+
+Layout (ComfyUI lists the top level of a node pack's ``workflows/`` folder as templates, by file name,
+with a ``.jpg`` of the same name as the thumbnail):
+
+* ``workflows/<name>.json``: UI format (drag into the browser, or Workflow > Browse Templates), each
+  with a Note saying which base model and RayFlow LoRA it expects and how to make the LoRA, and
+  ComfyUI's ``models`` list (name, directory, download URL) for the files with a public URL;
+* ``workflows/<name>.jpg``: its thumbnail, a drawing of the graph (there is no sample output to show);
+* ``workflows/api/<name>.json``: the same graph in API format (POST /prompt);
+* ``workflows/specs/stock_nodes.json``: a snapshot of ComfyUI's ``/object_info`` for the stock nodes
+  used here (not a workflow, so not in the templates folder).
 
 One place builds them, so every file uses the same node ids, prompts and recommended settings.
 The UI files are derived from the API ones with the node specs (widget order, output types):
-stock nodes from ``workflows/stock_nodes.json`` (a snapshot of ComfyUI's ``/object_info``), ours
-from their ``INPUT_TYPES``.
+stock nodes from the snapshot, ours from their ``INPUT_TYPES``.
 """
 
 import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TEMPLATES_DIR = HERE                                   # what ComfyUI's Templates menu lists
+API_DIR = os.path.join(HERE, "api")
+STOCK_NODES = os.path.join(HERE, "specs", "stock_nodes.json")
 POS = "a photo of a red fox in the snow, detailed"
+
+HF = "https://huggingface.co/"
+# Model files a workflow names under their public file name, so ComfyUI's frontend can offer the
+# download when one is missing (``models`` entries: name, ComfyUI models/ folder, URL).
+DOWNLOADS = {
+    "sd_xl_base_1.0.safetensors": ("checkpoints", HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
+    "t5xxl_fp16.safetensors": ("text_encoders", HF + "comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"),
+    "sdxl_vae.safetensors": ("vae", HF + "stabilityai/sdxl-vae/resolve/main/sdxl_vae.safetensors"),
+}
+
+# What each family's workflows load, and where the RayFlow LoRA comes from. ``model_arg`` is the
+# ``--model`` of ``python -m training.distill`` run from the pack's folder (ComfyUI/custom_nodes/<pack>).
+FAMILIES = {
+    "sd15": {
+        "ckpt": "sd15-base.safetensors", "lora": "rayflow-sd15.safetensors", "resolution": 512,
+        "base": "an SD1.5 checkpoint (one .safetensors file) in ComfyUI/models/checkpoints, picked in Load "
+                "Checkpoint (this workflow names it sd15-base.safetensors), e.g. v1-5-pruned-emaonly-fp16.safetensors "
+                "from " + HF + "Comfy-Org/stable-diffusion-v1-5-archive",
+        "model_arg": "../../models/checkpoints/sd15-base.safetensors",
+    },
+    "sdxl": {
+        "ckpt": "sd_xl_base_1.0.safetensors", "lora": "rayflow-sdxl.safetensors", "resolution": 1024,
+        "base": "the SDXL base 1.0 checkpoint sd_xl_base_1.0.safetensors in ComfyUI/models/checkpoints, from "
+                + HF + "stabilityai/stable-diffusion-xl-base-1.0 (ComfyUI offers the download when it is missing)",
+        "model_arg": "../../models/checkpoints/sd_xl_base_1.0.safetensors",
+    },
+    "pixart": {
+        "unet": "PixArt-Sigma-XL-2-1024-MS.safetensors", "clip": "t5xxl_fp16.safetensors", "vae": "sdxl_vae.safetensors",
+        "lora": "rayflow-pixart-sigma.safetensors", "resolution": 1024,
+        "base": "PixArt-Sigma XL-2 1024: its transformer in ComfyUI/models/diffusion_models, picked in Load PixArt "
+                "transformer (this workflow names it PixArt-Sigma-XL-2-1024-MS.safetensors), the T5-XXL text encoder "
+                "t5xxl_fp16.safetensors in models/text_encoders and the SDXL VAE sdxl_vae.safetensors in models/vae "
+                "(ComfyUI offers those two downloads when they are missing)",
+        "model_arg": "pixart-sigma-diffusers",
+        "model_note": "PixArt trains from a diffusers folder (there is no PixArt single-file loader), e.g. the "
+                      "Hugging Face repository PixArt-alpha/PixArt-Sigma-XL-2-1024-MS downloaded to pixart-sigma-diffusers",
+    },
+}
 
 
 def node(cls, title, **inputs):
     return {"class_type": cls, "inputs": inputs, "_meta": {"title": title}}
+
+
+SD15 = FAMILIES["sd15"]["ckpt"], FAMILIES["sd15"]["lora"]
+SDXL = FAMILIES["sdxl"]["ckpt"], FAMILIES["sdxl"]["lora"]
 
 
 def base(ckpt, lora):
@@ -42,11 +96,12 @@ def t2i(steps, size, ckpt, lora, prefix):
 
 
 def pixart(steps):
+    fam = FAMILIES["pixart"]
     wf = {
-        "1": node("UNETLoader", "Load PixArt transformer", unet_name="PixArt-Sigma-XL-2-1024-MS.safetensors", weight_dtype="default"),
-        "9": node("CLIPLoader", "Load T5", clip_name="t5xxl_fp16.safetensors", type="pixart", device="default"),
-        "10": node("VAELoader", "Load VAE", vae_name="pixart_sigma_vae.safetensors"),
-        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name="rayflow-pixart-sigma.safetensors", strength=1.0, min_coverage=1.0),
+        "1": node("UNETLoader", "Load PixArt transformer", unet_name=fam["unet"], weight_dtype="default"),
+        "9": node("CLIPLoader", "Load T5", clip_name=fam["clip"], type="pixart", device="default"),
+        "10": node("VAELoader", "Load VAE", vae_name=fam["vae"]),
+        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name=fam["lora"], strength=1.0, min_coverage=1.0),
         "3": node("CLIPTextEncode", "Positive", clip=["9", 0], text=POS),
         "4": node("CLIPTextEncode", "Negative", clip=["9", 0], text=""),
         "5": node("EmptyLatentImage", "Empty Latent Image", width=1024, height=1024, batch_size=1),
@@ -58,7 +113,7 @@ def pixart(steps):
 
 
 def img2img():
-    wf = base("sd15-base.safetensors", "rayflow-sd15.safetensors")
+    wf = base(*SD15)
     wf["11"] = node("LoadImage", "Load Image", image="example.png")
     wf["5"] = node("VAEEncode", "VAE Encode", pixels=["11", 0], vae=["1", 2])
     wf["6"] = ray_sampler(["5", 0], 4, denoise=0.6)
@@ -68,7 +123,7 @@ def img2img():
 
 
 def custom_advanced():
-    wf = base("sd15-base.safetensors", "rayflow-sd15.safetensors")
+    wf = base(*SD15)
     wf["5"] = node("EmptyLatentImage", "Empty Latent Image", width=512, height=512, batch_size=1)
     wf["12"] = node("RandomNoise", "Random Noise", noise_seed=42)
     wf["13"] = node("CFGGuider", "CFG Guider", model=["2", 0], positive=["3", 0], negative=["4", 0], cfg=1.0)
@@ -82,7 +137,7 @@ def custom_advanced():
 
 
 def target_mean():
-    wf = t2i(2, 512, "sd15-base.safetensors", "rayflow-sd15.safetensors", "rayflow_sd15_target_mean")
+    wf = t2i(2, 512, *SD15, "rayflow_sd15_target_mean")
     wf["16"] = node("RayFlowTargetMean", "Ray Target Mean", model=["1", 0], seed=42, probe_steps=4, cfg=4.5,
                     positive=["3", 0], negative=["4", 0], latent_image=["5", 0])
     wf["6"]["inputs"].update(ray_target=["16", 0], eta=0.5)
@@ -90,7 +145,7 @@ def target_mean():
 
 
 def side_by_side():
-    wf = t2i(4, 512, "sd15-base.safetensors", "rayflow-sd15.safetensors", "rayflow_sd15_4step")
+    wf = t2i(4, 512, *SD15, "rayflow_sd15_4step")
     wf["17"] = node("KSampler", "Stock KSampler (base model, 4 steps)", model=["1", 0], seed=42, steps=4, cfg=7.0,
                     sampler_name="euler", scheduler="normal", positive=["3", 0], negative=["4", 0],
                     latent_image=["5", 0], denoise=1.0)
@@ -100,9 +155,9 @@ def side_by_side():
 
 
 WORKFLOWS = {
-    "sd15_1step.json": t2i(1, 512, "sd15-base.safetensors", "rayflow-sd15.safetensors", "rayflow_sd15_1step"),
-    "sd15_4step.json": t2i(4, 512, "sd15-base.safetensors", "rayflow-sd15.safetensors", "rayflow_sd15_4step"),
-    "sdxl_4step.json": t2i(4, 1024, "sd_xl_base_1.0.safetensors", "rayflow-sdxl.safetensors", "rayflow_sdxl_4step"),
+    "sd15_1step.json": t2i(1, 512, *SD15, "rayflow_sd15_1step"),
+    "sd15_4step.json": t2i(4, 512, *SD15, "rayflow_sd15_4step"),
+    "sdxl_4step.json": t2i(4, 1024, *SDXL, "rayflow_sdxl_4step"),
     "pixart_4step.json": pixart(4),
     "sd15_img2img.json": img2img(),
     "sd15_custom_advanced.json": custom_advanced(),
@@ -110,7 +165,201 @@ WORKFLOWS = {
     "sd15_vs_stock.json": side_by_side(),
 }
 
+# Per template: family, the training preset its LoRA is made with, title and subtitle (the Note's
+# first line and the thumbnail's text), and what else the Note says.
+TEMPLATES = {
+    "sd15_1step.json": ("sd15", "one-step", "SD1.5 · 1 step", "text to image, 512 px, cfg 1.0", ""),
+    "sd15_4step.json": ("sd15", "few-step", "SD1.5 · 4 steps", "text to image, 512 px, cfg 1.0", ""),
+    "sdxl_4step.json": ("sdxl", "few-step", "SDXL · 4 steps", "text to image, 1024 px, cfg 1.0", ""),
+    "pixart_4step.json": ("pixart", "few-step", "PixArt-Sigma · 4 steps", "text to image, 1024 px, cfg 1.0",
+                          "Load T5 uses CLIPLoader with type pixart."),
+    "sd15_img2img.json": ("sd15", "few-step", "SD1.5 · img2img", "4 steps at denoise 0.6",
+                          "Load Image: put your picture in ComfyUI/input (this workflow names it example.png); "
+                          "denoise 0.5-0.7 suits img2img."),
+    "sd15_custom_advanced.json": ("sd15", "few-step", "SD1.5 · custom sampler", "SamplerCustomAdvanced, 4 steps",
+                                  "The RayFlow SAMPLER and SIGMAS nodes feed the stock SamplerCustomAdvanced, "
+                                  "with RandomNoise and a CFGGuider at cfg 1.0."),
+    "sd15_target_mean.json": ("sd15", "few-step", "SD1.5 · Ray Target Mean", "2 stochastic steps, eta 0.5",
+                              "Ray Target Mean costs probe_steps model calls per image (twice that at cfg > 1); "
+                              "it and the sampler share the seed and the latent."),
+    "sd15_vs_stock.json": ("sd15", "few-step", "SD1.5 · RayFlow vs stock", "4 steps each, same seed",
+                           "The stock KSampler runs the base model without the LoRA (4 Euler steps, cfg 7) "
+                           "from the same seed, for comparison."),
+}
+
+
+def training_command(family: str, preset: str) -> str:
+    """The ``python -m training.distill`` line that makes the workflow's LoRA, run from the pack's folder."""
+    fam = FAMILIES[family]
+    return (f"python -m training.distill --model {fam['model_arg']} --prompts prompts.txt "
+            f"--output ../../models/loras/{fam['lora']} --resolution {fam['resolution']} --preset {preset}")
+
+
+def note_text(name: str) -> str:
+    family, preset, title, subtitle, extra = TEMPLATES[name]
+    fam = FAMILIES[family]
+    use = ("--preset one-step, for 1-step sampling; a few-step LoRA runs this workflow too" if preset == "one-step"
+           else "--preset few-step, for 2-8 steps")
+    paras = [
+        f"RayFlow workflow: {title} ({subtitle}).",
+        f"Base model: {fam['base']}.",
+        f"RayFlow LoRA: {fam['lora']} in ComfyUI/models/loras, distilled from that base model ({use}). "
+        "Make it from this pack's folder (ComfyUI/custom_nodes/<pack>) with the training requirements "
+        "installed (README: Training a RayFlow LoRA); prompts.txt holds one prompt per line"
+        + (f"; {fam['model_note']}" if "model_note" in fam else "") + ":",
+        training_command(family, preset),
+    ]
+    if preset == "one-step":
+        paras.append("A one-step run wants many more prompts x seeds (--seeds-per-prompt) and a longer "
+                     "--train-steps than a few-step one (python -m training.distill --help).")
+    if extra:
+        paras.append(extra)
+    paras.append("Keep cfg at 1.0: the LoRA has the teacher's guidance baked in.")
+    return "\n\n".join(paras)
+
+
+def model_entry(file_name: str) -> dict:
+    directory, url = DOWNLOADS[file_name]
+    return {"name": file_name, "url": url, "directory": directory}
+
+
+NOTE_W = 460                                           # the Note's column, left of the graph
+
+
+def ui_workflow(name: str, specs: dict) -> dict:
+    """The UI file: the graph of ``WORKFLOWS[name]``, the loaders' ``models`` metadata (ComfyUI's
+    missing-model download prompt), and a Note beside the graph."""
+    wf = to_ui(WORKFLOWS[name], specs)
+    models = []
+    for n in wf["nodes"]:
+        n["pos"][0] += NOTE_W + 40
+        mine = [model_entry(v) for v in n["widgets_values"] if isinstance(v, str) and v in DOWNLOADS]
+        if mine:
+            n["properties"]["models"] = mine
+            models += mine
+    note_id = wf["last_node_id"] + 1
+    wf["nodes"].append({"id": note_id, "type": "Note", "pos": [40, 40], "size": [NOTE_W, 620], "flags": {},
+                        "order": len(wf["nodes"]), "mode": 0, "inputs": [], "outputs": [],
+                        "title": "Read me: models and LoRA", "properties": {},
+                        "widgets_values": [note_text(name)], "color": "#432", "bgcolor": "#653"})
+    wf["last_node_id"] = note_id
+    if models:
+        wf["models"] = models
+    return wf
+
+
+# ---- thumbnails: the graph drawn as boxes in rows by depth (sources on top), RayFlow nodes in orange
+
+THUMB = 512
+SHORT = {"CheckpointLoaderSimple": "Load Checkpoint", "RayFlowLoraLoader": "RayFlow LoRA", "UNETLoader": "Load PixArt",
+         "CLIPLoader": "Load T5", "VAELoader": "Load VAE", "LoadImage": "Load Image", "VAEEncode": "VAE Encode",
+         "VAEDecode": "VAE Decode", "SaveImage": "Save Image", "RandomNoise": "Random Noise", "CFGGuider": "CFG Guider",
+         "RayFlowSamplerSelect": "RayFlow SAMPLER", "SamplerCustomAdvanced": "SamplerCustomAdv.",
+         "RayFlowTargetMean": "Ray Target Mean"}
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" + ("s" if n > 1 else "")
+
+
+def _label(node: dict) -> str:
+    cls, inp = node["class_type"], node["inputs"]
+    if cls == "CLIPTextEncode":
+        return "Prompt -" if node["_meta"]["title"] == "Negative" else "Prompt +"
+    if cls == "EmptyLatentImage":
+        return f"Empty Latent {inp['width']}"
+    if cls in ("RayFlowSampler", "KSampler"):
+        return f"{'RayFlow Sampler' if cls == 'RayFlowSampler' else 'KSampler'} · {_steps(inp['steps'])}"
+    if cls == "RayFlowScheduler":
+        return f"RayFlow SIGMAS · {_steps(inp['steps'])}"
+    return SHORT.get(cls, node["_meta"]["title"])
+
+
+def _fit(draw, text: str, width: float, size: int, smallest: int = 9):
+    from PIL import ImageFont
+
+    while size > smallest and draw.textlength(text, font=ImageFont.load_default(size=size)) > width:
+        size -= 1
+    return ImageFont.load_default(size=size)
+
+
+def thumbnail(name: str):
+    """A 512 px square JPEG-ready image: the template's title, subtitle and node graph, labelled as a
+    diagram (no real model output exists to show)."""
+    from PIL import Image, ImageDraw
+
+    api = WORKFLOWS[name]
+    _, _, title, subtitle, _ = TEMPLATES[name]
+    depth = {}
+
+    def d(key):
+        if key not in depth:
+            srcs = [v[0] for v in api[key]["inputs"].values() if _is_link(v)]
+            depth[key] = 1 + max((d(s) for s in srcs), default=-1)
+        return depth[key]
+
+    rows = {}
+    for key in api:
+        rows.setdefault(d(key), []).append(key)
+    img = Image.new("RGB", (THUMB, THUMB), "#16181d")
+    draw = ImageDraw.Draw(img)
+    m = 22
+    draw.text((m, 16), "RayFlow", fill="#f0913a", font=_fit(draw, "RayFlow", 200, 20))
+    draw.text((m, 42), title, fill="#f2f3f5", font=_fit(draw, title, THUMB - 2 * m, 34))
+    draw.text((m, 86), subtitle, fill="#b4b9c3", font=_fit(draw, subtitle, THUMB - 2 * m, 19))
+    top, bottom, gap = 126, 474, 10
+    row_h = min(64, (bottom - top) / len(rows))
+    box_h = min(34, row_h - 18)
+    y0 = top + ((bottom - top) - row_h * len(rows)) / 2
+    xy = {}
+    for r in sorted(rows):
+        keys = rows[r]
+        if r:                                          # parents' mean x, to keep the edges short
+            def mean_x(k):
+                xs = [xy[v[0]][0] for v in api[k]["inputs"].values() if _is_link(v)]
+                return sum(xs) / len(xs)
+            keys.sort(key=mean_x)
+        w = min(190, (THUMB - 2 * m - gap * (len(keys) - 1)) / len(keys))
+        x = (THUMB - (w * len(keys) + gap * (len(keys) - 1))) / 2
+        for k in keys:
+            xy[k] = (x + w / 2, y0 + r * row_h, w)
+            x += w + gap
+    for k, n in api.items():                            # edges first, under the boxes
+        for v in n["inputs"].values():
+            if _is_link(v):
+                sx, sy, _ = xy[v[0]]
+                dx, dy, _ = xy[k]
+                draw.line([(sx, sy + box_h), (dx, dy)], fill="#5d6470", width=2)
+    for k, (cx, y, w) in xy.items():
+        ours = api[k]["class_type"].startswith("RayFlow")
+        draw.rounded_rectangle([cx - w / 2, y, cx + w / 2, y + box_h], radius=6,
+                               fill="#e8852a" if ours else "#2f3541", outline="#f5b06a" if ours else "#4a5261")
+        text = _label(api[k])
+        font = _fit(draw, text, w - 10, 15)
+        draw.text((cx, y + box_h / 2), text, fill="#1a1205" if ours else "#e4e7ec", font=font, anchor="mm")
+    foot = f"{name[:-5]} · node graph, not a generated image"
+    draw.text((m, THUMB - 26), foot, fill="#7b818c", font=_fit(draw, foot, THUMB - 2 * m, 14))
+    return img
+
+
+def thumbnail_path(name: str) -> str:
+    return os.path.join(TEMPLATES_DIR, name[:-5] + ".jpg")
+
 SEEDED = {"seed", "noise_seed"}          # widgets followed by ComfyUI's control_after_generate value
+
+
+def our_node_decls(pack) -> dict:
+    """``{node id: (INPUT_TYPES dict, RETURN_TYPES)}`` of the pack's nodes (``pack``: the imported
+    repository root): from their declarations (``nodes.NODES``, V3 schema) or, for the classic nodes,
+    their classes (``NODE_CLASS_MAPPINGS``)."""
+    decls = getattr(getattr(pack, "nodes", None), "NODES", None)
+    if decls is not None:
+        return {k: (n.input_types(), tuple(n.return_types)) for k, n in decls.items()}
+    return {k: (c.INPUT_TYPES(), tuple(c.RETURN_TYPES)) for k, c in pack.NODE_CLASS_MAPPINGS.items()}
 
 
 def node_specs():
@@ -120,7 +369,7 @@ def node_specs():
     import types
 
     specs = {}
-    stock = json.load(open(os.path.join(HERE, "stock_nodes.json")))["nodes"]
+    stock = json.load(open(STOCK_NODES))["nodes"]
     for cls, spec in stock.items():
         specs[cls] = {"inputs": [(n, e["type"], e["type"] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"))
                                  for n, e in spec["input"].items()], "outputs": spec["output"]}
@@ -132,13 +381,13 @@ def node_specs():
     mod = importlib.util.module_from_spec(spec)
     sys.modules["rayflow_comfy_gen"] = mod
     spec.loader.exec_module(mod)
-    for cls, node_cls in mod.NODE_CLASS_MAPPINGS.items():
+    for cls, (input_types, return_types) in our_node_decls(mod).items():
         inputs = []
-        for group in node_cls.INPUT_TYPES().values():
+        for group in input_types.values():
             for n, (t, _) in group.items():
                 widget = isinstance(t, list) or t in ("INT", "FLOAT", "STRING", "BOOLEAN")
                 inputs.append((n, "COMBO" if isinstance(t, list) else t, widget))
-        specs[cls] = {"inputs": inputs, "outputs": list(node_cls.RETURN_TYPES)}
+        specs[cls] = {"inputs": inputs, "outputs": list(return_types)}
     return specs
 
 
@@ -188,13 +437,18 @@ def to_ui(api: dict, specs: dict) -> dict:
             "links": [l[:6] for l in links], "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
+def write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
 if __name__ == "__main__":
     specs = node_specs()
-    for sub in ("api", "ui"):
-        os.makedirs(os.path.join(HERE, sub), exist_ok=True)
+    os.makedirs(API_DIR, exist_ok=True)
     for name, wf in WORKFLOWS.items():
-        for sub, data in (("api", wf), ("ui", to_ui(wf, specs))):
-            with open(os.path.join(HERE, sub, name), "w") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-    print(f"wrote {len(WORKFLOWS)} workflows to workflows/api/ and workflows/ui/")
+        write_json(os.path.join(API_DIR, name), wf)
+        write_json(os.path.join(TEMPLATES_DIR, name), ui_workflow(name, specs))
+        thumbnail(name).save(thumbnail_path(name), quality=88, optimize=True)
+    print(f"wrote {len(WORKFLOWS)} workflows: UI format + .jpg thumbnails in workflows/ (ComfyUI's Templates "
+          "menu), API format in workflows/api/")

@@ -324,7 +324,7 @@ def test_rayflow_lora_loads_fully_in_the_stock_loader_and_ours(tiny, base_dir, m
 
 
 def snapshot_of(object_info, names):
-    """``workflows/stock_nodes.json``'s form of the live ``/object_info`` for the stock nodes ``names``:
+    """``workflows/specs/stock_nodes.json``'s form of the live ``/object_info`` for the stock nodes ``names``:
     inputs in ComfyUI's order with type, required-ness, min/max and (except file lists) options."""
     file_inputs = {"ckpt_name", "lora_name", "unet_name", "clip_name", "vae_name", "image"}
     out = {}
@@ -347,10 +347,10 @@ def snapshot_of(object_info, names):
 
 
 def test_stock_node_snapshot_matches_this_comfyui(server):
-    """The offline workflow checks and the UI files' widget order rely on workflows/stock_nodes.json."""
-    with open(os.path.join(REPO, "workflows", "stock_nodes.json")) as f:
+    """The offline workflow checks and the UI files' widget order rely on workflows/specs/stock_nodes.json."""
+    with open(os.path.join(REPO, "workflows", "specs", "stock_nodes.json")) as f:
         snapshot = json.load(f)["nodes"]
     live = snapshot_of(_get(server + "/object_info"), list(snapshot))
     for cls, spec in snapshot.items():
         assert list(live[cls]["input"]) == list(spec["input"]), f"{cls}: input order/names changed in this ComfyUI"
-        assert live[cls] == spec, f"{cls}: workflows/stock_nodes.json differs from this ComfyUI's /object_info"
+        assert live[cls] == spec, f"{cls}: workflows/specs/stock_nodes.json differs from this ComfyUI's /object_info"
