@@ -131,7 +131,7 @@ def distil_config(variant: str, out: str, teacher: str, prompts: str, train_step
                 learning_rate=1e-3, lr_warmup=20, lora_rank=16, lora_alpha=16.0, checkpoint_every=200, log_every=50,
                 save_every=save_every,
                 # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
-                resume=os.path.isdir(os.path.join(work_dir, "checkpoint")))
+                resume=os.path.isdir(os.path.join(work_dir, "checkpoint")), overwrite=True)   # the bench owns its --out
     return DistillConfig(**{**base, **options(variant)}).validate()      # a variant may override the LoRA's rank
 
 

@@ -109,7 +109,7 @@ def distil_config(args, s: Dict, prompts_path: str, lora_path: str):
                          sigma=SIGMA, shard_size=64, train_steps=s["train_steps"], batch_size=s["batch_size"],
                          learning_rate=1e-3, lr_warmup=20, lora_rank=s["lora_rank"], lora_alpha=float(s["lora_rank"]),
                          checkpoint_every=every, save_every=every, log_every=min(20, every), recommended_steps=2,
-                         resume=False)
+                         resume=False, overwrite=True)   # the demo owns its --out folder
 
 
 def main(argv: List[str] = None) -> int:

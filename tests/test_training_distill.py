@@ -443,3 +443,36 @@ def test_flag_abbreviations_are_refused_like_unknown_config_keys(capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--model", "m", "--prompts", "p.txt", "--output", "o.safetensors", "--learning-rat", "1e-4"])
     assert exit_.value.code == 2 and "unrecognized arguments: --learning-rat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,notice", [
+    (["--no-time-sampler", "--time-sampler-lr", "1e-2"], "--time-sampler-lr is ignored with --no-time-sampler"),
+    (["--no-ray", "--sigma", "0.2"], "--sigma is ignored with --no-ray"),
+    (["--train-steps", "10", "--save-every", "20"], "--save-every is ignored with --train-steps 10"),
+    (["--model-config", "."], "--model-config is ignored with a diffusers-folder --model"),
+])
+def test_an_ignored_option_is_reported(tmp_path, flags, notice):
+    from training.config import parse_args
+
+    cfg = parse_args(["--model", str(tmp_path), "--prompts", "p.txt", "--output", "o.safetensors", *flags])
+    assert any(n.startswith(notice) for n in cfg.notices), cfg.notices
+    plain = parse_args(["--model", str(tmp_path), "--prompts", "p.txt", "--output", "o.safetensors"])
+    assert plain.notices == []                   # the presets' own values are not the user's options
+
+
+def test_an_output_the_run_did_not_write_is_kept_unless_overwrite(tiny, tmp_path, capsys):
+    model, prompts = tiny
+    out = tmp_path / "lora.safetensors"
+    out.write_bytes(b"someone else's file")
+    args = ["--model", model, "--prompts", prompts, "--output", out, "--train-steps", 2, *FAST]
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "lora.safetensors already exists and this run" in err and "--overwrite" in err
+    assert out.read_bytes() == b"someone else's file" and not (tmp_path / "lora.work").exists()   # nothing done
+    assert run_cli(*args, "--overwrite") == 0 and out.read_bytes() != b"someone else's file"
+    # its own earlier result: the same work dir runs again (here: resumed at its end, exported again)
+    assert run_cli(*args, "--resume") == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "lora.work")          # that record is gone: the file is no longer known as ours
+    assert run_cli(*args) == 2

@@ -96,6 +96,8 @@ class DistillConfig:
     validate_every: int = field(default=0, metadata={"help": "write a validation grid (teacher, then RayFlow at 1/2/4 steps; prompts under the columns) every N steps (0 = only at the end)"})
     log_every: int = field(default=10, metadata={"help": "log loss and Time Sampler statistics every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --output file that this run's work dir did not write "
+                                                              "(without it such a file is never overwritten)"})
     preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
     # ---- export metadata
     save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
@@ -298,9 +300,36 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
     preset = values.get("preset", "few-step")
     if preset not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    given = dict(values)
     values = {**PRESETS[preset], **values}        # the preset's values, then the file's and the flags
     try:
         cfg = DistillConfig(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
-    return cfg.validate()
+    cfg.validate()
+    cfg.notices = ignored_options(cfg, given)
+    return cfg
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def ignored_options(cfg: DistillConfig, given: Dict[str, Any]) -> List[str]:
+    """One sentence per option in ``given`` (the flags and config-file keys set explicitly) that
+    ``cfg`` does not use."""
+    notes = []
+    unused = []
+    if cfg.no_time_sampler:
+        unused += [(k, "--no-time-sampler (uniform timesteps)") for k in given if k.startswith("time_sampler_")]
+    if cfg.no_ray:
+        unused += [(k, "--no-ray (no Ray noise is drawn)") for k in ("sigma", "ray_path") if k in given]
+    if given.get("model_config") and os.path.isdir(cfg.model):
+        unused.append(("model_config", "a diffusers-folder --model (it has its own configs)"))
+    if cfg.validate_every and cfg.validate_every >= cfg.train_steps and "validate_every" in given:
+        unused.append(("validate_every", f"--train-steps {cfg.train_steps} (only the final grid is written)"))
+    if cfg.save_every and cfg.save_every >= cfg.train_steps and "save_every" in given:
+        unused.append(("save_every", f"--train-steps {cfg.train_steps} (only the final LoRA is written)"))
+    for key, why in unused:
+        notes.append(f"{_flag(key)} is ignored with {why}")
+    return notes

@@ -12,10 +12,11 @@ very end, so a failed or interrupted run never leaves a partial LoRA behind.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .config import ConfigError, DistillConfig, parse_args
 from .models import ModelError
@@ -39,6 +40,44 @@ def _check_output_writable(path: str) -> None:
         raise ConfigError(f"output file exists and is not writable: {path}")
 
 
+EXPORTS = "exports.json"     # in the work dir: the SHA-256 of every --output file this run wrote
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _own_exports(work_dir: str) -> Dict[str, str]:
+    try:
+        with open(os.path.join(work_dir, EXPORTS), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_output_is_ours(cfg: DistillConfig) -> None:
+    """An existing ``--output`` is replaced only when this work dir wrote it (its hash is in
+    ``<work_dir>/exports.json``) or with ``--overwrite``."""
+    if cfg.overwrite or not os.path.isfile(cfg.output):
+        return
+    if _own_exports(cfg.work_dir).get(os.path.abspath(cfg.output)) != _sha256(cfg.output):
+        raise ConfigError(f"{cfg.output} already exists and this run (work dir {cfg.work_dir}) did not write it; "
+                          f"pass --overwrite to replace it, or choose another --output")
+
+
+def _record_export(cfg: DistillConfig) -> None:
+    exports = _own_exports(cfg.work_dir)
+    exports[os.path.abspath(cfg.output)] = _sha256(cfg.output)
+    with open(os.path.join(cfg.work_dir, EXPORTS), "w", encoding="utf-8") as f:
+        json.dump(exports, f, indent=1)
+
+
 def snapshot_path(output: str, step: int) -> str:
     """``<output stem>-step<step>.safetensors``: the intermediate LoRA of ``--save-every``."""
     return f"{output[:-len('.safetensors')]}-step{step:06d}.safetensors"
@@ -59,6 +98,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     cfg.validate()
     prompts = read_prompts(cfg.prompts)
     _check_output_writable(cfg.output)
+    _check_output_is_ours(cfg)
     if not cfg.resume and os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):
         raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
                           f"or choose another --work-dir")
@@ -130,6 +170,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     if accelerator.is_main_process:
         trainer.validation_grid(os.path.join(cfg.work_dir, "validation_final.png"))
         export(cfg.output, cfg.train_steps)
+        _record_export(cfg)
     accelerator.wait_for_everyone()
     return cfg.output
 
@@ -138,6 +179,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_args(argv)
+        for note in getattr(cfg, "notices", []):
+            print(f"note: {note}", file=sys.stderr)
         run(cfg)
         return 0
     except INPUT_ERRORS as exc:

@@ -1,0 +1,25 @@
+"""In CI with a ComfyUI source at hand, a ComfyUI test that skips fails the run (tests/conftest.py)."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pytest(tmp_path, **env):
+    base = {k: v for k, v in os.environ.items() if k not in ("CI", "COMFYUI_PATH", "COMFYUI_SRC")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_training_comfyui.py"],
+                          cwd=REPO, env={**base, "COMFYUI_SRC": str(tmp_path / "comfyui"), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_skipped_comfyui_test_fails_in_ci_and_only_there(tmp_path):
+    (tmp_path / "comfyui").mkdir()
+    (tmp_path / "comfyui" / "main.py").write_text("")          # a stand-in ComfyUI source
+    ci = _pytest(tmp_path, CI="true")
+    assert ci.returncode != 0 and "skipped in CI although a ComfyUI source is available" in ci.stdout
+    local = _pytest(tmp_path)                # outside CI: a plain skip (exit 5: the only module collected nothing)
+    assert local.returncode == 5 and "1 skipped" in local.stdout and "failed" not in local.stdout
+    (tmp_path / "comfyui" / "main.py").unlink()                  # CI without a ComfyUI source: a plain skip
+    assert _pytest(tmp_path, CI="true").returncode == 5
