@@ -21,7 +21,9 @@ VENV=.venv-comfyui
 # what ComfyUI's own requirements run with here (README, Development); torch is not this project's pin
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
-want=$( { echo "$TORCH_PINS $TORCH_INDEX_URL"; cat "$SRC/requirements.txt" requirements.txt pyproject.toml; } | sha256sum | cut -c1-16)
+# the venv's inputs: the pins, ComfyUI's requirements and this project's dependency lists
+deps() { sed -n '/^dependencies/,/^]/p;/^\[project.optional-dependencies\]/,/^\[tool/p' pyproject.toml; }
+want=$( { echo "$TORCH_PINS $TORCH_INDEX_URL"; cat "$SRC/requirements.txt" requirements.txt; deps; } | sha256sum | cut -c1-16)
 stamp=$VENV/.rayflow-setup
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "test_comfyui: building $VENV ($TORCH_PINS, ComfyUI's requirements, this project's; a few minutes)"
