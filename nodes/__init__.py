@@ -1,21 +1,19 @@
-"""The RayFlow ComfyUI nodes. ComfyUI modules are imported lazily inside the node methods, so the
-package imports (and its pure logic is tested) without ComfyUI."""
+"""The RayFlow ComfyUI nodes, on ComfyUI's V3 schema.
 
-from .lora_loader import RayFlowLoraLoader
-from .sampling import RayFlowSampler, RayFlowSamplerSelect, RayFlowScheduler, RayFlowTargetMean
+ComfyUI finds them through :func:`comfy_entrypoint`, which imports ``nodes/v3.py`` (and with it
+``comfy_api``) when ComfyUI calls it. Everything else here imports ComfyUI modules only inside
+functions, so the package imports, and its logic and declarations (``NODES``) are tested, without
+ComfyUI.
+"""
 
-NODE_CLASS_MAPPINGS = {
-    "RayFlowSampler": RayFlowSampler,
-    "RayFlowSamplerSelect": RayFlowSamplerSelect,
-    "RayFlowScheduler": RayFlowScheduler,
-    "RayFlowTargetMean": RayFlowTargetMean,
-    "RayFlowLoraLoader": RayFlowLoraLoader,
-}
+from .schema import NODES
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "RayFlowSampler": "RayFlow Sampler",
-    "RayFlowSamplerSelect": "RayFlow Sampler (SAMPLER)",
-    "RayFlowScheduler": "RayFlow Scheduler (SIGMAS)",
-    "RayFlowTargetMean": "Ray Target Mean",
-    "RayFlowLoraLoader": "RayFlow LoRA Loader",
-}
+
+async def comfy_entrypoint():
+    """The ``ComfyExtension`` listing the five nodes (called by ComfyUI's ``nodes.load_custom_node``)."""
+    from .v3 import comfy_entrypoint as entrypoint
+
+    return await entrypoint()
+
+
+__all__ = ["NODES", "comfy_entrypoint"]

@@ -1,4 +1,5 @@
-"""RayFlow LoRA Loader: stock LoRA patching plus the RayFlow metadata on the MODEL.
+"""What the RayFlow LoRA Loader node (``nodes/v3.py``) does: stock LoRA patching plus the RayFlow
+metadata on the MODEL.
 
 Loads ``.safetensors`` only (never pickle), validates the whole file against the model's layers
 first (``rayflow.lora_file.validate_lora``: a damaged, non-finite, no-op or partial file is refused
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 from ..rayflow.lora_file import validate_lora
 from .lora_meta import LoraFileError, check_architecture, read_rayflow_metadata, sampler_settings
 
-CATEGORY = "sampling/rayflow"
 
-
-def _lora_names():
+def lora_names():
+    """The ``.safetensors`` files in ComfyUI's ``models/loras`` (the loader's choices)."""
     import folder_paths
 
     return [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
@@ -43,54 +44,47 @@ def model_targets(model, key_map, pixart: bool):
     return targets
 
 
-class RayFlowLoraLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The SD1.5 / SDXL / PixArt model the RayFlow LoRA was trained for."}),
-            "lora_name": (_lora_names(), {"tooltip": "A RayFlow LoRA (.safetensors) from models/loras, as written by python -m training.distill."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                   "tooltip": "LoRA strength. RayFlow LoRAs are trained for 1.0."}),
-            "min_coverage": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "The least fraction of the LoRA's layers that must fit this model. "
-                                                  "1.0 refuses partial or damaged files; lower it only to load such a file anyway."}),
-        }}
+def lora_name_error(lora_name) -> Optional[str]:
+    """Why ``lora_name`` is not one of the offered files (as ComfyUI's check of a classic list input
+    said), or None when it is; a linked input (``None`` while validating) is checked when it runs."""
+    if lora_name is None:
+        return None
+    names = lora_names()
+    if lora_name in names:
+        return None
+    offered = f"(list of length {len(names)})" if len(names) > 20 else str(names)
+    return f"Value not in list: lora_name: '{lora_name}' not in {offered}"
 
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The model with the RayFlow LoRA applied and its sampler settings attached.",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Applies a RayFlow LoRA and passes its settings (variance coefficient, path, recommended steps "
-                   "and cfg) to the RayFlow nodes. Refuses LoRAs made for another model family, and damaged, "
-                   "partial or no-op files.")
 
-    def load(self, model, lora_name, strength, min_coverage=1.0):
-        import comfy.lora
-        import comfy.lora_convert
-        import folder_paths
+def load_lora(model, lora_name, strength, min_coverage=1.0):
+    """The clone of ``model`` with the RayFlow LoRA ``lora_name`` patched in at ``strength`` and its
+    sampler settings in ``model_options["rayflow"]``; every refusal is one :class:`LoraFileError`."""
+    import comfy.lora
+    import comfy.lora_convert
+    import folder_paths
 
-        path = folder_paths.get_full_path("loras", lora_name)
-        if path is None:
-            raise LoraFileError(f"LoRA {lora_name} not found in models/loras")
-        name = os.path.basename(path)
-        meta = read_rayflow_metadata(path)
-        config_class = type(getattr(model.model, "model_config", None)).__name__
-        check_architecture(name, meta["architecture"], config_class)
-        key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-        info = validate_lora(path, model_targets(model.model, key_map, meta["architecture"].startswith("pixart")),
-                             min_coverage=min_coverage)
-        try:
-            patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(dict(info.tensors)), key_map)
-        except Exception as exc:                # validated above; a guard so no raw error reaches the user
-            raise LoraFileError(f"{name} could not be applied by ComfyUI ({type(exc).__name__}: {exc})") from None
-        if len(patches) < info.fitting:
-            raise LoraFileError(f"{name} fits only {len(patches)} of its {info.declared} layers to this model; "
-                                f"it was exported for a different {meta['architecture']} variant or is damaged")
-        out = model.clone()
-        out.add_patches(patches, strength)
-        settings = sampler_settings(meta)
-        out.model_options["rayflow"] = settings
-        logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s; %d of %d layers",
-                     name, settings["architecture"], settings["sigma"], settings["path"],
-                     settings["steps"], settings["cfg"], info.fitting, info.declared)
-        return (out,)
+    path = folder_paths.get_full_path("loras", lora_name)
+    if path is None:
+        raise LoraFileError(f"LoRA {lora_name} not found in models/loras")
+    name = os.path.basename(path)
+    meta = read_rayflow_metadata(path)
+    config_class = type(getattr(model.model, "model_config", None)).__name__
+    check_architecture(name, meta["architecture"], config_class)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    info = validate_lora(path, model_targets(model.model, key_map, meta["architecture"].startswith("pixart")),
+                         min_coverage=min_coverage)
+    try:
+        patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(dict(info.tensors)), key_map)
+    except Exception as exc:                # validated above; a guard so no raw error reaches the user
+        raise LoraFileError(f"{name} could not be applied by ComfyUI ({type(exc).__name__}: {exc})") from None
+    if len(patches) < info.fitting:
+        raise LoraFileError(f"{name} fits only {len(patches)} of its {info.declared} layers to this model; "
+                            f"it was exported for a different {meta['architecture']} variant or is damaged")
+    out = model.clone()
+    out.add_patches(patches, strength)
+    settings = sampler_settings(meta)
+    out.model_options["rayflow"] = settings
+    logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s; %d of %d layers",
+                 name, settings["architecture"], settings["sigma"], settings["path"],
+                 settings["steps"], settings["cfg"], info.fitting, info.declared)
+    return out

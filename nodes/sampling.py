@@ -1,7 +1,7 @@
-"""RayFlow sampling nodes: KSampler-style sampler, SAMPLER and SIGMAS for SamplerCustom, and the
-Ray Target Mean probe.
+"""What the RayFlow sampling nodes do: KSampler-style sampling, SAMPLER and SIGMAS for SamplerCustom,
+and the Ray Target Mean probe (the nodes themselves are ``nodes/v3.py``).
 
-The nodes only translate ComfyUI types; the math is ``rayflow.sample_ray_sigma`` (wrapped in
+ComfyUI modules are imported inside the functions. The math is ``rayflow.sample_ray_sigma`` (wrapped in
 ``comfy.samplers.KSAMPLER``) and ``rayflow.estimate_target_mean``. Sampling goes through
 ``comfy.sample.sample_custom``, so CFG, ControlNet, model patches, stacked LoRAs, ``noise_mask``
 inpainting, batches, the progress bar, previews and interrupts work as with the stock KSampler.
@@ -16,7 +16,6 @@ import torch
 from ..rayflow import RayProcess, estimate_target_mean, sample_ray_sigma
 from .schedule import ray_sigmas_for
 
-CATEGORY = "sampling/rayflow"
 DEFAULT_SIGMA = 0.3
 
 
@@ -77,166 +76,63 @@ def _target_tensor(ray_target: Optional[Dict], seed: Optional[int]) -> Optional[
     return ray_target["eps_mu"]
 
 
-SIGMA_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                         "tooltip": "Ray variance coefficient. 0 = use the value stored in the RayFlow LoRA "
-                                    "(0.3 without one). Only matters with eta > 0."})
-ETA_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                       "tooltip": "0 = deterministic Ray steps; 1 = full stochastic Ray posterior steps "
-                                  "(fresh noise scaled by sigma)."})
+def sample(model, seed, steps, cfg, positive, negative, latent_image, denoise, sigma, eta, ray_target=None):
+    """RayFlow Sampler: the denoised LATENT, sampled through ``comfy.sample.sample_custom``."""
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    latent = latent_image.copy()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    sigmas = ray_sigmas_for(model_sigmas(model), steps, denoise)
+    if sigmas.numel() == 0:
+        return latent
+    _target_tensor(ray_target, seed)            # fail before sampling when the seeds differ
+    sampler = ray_ksampler(sigma, eta, ray_target)
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
+                                     noise_mask=latent.get("noise_mask"), callback=callback,
+                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    latent["samples"] = out
+    return latent
 
 
-class RayFlowSampler:
-    """KSampler-style RayFlow sampling (Algorithms 2 and 3 of the paper)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model, with a RayFlow LoRA applied (RayFlow LoRA Loader or stock LoraLoader)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
-                                 "tooltip": "Seed of the initial noise (and of the stochastic steps)."}),
-                "steps": ("INT", {"default": 4, "min": 1, "max": 50,
-                                  "tooltip": "Ray sampling steps: 1 is one-step generation (Algorithm 3); 2-8 are typical."}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Classifier-free guidance. RayFlow LoRAs bake the teacher's guidance in: keep 1.0 (fastest, one model call per step)."}),
-                "positive": ("CONDITIONING", {"tooltip": "What the image should contain."}),
-                "negative": ("CONDITIONING", {"tooltip": "What to avoid (used only when cfg > 1)."}),
-                "latent_image": ("LATENT", {"tooltip": "The latent to denoise: an Empty Latent Image, or an encoded image for img2img / inpainting."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "How much of the schedule to run; below 1 keeps part of the input latent (img2img)."}),
-                "sigma": SIGMA_INPUT,
-                "eta": ETA_INPUT,
-            },
-            "optional": {
-                "ray_target": ("RAY_TARGET", {"tooltip": "Instance-specific target mean from Ray Target Mean (same seed and latent). Without it the seeded noise is the target mean (free)."}),
-            },
-        }
-
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The denoised latent.",)
-    FUNCTION = "sample"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Few-step sampling with a RayFlow LoRA, through ComfyUI's own sampling machinery."
-
-    def sample(self, model, seed, steps, cfg, positive, negative, latent_image, denoise, sigma, eta, ray_target=None):
-        import comfy.sample
-        import comfy.utils
-        import latent_preview
-
-        latent = latent_image.copy()
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-        sigmas = ray_sigmas_for(model_sigmas(model), steps, denoise)
-        if sigmas.numel() == 0:
-            return (latent,)
-        _target_tensor(ray_target, seed)            # fail before sampling when the seeds differ
-        sampler = ray_ksampler(sigma, eta, ray_target)
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
-                                         noise_mask=latent.get("noise_mask"), callback=callback,
-                                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        latent["samples"] = out
-        return (latent,)
+def ray_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
+    """RayFlow Scheduler: Ray SIGMAS (trailing timesteps from the model's own schedule)."""
+    return ray_sigmas_for(model_sigmas(model), steps, denoise)
 
 
-class RayFlowSamplerSelect:
-    """The Ray sampler as a SAMPLER for SamplerCustom / SamplerCustomAdvanced."""
+def target_mean(model, seed, probe_steps, cfg, positive, negative, latent_image):
+    """Ray Target Mean: ``(RAY_TARGET, target mean LATENT, probe sample LATENT)`` -- the Theorem-1
+    target mean of the batch's initial noise, probed with the model."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"sigma": SIGMA_INPUT, "eta": ETA_INPUT},
-                "optional": {"ray_target": ("RAY_TARGET", {"tooltip": "Target mean from Ray Target Mean (same seed and latent)."})}}
+    latent = latent_image.copy()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    sigmas = ray_sigmas_for(model_sigmas(model), probe_steps, 1.0)
+    process = resolve_process(model.model_options, 0.0)
+    result = {}
 
-    RETURN_TYPES = ("SAMPLER",)
-    OUTPUT_TOOLTIPS = ("The Ray sampler, for SamplerCustom / SamplerCustomAdvanced.",)
-    FUNCTION = "get_sampler"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("RayFlow's sampler for the custom-sampling nodes; pair it with RayFlow Scheduler. sigma 0 and the "
-                   "Ray path follow the RayFlow LoRA on the guider's model.")
+    def probe(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None):
+        res = estimate_target_mean(model_k, x, sigmas_k, process, extra_args=extra_args, callback=callback)
+        result["res"] = res
+        return res.sample
 
-    def get_sampler(self, sigma, eta, ray_target=None):
-        return (ray_ksampler(sigma, eta, ray_target),)
-
-
-class RayFlowScheduler:
-    """Ray SIGMAS (trailing timesteps from the model's own schedule)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The model whose noise schedule the sigmas come from."}),
-            "steps": ("INT", {"default": 4, "min": 1, "max": 50, "tooltip": "Ray sampling steps."}),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                  "tooltip": "Fraction of the schedule to run (img2img below 1)."}),
-        }}
-
-    RETURN_TYPES = ("SIGMAS",)
-    OUTPUT_TOOLTIPS = ("Ray noise levels: the model's sigmas at the trailing Ray timesteps, then 0.",)
-    FUNCTION = "get_sigmas"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Ray timestep schedule (starts at the last timestep, so 1 step is one-step generation)."
-
-    def get_sigmas(self, model, steps, denoise):
-        return (ray_sigmas_for(model_sigmas(model), steps, denoise),)
-
-
-class RayFlowTargetMean:
-    """Theorem-1 target mean of the batch's initial noise, probed with the base model."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The model to probe (the base model, or the model with the RayFlow LoRA)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
-                             "tooltip": "Noise seed: use the same seed as the RayFlow Sampler."}),
-            "probe_steps": ("INT", {"default": 4, "min": 1, "max": 50,
-                                    "tooltip": "Deterministic probe steps. Costs probe_steps model evaluations per image (twice that with cfg > 1)."}),
-            "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Guidance during the probe (the base model usually wants 4-8)."}),
-            "positive": ("CONDITIONING", {"tooltip": "Prompt conditioning."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning (used when cfg > 1)."}),
-            "latent_image": ("LATENT", {"tooltip": "The latent the RayFlow Sampler will denoise (same size and batch)."}),
-        }}
-
-    RETURN_TYPES = ("RAY_TARGET", "LATENT", "LATENT")
-    RETURN_NAMES = ("ray_target", "target_mean", "probe_sample")
-    OUTPUT_TOOLTIPS = ("Target mean for the RayFlow Sampler.",
-                       "The target mean itself as a latent (it looks like structured noise).",
-                       "The probe's own probe_steps-step sample, for inspection.")
-    FUNCTION = "compute"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Instance-specific target mean (RayFlow Theorem 1): the time-average of the model's noise "
-                   "predictions along a short deterministic probe from the seeded noise. "
-                   "Cost: probe_steps model evaluations per image (x2 with cfg > 1).")
-
-    def compute(self, model, seed, probe_steps, cfg, positive, negative, latent_image):
-        import comfy.sample
-        import comfy.samplers
-        import comfy.utils
-        import latent_preview
-
-        latent = latent_image.copy()
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-        sigmas = ray_sigmas_for(model_sigmas(model), probe_steps, 1.0)
-        process = resolve_process(model.model_options, 0.0)
-        result = {}
-
-        def probe(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None):
-            res = estimate_target_mean(model_k, x, sigmas_k, process, extra_args=extra_args, callback=callback)
-            result["res"] = res
-            return res.sample
-
-        callback = latent_preview.prepare_callback(model, probe_steps)
-        probe_out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(probe), sigmas, positive,
-                                               negative, samples, callback=callback,
-                                               disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        res = result["res"]
-        eps_mu = res.eps_mu.detach().cpu()
-        target = {"eps_mu": eps_mu, "sigma": res.sigma.cpu(), "nfe": res.nfe, "seed": int(seed),
-                  "probe_steps": int(probe_steps)}
-        mean_latent = latent.copy()
-        mean_latent["samples"] = model.model.process_latent_out(eps_mu)
-        sample_latent = latent.copy()
-        sample_latent["samples"] = probe_out
-        return (target, mean_latent, sample_latent)
+    callback = latent_preview.prepare_callback(model, probe_steps)
+    probe_out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(probe), sigmas, positive,
+                                           negative, samples, callback=callback,
+                                           disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    res = result["res"]
+    eps_mu = res.eps_mu.detach().cpu()
+    target = {"eps_mu": eps_mu, "sigma": res.sigma.cpu(), "nfe": res.nfe, "seed": int(seed),
+              "probe_steps": int(probe_steps)}
+    mean_latent = latent.copy()
+    mean_latent["samples"] = model.model.process_latent_out(eps_mu)
+    sample_latent = latent.copy()
+    sample_latent["samples"] = probe_out
+    return target, mean_latent, sample_latent

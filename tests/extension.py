@@ -23,3 +23,13 @@ def load_extension():
     sys.modules[PACKAGE] = module
     spec.loader.exec_module(module)
     return module
+
+
+def comfy_nodes():
+    """``{node_id: class}`` of the nodes as ComfyUI registers them (``nodes.load_custom_node``: call
+    ``comfy_entrypoint``, list the extension's nodes, key them by their schema's ``node_id``).
+    Needs ComfyUI's ``comfy_api`` on ``sys.path``."""
+    import asyncio
+
+    extension = asyncio.run(load_extension().comfy_entrypoint())
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}

@@ -1,4 +1,9 @@
-"""Node logic that needs no ComfyUI: registration, tooltips, metadata, schedules, sampler glue."""
+"""Node logic that needs no ComfyUI: the V3 entry point, the node declarations (tooltips, ranges),
+LoRA metadata and name checks, schedules, sampler glue."""
+
+import ast
+import inspect
+import os
 
 import pytest
 import torch
@@ -7,25 +12,104 @@ from safetensors.torch import save_file
 from extension import load_extension
 
 ext = load_extension()
-from rayflow_comfy_ext.nodes import lora_meta, sampling, schedule  # noqa: E402  (loaded as ComfyUI does)
+from rayflow_comfy_ext import nodes  # noqa: E402  (loaded as ComfyUI does)
+from rayflow_comfy_ext.nodes import lora_loader, lora_meta, sampling, schedule  # noqa: E402
 
 import rayflow  # noqa: E402
 
 
-def test_registration_ids_categories_and_tooltips():
-    assert set(ext.NODE_CLASS_MAPPINGS) == {"RayFlowSampler", "RayFlowSamplerSelect", "RayFlowScheduler",
-                                            "RayFlowTargetMean", "RayFlowLoraLoader"}
-    assert set(ext.NODE_DISPLAY_NAME_MAPPINGS) == set(ext.NODE_CLASS_MAPPINGS)
-    for node_id, cls in ext.NODE_CLASS_MAPPINGS.items():
-        assert node_id.startswith("RayFlow") and cls.CATEGORY == "sampling/rayflow"
-        inputs = cls.INPUT_TYPES()
-        for group in inputs.values():
-            for name, spec in group.items():
-                assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-        assert hasattr(cls, cls.FUNCTION) and len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-    assert "model evaluations" in ext.NODE_CLASS_MAPPINGS["RayFlowTargetMean"].INPUT_TYPES()["required"]["probe_steps"][1]["tooltip"]
-    steps = ext.NODE_CLASS_MAPPINGS["RayFlowSampler"].INPUT_TYPES()["required"]["steps"][1]
-    assert (steps["min"], steps["max"]) == (1, 50)
+NODE_IDS = ["RayFlowSampler", "RayFlowSamplerSelect", "RayFlowScheduler", "RayFlowTargetMean", "RayFlowLoraLoader"]
+V3_MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nodes", "v3.py")
+
+
+def test_comfyui_finds_the_nodes_through_the_v3_entrypoint_only():
+    """ComfyUI's ``load_custom_node`` takes a pack's ``NODE_CLASS_MAPPINGS`` when it has one and then
+    ignores ``comfy_entrypoint``; ours must offer only the entry point (a coroutine function, as there)."""
+    assert inspect.iscoroutinefunction(ext.comfy_entrypoint)
+    assert not hasattr(ext, "NODE_CLASS_MAPPINGS") and not hasattr(ext, "NODE_DISPLAY_NAME_MAPPINGS")
+
+
+def test_declarations_ids_categories_tooltips_and_ranges():
+    assert list(nodes.NODES) == NODE_IDS
+    assert {n.display_name for n in nodes.NODES.values()} == {
+        "RayFlow Sampler", "RayFlow Sampler (SAMPLER)", "RayFlow Scheduler (SIGMAS)", "Ray Target Mean",
+        "RayFlow LoRA Loader"}
+    for node_id, node in nodes.NODES.items():
+        assert node.node_id == node_id and node.category == "sampling/rayflow" and node.description
+        for i in node.inputs:
+            assert i.tooltip, f"{node_id}.{i.name} has no tooltip"
+            if i.type in ("INT", "FLOAT"):
+                assert i.min <= i.default <= i.max, f"{node_id}.{i.name}: default outside its range"
+            else:
+                assert not i.widget_options(), f"{node_id}.{i.name}: widget options on a {i.type} input"
+            assert (i.type == "COMBO") == (i.choices is not None)
+        assert node.outputs and all(o.tooltip for o in node.outputs)
+        assert len({i.name for i in node.inputs}) == len(node.inputs)
+        optional = [i.optional for i in node.inputs]
+        assert optional == sorted(optional), f"{node_id}: an optional input before a required one"
+    assert "model evaluations" in _input("RayFlowTargetMean", "probe_steps").tooltip
+    assert (_input("RayFlowSampler", "steps").min, _input("RayFlowSampler", "steps").max) == (1, 50)
+    assert nodes.NODES["RayFlowTargetMean"].return_types == ("RAY_TARGET", "LATENT", "LATENT")
+    assert [o.name for o in nodes.NODES["RayFlowTargetMean"].outputs] == ["ray_target", "target_mean", "probe_sample"]
+
+
+def _input(node_id, name):
+    return next(i for i in nodes.NODES[node_id].inputs if i.name == name)
+
+
+def test_classic_input_types_view(monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_filename_list", lambda kind: ["a.safetensors", "b.ckpt", "c.safetensors"])
+    spec = nodes.NODES["RayFlowSampler"].input_types()
+    assert list(spec["required"]) == ["model", "seed", "steps", "cfg", "positive", "negative", "latent_image",
+                                      "denoise", "sigma", "eta"]
+    assert list(spec["optional"]) == ["ray_target"]
+    assert spec["required"]["seed"][1]["control_after_generate"] is True
+    assert spec["required"]["cfg"][1]["round"] == 0.01
+    assert nodes.NODES["RayFlowSamplerSelect"].input_types()["optional"]["ray_target"][0] == "RAY_TARGET"
+    lora = nodes.NODES["RayFlowLoraLoader"].input_types()["required"]
+    assert lora["lora_name"][0] == ["a.safetensors", "c.safetensors"]         # read when asked, .safetensors only
+    assert lora["min_coverage"][1] == {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": _input("RayFlowLoraLoader", "min_coverage").tooltip}
+
+
+def test_lora_name_outside_the_offered_files_is_refused_at_validation(monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_filename_list", lambda kind: ["a.safetensors", "b.ckpt"])
+    assert lora_loader.lora_name_error("a.safetensors") is None
+    assert lora_loader.lora_name_error(None) is None                    # a link: checked when it runs
+    assert lora_loader.lora_name_error("b.ckpt") == "Value not in list: lora_name: 'b.ckpt' not in ['a.safetensors']"
+    monkeypatch.setattr(folder_paths, "get_filename_list", lambda kind: [f"{i}.safetensors" for i in range(21)])
+    assert lora_loader.lora_name_error("x.safetensors").endswith("not in (list of length 21)")
+
+
+def _v3_classes():
+    """``{node_id: (class name, execute's parameters)}`` from nodes/v3.py's source (it imports
+    ComfyUI's comfy_api, which this venv lacks; tests/comfyui runs it)."""
+    tree = ast.parse(open(V3_MODULE).read())
+    out = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+        if "define_schema" not in methods:
+            continue
+        call = next(n for n in ast.walk(methods["define_schema"]) if isinstance(n, ast.Call)
+                    and getattr(n.func, "id", None) == "v3_schema")
+        args = methods["execute"].args
+        out[call.args[0].value] = (cls.name, [a.arg for a in args.args[1:]], len(args.defaults))
+    listed = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "NODE_LIST")
+    return out, [e.id for e in listed.value.elts]
+
+
+def test_v3_nodes_execute_takes_the_declared_inputs_in_order():
+    classes, listed = _v3_classes()
+    assert list(classes) == NODE_IDS and listed == [classes[n][0] for n in NODE_IDS]
+    for node_id, (name, params, n_defaults) in classes.items():
+        node = nodes.NODES[node_id]
+        assert name == node_id
+        assert params == [i.name for i in node.inputs], f"{node_id}.execute parameters differ from its inputs"
+        assert n_defaults >= sum(i.optional for i in node.inputs), f"{node_id}: an optional input without default"
 
 
 def _lora(path, meta=None, keys=("lora_unet_x.lora_down.weight",)):
