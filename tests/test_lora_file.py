@@ -149,24 +149,26 @@ def loader(monkeypatch, tmp_path):
     import folder_paths
     monkeypatch.setattr(folder_paths, "get_full_path", lambda kind, name: str(tmp_path / name), raising=False)
     model = _Model({"diffusion_model." + m + ".weight": torch.zeros(s) for m, s in LAYERS.items()})
-    return ext.NODE_CLASS_MAPPINGS["RayFlowLoraLoader"](), model, calls
+    return ext.nodes.lora_loader, model, calls
 
 
 def test_loader_applies_a_valid_file_and_refuses_bad_ones_before_comfy(loader, tmp_path):
     from rayflow_comfy_ext.nodes.lora_meta import LoraFileError    # the class as ComfyUI loads it
     node, model, calls = loader
     _write(tmp_path, name="good.safetensors")
-    (out,) = node.load(model, "good.safetensors", 1.0)
+    out = node.load_lora(model, "good.safetensors", 1.0)
     assert len(out.patches) == 5 and out.model_options["rayflow"]["steps"] == 4 and not model.patches
     _write(tmp_path, _with(**{f"{Q}.lora_down.weight": None}), name="bad.safetensors")
     _write(tmp_path, {k: v for k, v in lora_tensors().items() if "conv_out" not in k},
            {**METADATA, "rayflow.lora_modules": "5"}, name="partial.safetensors")
     with pytest.raises(LoraFileError, match="lacks its"):
-        node.load(model, "bad.safetensors", 1.0)
+        node.load_lora(model, "bad.safetensors", 1.0)
     with pytest.raises(LoraFileError, match="fits only 4 of its 5 layers to this model"):
-        node.load(model, "partial.safetensors", 1.0)
+        node.load_lora(model, "partial.safetensors", 1.0)
     assert len(calls) == 1                                 # comfy.lora saw only the good file
-    (part,) = node.load(model, "partial.safetensors", 1.0, min_coverage=0.8)
+    part = node.load_lora(model, "partial.safetensors", 1.0, min_coverage=0.8)
     assert len(part.patches) == 4
-    spec = node.INPUT_TYPES()["required"]["min_coverage"][1]
+    from extension import load_extension
+
+    spec = load_extension().nodes.NODES["RayFlowLoraLoader"].input_types()["required"]["min_coverage"][1]
     assert (spec["default"], spec["min"], spec["max"]) == (1.0, 0.0, 1.0)
