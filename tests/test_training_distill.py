@@ -1,5 +1,6 @@
 """End-to-end tests of ``python -m training.distill`` on a tiny random-weight SD1.5-family model."""
 
+import json
 import os
 import signal
 import subprocess
@@ -476,3 +477,96 @@ def test_an_output_the_run_did_not_write_is_kept_unless_overwrite(tiny, tmp_path
 
     shutil.rmtree(tmp_path / "lora.work")          # that record is gone: the file is no longer known as ours
     assert run_cli(*args) == 2
+
+
+def _same_files(a, b):
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_interrupted_runs_keep_each_log_row_once_and_rederive_the_missing_snapshot(tiny, tmp_path, monkeypatch):
+    """Killed after the step-5 checkpoint but before its snapshot, with steps 6-7 already logged: the
+    resumed run writes snapshot 5 again and logs each step once, and every file equals an
+    uninterrupted run's."""
+    model, prompts = tiny
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 10, "--checkpoint-every", 5,
+              "--save-every", 5, *FAST, "--log-every", 1]
+    ref = tmp_path / "ref.safetensors"
+    assert run_cli(*common, "--output", ref) == 0
+    import training.export
+    from training.trainer import Trainer
+
+    out = tmp_path / "cut.safetensors"
+    real_write, real_step = training.export.write_lora, Trainer.train_step
+    lost = {"snapshot": True, "step": True}
+
+    def write_lora(path, *a, **k):              # the kill lands between checkpoint 5 and its snapshot ...
+        if path.endswith("-step000005.safetensors") and lost["snapshot"]:
+            lost["snapshot"] = False
+            return None
+        return real_write(path, *a, **k)
+
+    def train_step(self):                        # ... and the run goes on to step 7 before it dies
+        if self.step == 7 and lost["step"]:
+            lost["step"] = False
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(training.export, "write_lora", write_lora)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    assert run_cli(*common, "--output", out) == 130
+    snap = tmp_path / "cut-step000005.safetensors"
+    assert not snap.exists() and (tmp_path / "cut.work" / "log.csv").read_text().count("\n") == 1 + 7
+    assert run_cli(*common, "--output", out, "--resume") == 0
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "cut.work" / "log.csv").read_text().strip().splitlines()[1:]]
+    assert steps == list(range(1, 11))
+    records = [json.loads(line)["step"] for line in (tmp_path / "cut.work" / "time_sampler.jsonl").read_text().splitlines()]
+    assert records == sorted(set(records))
+    _same_files(snap, tmp_path / "ref-step000005.safetensors")
+    _same_files(out, ref)
+
+
+def test_a_checkpoint_that_does_not_load_falls_back_to_the_previous_one(tiny, tmp_path, capsys):
+    model, prompts = tiny
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 10, "--checkpoint-every", 5, *FAST]
+    ref = tmp_path / "ref.safetensors"
+    assert run_cli(*common, "--output", ref) == 0
+    out = tmp_path / "cut.safetensors"
+    assert run_cli(*common, "--output", out, "--train-steps", 10) == 0
+    work = tmp_path / "cut.work"
+    assert (work / "checkpoint.prev").is_dir()           # the step-5 checkpoint, kept beside the final one
+    tensors = work / "checkpoint" / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])      # the newest checkpoint is damaged
+    capsys.readouterr()
+    assert run_cli(*common, "--output", out, "--resume") == 0     # trains steps 6-10 again from checkpoint.prev
+    captured = capsys.readouterr()
+    assert f"the checkpoint in {work / 'checkpoint'} does not load" in captured.out
+    _same_files(out, ref)
+    for name in ("checkpoint", "checkpoint.prev"):
+        (work / name / "state.json").write_text("{broken")
+    assert run_cli(*common, "--output", out, "--resume") == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: no checkpoint in") and "checkpoint.prev" in last and "delete them" in last
+
+
+def test_a_damaged_cache_shard_or_manifest_is_named_and_rebuilt(tiny, tmp_path, capsys):
+    from training.data import load_cache
+
+    model, prompts = tiny
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 2, *FAST]
+    out = tmp_path / "lora.safetensors"
+    assert run_cli(*common, "--output", out) == 0
+    cache = tmp_path / "lora.work" / "cache"
+    before = load_cache(str(cache))
+    shard = sorted(cache.glob("shard_*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-7])               # truncated
+    (cache / "manifest.json").write_text('{"fingerprint": ')  # cut short
+    capsys.readouterr()
+    assert run_cli(*common, "--output", out, "--resume") == 0
+    text = capsys.readouterr().out
+    assert f"the phase-1 manifest {cache / 'manifest.json'} is damaged" in text
+    assert f"the phase-1 cache shard {shard} is damaged" in text
+    after = load_cache(str(cache))
+    for name in ("x0", "eps_mu", "noise", "sigma_star"):
+        assert torch.equal(getattr(before, name), getattr(after, name))
+    assert json.loads((cache / "manifest.json").read_text())["complete"] is True

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .config import ConfigError
 
 
 def _flatten(obj: Any, prefix: str, tensors: Dict[str, torch.Tensor]) -> Any:
@@ -46,6 +48,8 @@ def _unflatten(obj: Any, tensors: Dict[str, torch.Tensor]) -> Any:
 
 
 def save_checkpoint(folder: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` to ``folder``; the checkpoint it replaces is kept as ``<folder>.prev``, the
+    fallback when the newest one does not load."""
     tensors: Dict[str, torch.Tensor] = {}
     tree = _flatten(state, "s", tensors)
     tmp = folder + ".tmp"
@@ -54,19 +58,40 @@ def save_checkpoint(folder: str, state: Dict[str, Any]) -> None:
     save_file(tensors, os.path.join(tmp, "tensors.safetensors"))
     with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
         json.dump(tree, f)
-    old = folder + ".old"
+    prev = folder + ".prev"
     if os.path.isdir(folder):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
+        shutil.rmtree(prev, ignore_errors=True)
+        os.replace(folder, prev)
     os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: str) -> Optional[Dict[str, Any]]:
-    """The state saved in ``folder`` (or its ``.old`` twin after a kill mid-swap); ``None`` if absent."""
-    for cand in (folder, folder + ".old"):
-        if os.path.isfile(os.path.join(cand, "state.json")) and os.path.isfile(os.path.join(cand, "tensors.safetensors")):
-            tensors = load_file(os.path.join(cand, "tensors.safetensors"))
-            with open(os.path.join(cand, "state.json"), encoding="utf-8") as f:
-                return _unflatten(json.load(f), tensors)
+def _read(folder: str) -> Dict[str, Any]:
+    tensors = load_file(os.path.join(folder, "tensors.safetensors"))
+    with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
+        return _unflatten(json.load(f), tensors)
+
+
+def load_checkpoint(folder: str, notify: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
+    """The newest state that loads: ``folder``, else the one it replaced (``<folder>.prev``, also
+    the survivor of a kill in the middle of the swap); ``None`` if there is none. A checkpoint that
+    does not load is named through ``notify`` and skipped; if none loads, ``CheckpointError``."""
+    damaged = []
+    for cand in (folder, folder + ".prev", folder + ".old"):     # .old: the name before .prev existed
+        if not os.path.isdir(cand):
+            continue
+        try:
+            state = _read(cand)
+        except Exception as exc:  # a damaged or half-deleted checkpoint: any reader error
+            damaged.append(cand)
+            notify(f"note: the checkpoint in {cand} does not load ({type(exc).__name__}: {str(exc)[:120]}); "
+                   f"trying the previous one")
+            continue
+        return state
+    if damaged:
+        raise CheckpointError(f"no checkpoint in {', '.join(damaged)} loads; delete "
+                              f"{'them' if len(damaged) > 1 else 'it'} to train from the start")
     return None
+
+
+class CheckpointError(ConfigError):
+    """No saved checkpoint of a work dir loads."""

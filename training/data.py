@@ -107,9 +107,8 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     os.makedirs(folder, exist_ok=True)
     fp = phase1_fingerprint(cfg, len(prompts))
     manifest = os.path.join(folder, "manifest.json")
-    if os.path.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            old = json.load(f)
+    old = _read_manifest(manifest, accelerator.is_main_process)
+    if old is not None:
         if old.get("fingerprint") != fp:
             raise ConfigError(f"the cache in {folder} was built with a different configuration; "
                               f"use another --work-dir or delete that folder")
@@ -127,7 +126,8 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     process = RayProcess(sigma=1.0, path=cfg.ray_path)     # Theorem 1 depends on the path, not on sigma
     uncond_one = model.encode_prompts([cfg.negative_prompt], device)
     mine = [k for k in range(n_shards) if k % accelerator.num_processes == accelerator.process_index]
-    todo = [k for k in mine if not os.path.isfile(_shard_path(folder, k))]
+    sizes = (old or {}).get("sizes", {})
+    todo = [k for k in mine if not _shard_ok(folder, k, cfg.shard_size, total, sizes.get(str(k)))]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="phase 1: teacher trajectories",
                unit="shard", disable=not (progress and accelerator.is_main_process))
     for k in todo:
@@ -148,7 +148,8 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _atomic_json(manifest, {"fingerprint": fp, "complete": True, "items": total, "shards": n_shards})
+        _atomic_json(manifest, {"fingerprint": fp, "complete": True, "items": total, "shards": n_shards,
+                                "sizes": {str(k): os.path.getsize(_shard_path(folder, k)) for k in range(n_shards)}})
     accelerator.wait_for_everyone()
     return folder
 
@@ -161,10 +162,14 @@ def load_cache(folder: str) -> Cache:
     parts: Dict[str, List[torch.Tensor]] = {}
     prompts: List[str] = []
     for k in range(manifest["shards"]):
-        with safe_open(_shard_path(folder, k), framework="pt") as f:
-            for name in f.keys():
-                parts.setdefault(name, []).append(f.get_tensor(name))
-            prompts += json.loads(f.metadata()["prompts"])
+        try:
+            with safe_open(_shard_path(folder, k), framework="pt") as f:
+                for name in f.keys():
+                    parts.setdefault(name, []).append(f.get_tensor(name))
+                prompts += json.loads(f.metadata()["prompts"])
+        except Exception as exc:  # damaged after phase 1 verified it
+            raise ConfigError(f"the phase-1 cache shard {_shard_path(folder, k)} does not load ({type(exc).__name__}); "
+                              f"run the same command again to rebuild it") from None
     cat = {k: torch.cat(v) for k, v in parts.items()}
     if not torch.equal(cat["index"], torch.arange(manifest["items"])):
         raise ConfigError(f"the phase-1 cache in {folder} is inconsistent (missing or duplicated items)")
@@ -174,6 +179,47 @@ def load_cache(folder: str) -> Cache:
 
 def _shard_path(folder: str, k: int) -> str:
     return os.path.join(folder, f"shard_{k:05d}.safetensors")
+
+
+def _read_manifest(path: str, main: bool):
+    """The cache manifest, or None when it is absent or does not parse (then the shards, which
+    verify on their own, are checked and the manifest is written again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and "fingerprint" in data:
+            return data
+    except (OSError, ValueError):
+        pass
+    if main:             # the main process mends it; the others read it as absent
+        print(f"note: the phase-1 manifest {path} is damaged; checking the shards and writing it again", flush=True)
+        os.remove(path)
+    return None
+
+
+def _shard_ok(folder: str, k: int, shard_size: int, total: int, size) -> bool:
+    """Whether shard ``k`` is there and complete: its byte size as recorded (when the manifest has
+    it), a header that parses, and the ``index`` tensor of exactly its items. A damaged shard is
+    named, removed and rebuilt (the cache is derivable from the teacher)."""
+    path = _shard_path(folder, k)
+    if not os.path.isfile(path):
+        return False
+    expected = torch.arange(k * shard_size, min(total, (k + 1) * shard_size))
+    try:
+        if size is not None and os.path.getsize(path) != size:
+            raise ValueError(f"{os.path.getsize(path)} bytes, the manifest recorded {size}")
+        with safe_open(path, framework="pt") as f:
+            ok = torch.equal(f.get_tensor("index"), expected) and "x0" in f.keys() and "prompts" in (f.metadata() or {})
+        if not ok:
+            raise ValueError("its items are not the ones of this shard")
+    except Exception as exc:  # any reader error: truncated, garbage, wrong content
+        print(f"note: the phase-1 cache shard {path} is damaged ({type(exc).__name__}: {str(exc)[:100]}); rebuilding it",
+              flush=True)
+        os.remove(path)
+        return False
+    return True
 
 
 def _atomic_json(path: str, data) -> None:

@@ -160,8 +160,10 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
                                  cfg.save_precision)
         write_lora(path, lora, {**metadata, "rayflow.train_steps": steps})
 
-    def snapshot(step: int) -> None:
+    def snapshot(step: int, missing_only: bool = False) -> None:
         path = snapshot_path(cfg.output, step)
+        if missing_only and os.path.isfile(path):
+            return
         export(path, step)
         if on_snapshot is not None:
             on_snapshot(path, step)

@@ -153,7 +153,32 @@ class Trainer:
         self.t_hist = state.get("t_hist", torch.zeros(DIAG_BINS, dtype=torch.float64)).to(torch.float64)
         self.ema = state["ema"]
         self.step = int(state["step"])
+        if self.acc.is_main_process:
+            self._drop_records_after(self.step)
         return True
+
+    def _drop_records_after(self, step: int) -> None:
+        """Cut ``log.csv`` and ``time_sampler.jsonl`` back to the rows of steps <= ``step`` (the
+        resumed checkpoint's), so that the steps trained again after a kill appear once."""
+        import json
+
+        if os.path.isfile(self.log_path):
+            with open(self.log_path, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+            keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+            _rewrite(self.log_path, keep, csv_rows=True)
+        path = os.path.join(self.cfg.work_dir, "time_sampler.jsonl")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                lines = [line for line in f if line.strip()]
+            keep_lines = []
+            for line in lines:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep_lines.append(line)
+                except (ValueError, KeyError):
+                    pass                                  # a line cut short by a kill
+            _rewrite(path, keep_lines)
 
     def _denoise(self, net, x, t, cond):
         """The base model's denoiser call, through ``net`` (the accelerate-wrapped or unwrapped module)."""
@@ -290,6 +315,9 @@ class Trainer:
             log = csv.writer(f) if main_proc else None
             if new_log and self.acc.is_main_process:
                 log.writerow(["step", "loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"])
+            if snapshot is not None and cfg.save_every and 0 < self.step < cfg.train_steps \
+                    and self.step % cfg.save_every == 0 and self.acc.is_main_process:
+                snapshot(self.step, missing_only=True)    # a kill between this checkpoint and its snapshot
             t0 = time.perf_counter()
             while self.step < cfg.train_steps:
                 stats = self.train_step()
@@ -372,6 +400,17 @@ class Trainer:
         save_grid(rows, [self.cache.prompts[i] for i in pick.tolist()], path, scale=max(1, 96 // height))
         if was_training:
             unet.train()
+
+def _rewrite(path: str, content, csv_rows: bool = False) -> None:
+    """Replace ``path`` atomically with ``content`` (lines, or CSV rows with ``csv_rows``)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="" if csv_rows else None, encoding="utf-8") as f:
+        if csv_rows:
+            csv.writer(f).writerows(content)
+        else:
+            f.writelines(content)
+    os.replace(tmp, path)
+
 
 def _tensorboard(work_dir: str):
     try:
