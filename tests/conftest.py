@@ -6,8 +6,10 @@ import pytest
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = os.path.join(HERE, "proxy", "weights", "teacher")
-# the tests that need a real ComfyUI (scripts/test_comfyui.sh runs them)
-COMFYUI_TESTS = ("tests/comfyui/", "tests/test_training_comfyui.py")
+# the tests that need a real ComfyUI (scripts/test_comfyui.sh runs them) or its files (scripts/test.sh
+# sets COMFYUI_PATH for the rest of the suite)
+COMFYUI_TESTS = ("tests/comfyui/", "tests/test_training_comfyui.py",
+                 "tests/test_training_single_file.py::test_comfyui_tokenizer_files_give_the_clip_token_ids")
 
 
 def _comfyui_required() -> bool:
