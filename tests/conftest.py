@@ -26,7 +26,7 @@ def _skip_is_failure(report, nodeid: str) -> None:
     if report.skipped and _comfyui_test(nodeid) and _comfyui_required():
         report.outcome = "failed"
         report.longrepr = (f"{nodeid} skipped in CI although a ComfyUI source is available "
-                           f"(run it through scripts/test_comfyui.sh): {report.longrepr}")
+                           f"(scripts/test.sh runs it with ComfyUI): {report.longrepr}")
 
 
 @pytest.hookimpl(hookwrapper=True)
