@@ -208,25 +208,29 @@ def archive_paths(args, seed: int, variant: str):
     return os.path.join(folder, f"{variant}.json"), os.path.join(folder, f"{variant}.time_sampler.jsonl")
 
 
-def archive_runs(args) -> None:
-    """Copy every finished job of ``<out>/runs`` (its result and Time Sampler records) into the archive."""
-    root = os.path.join(args.out, "runs")
+def job_records(root: str, train_steps: int):
+    """``(seed, folder, result)`` of every finished job at ``train_steps`` in ``root``
+    (``<out>/runs`` or an archive: ``seed<k>/<variant>.json``)."""
     for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         if not folder.startswith("seed") or not folder[4:].isdigit():
             continue
         for name in sorted(os.listdir(os.path.join(root, folder))):
-            if not name.endswith(".json"):
-                continue
-            with open(os.path.join(root, folder, name)) as f:
-                run = json.load(f)
-            if run.get("train_steps") != args.train_steps:
-                continue
-            result, records = archive_paths(args, int(folder[4:]), run["variant"])
-            os.makedirs(os.path.dirname(result), exist_ok=True)
-            write_json(result, run)
-            jsonl = os.path.join(root, folder, f"work_{run['variant']}", "time_sampler.jsonl")
-            if os.path.isfile(jsonl):
-                shutil.copyfile(jsonl, records)
+            if name.endswith(".json"):
+                with open(os.path.join(root, folder, name)) as f:
+                    run = json.load(f)
+                if run.get("train_steps") == train_steps:
+                    yield int(folder[4:]), os.path.join(root, folder), run
+
+
+def archive_runs(args) -> None:
+    """Copy every finished job of ``<out>/runs`` (its result and Time Sampler records) into the archive."""
+    for seed, folder, run in job_records(os.path.join(args.out, "runs"), args.train_steps):
+        result, records = archive_paths(args, seed, run["variant"])
+        os.makedirs(os.path.dirname(result), exist_ok=True)
+        write_json(result, run)
+        jsonl = os.path.join(folder, f"work_{run['variant']}", "time_sampler.jsonl")
+        if os.path.isfile(jsonl):
+            shutil.copyfile(jsonl, records)
 
 
 def restore_archive(data: Dict, archive: str) -> List[str]:
@@ -305,18 +309,8 @@ def work(args, ev: Evaluation) -> None:
 def load_runs(args) -> Dict[tuple, Dict]:
     """Every finished job in the archive and under ``<out>/runs`` (also those of other ``--seeds`` /
     ``--variants`` invocations on the same ``--out``): ``{(seed, variant): result}``."""
-    runs = {}
-    for root in (archive_of(args), os.path.join(args.out, "runs")):
-        for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            if not folder.startswith("seed") or not folder[4:].isdigit():
-                continue
-            for name in sorted(os.listdir(os.path.join(root, folder))):
-                if name.endswith(".json"):
-                    with open(os.path.join(root, folder, name)) as f:
-                        run = json.load(f)
-                    if run.get("train_steps") == args.train_steps:
-                        runs[(int(folder[4:]), run["variant"])] = run
-    return runs
+    return {(seed, run["variant"]): run for root in (archive_of(args), os.path.join(args.out, "runs"))
+            for seed, _, run in job_records(root, args.train_steps)}
 
 
 # the arms paired against uniform timesteps (the Time Sampler's own comparison, issue 17 item 5)
@@ -619,10 +613,11 @@ def prepare(args) -> Evaluation:
 def main(args) -> int:
     """``args``: the ``bench.quality`` namespace with ``seeds``, ``variants`` (a list), ``workers``,
     ``results`` and ``argv``."""
-    if args.replot or getattr(args, "restore_runs", False):     # redraw the report and plots from the summary JSON alone
+    restore = getattr(args, "restore_runs", False)
+    if args.replot or restore:     # redraw the report and plots (or write the archive) from the summary JSON alone
         with open(args.results) as f:
             data = json.load(f)
-        if getattr(args, "restore_runs", False):
+        if restore:
             written = restore_archive(data, archive_of(args))
             print(f"restored {len(written)} files into {archive_of(args)}")
             return 0

@@ -318,7 +318,6 @@ def _flag(name: str) -> str:
 def ignored_options(cfg: DistillConfig, given: Dict[str, Any]) -> List[str]:
     """One sentence per option in ``given`` (the flags and config-file keys set explicitly) that
     ``cfg`` does not use."""
-    notes = []
     unused = []
     if cfg.no_time_sampler:
         unused += [(k, "--no-time-sampler (uniform timesteps)") for k in given if k.startswith("time_sampler_")]
@@ -330,6 +329,4 @@ def ignored_options(cfg: DistillConfig, given: Dict[str, Any]) -> List[str]:
         unused.append(("validate_every", f"--train-steps {cfg.train_steps} (only the final grid is written)"))
     if cfg.save_every and cfg.save_every >= cfg.train_steps and "save_every" in given:
         unused.append(("save_every", f"--train-steps {cfg.train_steps} (only the final LoRA is written)"))
-    for key, why in unused:
-        notes.append(f"{_flag(key)} is ignored with {why}")
-    return notes
+    return [f"{_flag(key)} is ignored with {why}" for key, why in unused]

@@ -131,7 +131,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="phase 1: teacher trajectories",
                unit="shard", disable=not (progress and accelerator.is_main_process))
     for k in todo:
-        idx = torch.arange(k * cfg.shard_size, min(total, (k + 1) * cfg.shard_size))
+        idx = _shard_items(k, cfg.shard_size, total)
         texts = [prompts[int(i) // cfg.seeds_per_prompt] for i in idx]
         cond = model.encode_prompts(texts, device)
         z = item_noise(cfg.seed, idx, (C, H, H)).to(device)
@@ -181,6 +181,11 @@ def _shard_path(folder: str, k: int) -> str:
     return os.path.join(folder, f"shard_{k:05d}.safetensors")
 
 
+def _shard_items(k: int, shard_size: int, total: int) -> torch.Tensor:
+    """The item indices of shard ``k`` ``[<= shard_size]``."""
+    return torch.arange(k * shard_size, min(total, (k + 1) * shard_size))
+
+
 def _read_manifest(path: str, main: bool):
     """The cache manifest, or None when it is absent or does not parse (then the shards, which
     verify on their own, are checked and the manifest is written again)."""
@@ -206,7 +211,7 @@ def _shard_ok(folder: str, k: int, shard_size: int, total: int, size) -> bool:
     path = _shard_path(folder, k)
     if not os.path.isfile(path):
         return False
-    expected = torch.arange(k * shard_size, min(total, (k + 1) * shard_size))
+    expected = _shard_items(k, shard_size, total)
     try:
         if size is not None and os.path.getsize(path) != size:
             raise ValueError(f"{os.path.getsize(path)} bytes, the manifest recorded {size}")

@@ -111,6 +111,7 @@ class Trainer:
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self.ckpt_dir = os.path.join(cfg.work_dir, "checkpoint")
         self.log_path = os.path.join(cfg.work_dir, "log.csv")
+        self.diagnostics_path = os.path.join(cfg.work_dir, "time_sampler.jsonl")
 
     # ------------------------------------------------------------ checkpointing
     def state(self) -> Dict:
@@ -167,7 +168,7 @@ class Trainer:
                 rows = list(csv.reader(f))
             keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
             _rewrite(self.log_path, keep, csv_rows=True)
-        path = os.path.join(self.cfg.work_dir, "time_sampler.jsonl")
+        path = self.diagnostics_path
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 lines = [line for line in f if line.strip()]
@@ -365,7 +366,7 @@ class Trainer:
                 0, torch.arange(T) * DIAG_BINS // T, q).tolist()
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)
         if self.acc.is_main_process:
-            with open(os.path.join(self.cfg.work_dir, "time_sampler.jsonl"), "a", encoding="utf-8") as f:
+            with open(self.diagnostics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
 
     def final_lora(self) -> Dict[str, torch.Tensor]:
@@ -400,6 +401,7 @@ class Trainer:
         save_grid(rows, [self.cache.prompts[i] for i in pick.tolist()], path, scale=max(1, 96 // height))
         if was_training:
             unet.train()
+
 
 def _rewrite(path: str, content, csv_rows: bool = False) -> None:
     """Replace ``path`` atomically with ``content`` (lines, or CSV rows with ``csv_rows``)."""

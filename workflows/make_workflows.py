@@ -13,7 +13,7 @@ with a ``.jpg`` of the same name as the thumbnail):
 
 One place builds them, so every file uses the same node ids, prompts and recommended settings.
 The UI files are derived from the API ones with the node specs (widget order, output types):
-stock nodes from the snapshot, ours from their ``INPUT_TYPES``.
+stock nodes from the snapshot, ours from their declarations (``nodes/schema.py``).
 """
 
 import json
@@ -354,12 +354,8 @@ SEEDED = {"seed", "noise_seed"}          # widgets followed by ComfyUI's control
 
 def our_node_decls(pack) -> dict:
     """``{node id: (INPUT_TYPES dict, RETURN_TYPES)}`` of the pack's nodes (``pack``: the imported
-    repository root): from their declarations (``nodes.NODES``, V3 schema) or, for the classic nodes,
-    their classes (``NODE_CLASS_MAPPINGS``)."""
-    decls = getattr(getattr(pack, "nodes", None), "NODES", None)
-    if decls is not None:
-        return {k: (n.input_types(), tuple(n.return_types)) for k, n in decls.items()}
-    return {k: (c.INPUT_TYPES(), tuple(c.RETURN_TYPES)) for k, c in pack.NODE_CLASS_MAPPINGS.items()}
+    repository root), from their declarations (``nodes.NODES``, ``nodes/schema.py``)."""
+    return {k: (n.input_types(), tuple(n.return_types)) for k, n in pack.nodes.NODES.items()}
 
 
 def node_specs():
