@@ -526,6 +526,32 @@ def test_interrupted_runs_keep_each_log_row_once_and_rederive_the_missing_snapsh
     _same_files(out, ref)
 
 
+def test_a_run_stopped_before_its_first_checkpoint_logs_each_step_once_after_resume(tiny, tmp_path, monkeypatch):
+    model, prompts = tiny
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 8, "--checkpoint-every", 5, *FAST,
+              "--log-every", 1]
+    from training.trainer import Trainer
+
+    real_step, stop = Trainer.train_step, {"at": 3}
+
+    def train_step(self):
+        if self.step == stop["at"]:
+            stop["at"] = None
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    out = tmp_path / "cut.safetensors"
+    assert run_cli(*common, "--output", out) == 130
+    work = tmp_path / "cut.work"
+    assert not (work / "checkpoint").exists() and (work / "log.csv").read_text().count("\n") == 1 + 3
+    assert run_cli(*common, "--output", out, "--resume") == 0      # no checkpoint: it starts over
+    steps = [int(r.split(",")[0]) for r in (work / "log.csv").read_text().strip().splitlines()[1:]]
+    assert steps == list(range(1, 9))
+    records = [json.loads(line)["step"] for line in (work / "time_sampler.jsonl").read_text().splitlines()]
+    assert records == sorted(set(records))
+
+
 def test_a_checkpoint_that_does_not_load_falls_back_to_the_previous_one(tiny, tmp_path, capsys):
     model, prompts = tiny
     common = ["--model", model, "--prompts", prompts, "--train-steps", 10, "--checkpoint-every", 5, *FAST]
@@ -570,3 +596,65 @@ def test_a_damaged_cache_shard_or_manifest_is_named_and_rebuilt(tiny, tmp_path, 
     for name in ("x0", "eps_mu", "noise", "sigma_star"):
         assert torch.equal(getattr(before, name), getattr(after, name))
     assert json.loads((cache / "manifest.json").read_text())["complete"] is True
+
+
+def _kill_points(seed, shards, steps, first_checkpoint, n_phase1=4, n_phase2=6):
+    """A seeded series of kill points: ``("shards", k)`` kills once phase 1 has written k cache
+    shards, ``("rows", k)`` once phase 2 has logged k steps (one before the first checkpoint, the
+    others at and between later ones)."""
+    import random
+
+    rng = random.Random(seed)
+    return ([("shards", k) for k in sorted(rng.sample(range(1, shards), n_phase1))]
+            + [("rows", rng.randrange(1, first_checkpoint))]
+            + [("rows", k) for k in sorted(rng.sample(range(first_checkpoint, steps - 2), n_phase2 - 1))])
+
+
+def _log_rows(path):
+    """log.csv without its timing column (the only value that may differ between identical runs)."""
+    rows = path.read_text().strip().splitlines()
+    return [r.rsplit(",", 1)[0] for r in rows]
+
+
+@pytest.mark.slow
+def test_a_seeded_series_of_kills_across_both_phases_changes_no_bit(tiny, tmp_path):
+    """Ten SIGKILLs of one run at seeded points of phase 1 (between cache shards) and phase 2
+    (before the first checkpoint, between checkpoints, next to snapshots), each followed by
+    ``--resume``: the final LoRA, every snapshot, the cache and the logs equal an uninterrupted
+    run's bit for bit."""
+    from training.data import load_cache
+
+    model, prompts = tiny
+    steps = 24
+    common = ["--model", model, "--prompts", prompts, "--seeds-per-prompt", 4, "--train-steps", steps,
+              "--checkpoint-every", 4, "--save-every", 6, *FAST, "--shard-size", 1, "--log-every", 1]
+    ref = tmp_path / "ref.safetensors"
+    assert _spawn([*common, "--output", ref]).wait() == 0
+    shards = len(list((tmp_path / "ref.work" / "cache").glob("shard_*.safetensors")))
+    assert shards == 12
+    out, work = tmp_path / "killed.safetensors", tmp_path / "killed.work"
+    points = _kill_points(2026, shards, steps, first_checkpoint=4)
+    assert len(points) >= 10
+
+    def reached(kind, k):
+        if kind == "shards":
+            return len(list((work / "cache").glob("shard_*.safetensors"))) >= k
+        log = work / "log.csv"
+        return log.is_file() and log.read_text().count("\n") - 1 >= k
+
+    for kind, k in points:
+        proc = _spawn([*common, "--output", out, "--resume"])
+        _kill_when(proc, lambda: reached(kind, k))
+        assert not out.exists()
+    resumed = _spawn([*common, "--output", out, "--resume"])
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-800:]
+    _same_files(out, ref)
+    for step in range(6, steps, 6):
+        _same_files(tmp_path / f"killed-step{step:06d}.safetensors", tmp_path / f"ref-step{step:06d}.safetensors")
+    a, b = load_cache(str(tmp_path / "ref.work" / "cache")), load_cache(str(work / "cache"))
+    for name in ("x0", "eps_mu", "noise", "sigma_star"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.cond.keys() == b.cond.keys() and all(torch.equal(a.cond[k], b.cond[k]) for k in a.cond)
+    assert a.prompts == b.prompts
+    assert _log_rows(work / "log.csv") == _log_rows(tmp_path / "ref.work" / "log.csv")
+    assert (work / "time_sampler.jsonl").read_text() == (tmp_path / "ref.work" / "time_sampler.jsonl").read_text()

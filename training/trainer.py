@@ -131,7 +131,9 @@ class Trainer:
 
     def try_resume(self) -> bool:
         state = load_checkpoint(self.ckpt_dir)
-        if state is None:
+        if state is None:                  # killed before the first checkpoint: the run starts over,
+            if self.acc.is_main_process:   # and so do the rows it had logged
+                self._drop_records_after(0)
             return False
         if not self.cfg.matches_fingerprint(state["fingerprint"]):
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
