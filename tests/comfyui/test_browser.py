@@ -1,13 +1,18 @@
 """The shipped UI workflows in the real ComfyUI web frontend, driven by headless Chromium (playwright).
 
-One ComfyUI server (the fixtures of test_comfyui_integration.py: ``--cpu``, a tiny SD1.5 checkpoint,
-test LoRAs) and one browser page serve the whole module. Every ``workflows/*.json`` is loaded with
-``app.loadGraphData``: every node type must be registered, no dialog (missing nodes) may open, the page
-logs no console error, and every RayFlow node's widgets hold the JSON's ``widgets_values`` under the
-input names of the API-format twin in ``workflows/api/``. An SD1.5 workflow retargeted to the tiny
-files is queued from the page and must write a finite, non-constant PNG; a RayFlow LoRA Loader pointed
-at a corrupt file or at a LoRA of another family must show our one-sentence message in the page, and
-the next queued workflow must still succeed.
+One ComfyUI server (conftest.py: ``--cpu``, a tiny SD1.5 checkpoint, a LoRA ``training.distill`` made
+from it, test LoRAs, empty SDXL/PixArt stand-ins) and one browser page serve the whole module.
+
+- Every ``workflows/*.json`` is loaded with ``app.loadGraphData``: every node type registered, no dialog
+  (missing nodes), no console error, and every RayFlow node's widgets hold the JSON's
+  ``widgets_values`` under the input names of the API-format twin in ``workflows/api/``.
+- Every workflow opens from the Templates side bar (Custom Nodes -> rayflow) with its thumbnail.
+- Every SD1.5 workflow, retargeted to the tiny files, is run with the Run button and must write a
+  finite, non-constant PNG per Save Image node, shown on that node; the SDXL and PixArt workflows pass
+  ComfyUI's /prompt validation as the page converts them.
+- "Cancel current run" during a RayFlow Sampler run stops it; a RayFlow LoRA Loader pointed at a
+  corrupt file or at a LoRA of another family shows our one-sentence message in the page, and the next
+  workflow still runs.
 
 Screenshots go to a temporary folder; a failing test prints where. Needs playwright (in the venv that
 scripts/test_comfyui.sh builds) and a Chromium on PATH (Debian: ``apt-get install chromium``).
@@ -25,7 +30,7 @@ import uuid
 
 import pytest
 
-from test_comfyui_integration import REPO, _post, base_dir, server  # noqa: F401  (the fixtures)
+from comfy_env import PACK, REPO, TRAINED_LORA, get_json, post_json  # noqa: I001  (skips without ComfyUI)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
@@ -98,7 +103,7 @@ class Page:
 @pytest.fixture(scope="module")
 def ui(server):
     # no first-run tutorial; no missing-models dialog (the SDXL/PixArt workflows name files the server lacks)
-    _post(server + "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False})
+    post_json(server + "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False})
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -157,10 +162,15 @@ def test_every_ui_workflow_loads_with_its_nodes_and_widget_values(ui, name):
         assert checked, f"{name} holds no RayFlow node"
 
 
-def _tiny(wf, lora="rayflow-sd15.safetensors"):
-    """The UI workflow retargeted to the tiny test files and 64x64 latents, saving under a fresh prefix."""
+SD15_WORKFLOWS = [n for n in UI_WORKFLOWS if n.startswith("sd15_")]
+
+
+def _tiny(wf, lora=TRAINED_LORA):
+    """The UI workflow retargeted to the tiny test files, 64x64 latents and the input image; each Save
+    Image node saves under its own fresh prefix. Returns ``(workflow, {save node id: prefix})``."""
     wf = copy.deepcopy(wf)
-    prefix = "browser_" + uuid.uuid4().hex[:8]
+    run = "browser_" + uuid.uuid4().hex[:8]
+    prefixes = {}
     for node in wf["nodes"]:
         if node["type"] == "CheckpointLoaderSimple":
             node["widgets_values"][0] = "sd15-base.safetensors"
@@ -168,42 +178,155 @@ def _tiny(wf, lora="rayflow-sd15.safetensors"):
             node["widgets_values"][0] = lora
         elif node["type"] == "EmptyLatentImage":
             node["widgets_values"][:2] = [64, 64]
+        elif node["type"] == "LoadImage":
+            node["widgets_values"][0] = "example.png"
         elif node["type"] == "SaveImage":
-            node["widgets_values"][0] = prefix
-    return wf, prefix
+            prefixes[node["id"]] = node["widgets_values"][0] = f"{run}_{node['id']}"
+    assert prefixes, "the workflow saves no image"
+    return wf, prefixes
 
 
-def _queue_and_wait_for_png(ui, base_dir, wf, prefix, name, timeout=300):
-    ui.load(wf, name)
-    ui.js("async () => { await window.app.queuePrompt(0, 1); }")
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        found = glob.glob(str(base_dir / "output" / f"{prefix}_*.png"))
-        if found:
-            break
-        ui.page.wait_for_timeout(500)
-    else:
-        pytest.fail(f"{name}: no {prefix}_*.png in the output folder after {timeout} s")
+def _run_button(ui):
+    return ui.page.locator("button[aria-label='Run']").first
+
+
+def _queue_and_wait_for_pngs(ui, base_dir, wf, prefixes, name, timeout=300):
+    """Load ``wf``, press Run, and wait for every Save Image node's file: each a finite, non-constant
+    64x64 PNG, shown on its node in the page. Returns the files."""
     import numpy as np
     from PIL import Image
 
-    time.sleep(0.5)                                          # SaveImage may still be writing it
-    img = np.asarray(Image.open(found[0]).convert("RGB"), dtype=np.float64)
-    assert img.shape == (64, 64, 3) and np.isfinite(img).all() and img.std() > 0, (found[0], img.shape, img.std())
-    return found[0]
-
-
-def test_queued_from_the_page_a_sd15_workflow_writes_a_real_image(ui, base_dir):
-    wf, prefix = _tiny(_load_ui("sd15_4step.json"))
-    with ui.screenshot_on_failure("queue_sd15_4step"):
-        png = _queue_and_wait_for_png(ui, base_dir, wf, prefix, "sd15_4step.json")
-        saver = next(n["id"] for n in wf["nodes"] if n["type"] == "SaveImage")
-        # ... and the page shows it on the Save Image node
-        ui.page.wait_for_function(
+    ui.close_dialogs()
+    ui.load(wf, name)
+    _run_button(ui).click()
+    files = {}
+    t0 = time.time()
+    while len(files) < len(prefixes):
+        for node_id, prefix in prefixes.items():
+            found = glob.glob(str(base_dir / "output" / f"{prefix}_*.png"))
+            if found:
+                files[node_id] = found[0]
+        if time.time() - t0 > timeout:
+            pytest.fail(f"{name}: no image in the output folder for {sorted(set(prefixes.values()) - set(files))} "
+                        f"after {timeout} s")
+        ui.page.wait_for_timeout(500)
+    time.sleep(0.5)                                          # SaveImage may still be writing them
+    for node_id, png in files.items():
+        img = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
+        assert img.shape == (64, 64, 3) and np.isfinite(img).all() and img.std() > 0, (png, img.shape, img.std())
+        ui.page.wait_for_function(                           # ... shown on its Save Image node
             "([id, file]) => { const n = window.app.graph.getNodeById(id);"
             " return !!n && (n.imgs || []).some(i => decodeURIComponent(i.src).includes(file)); }",
-            arg=[saver, os.path.basename(png)], timeout=60_000)
-        ui.page.screenshot(path=os.path.join(SHOTS, "queue_sd15_4step.png"))
+            arg=[node_id, os.path.basename(png)], timeout=60_000)
+    return files
+
+
+@pytest.mark.parametrize("name", SD15_WORKFLOWS)
+def test_every_sd15_workflow_run_from_the_page_writes_real_images(ui, base_dir, name):
+    """With the LoRA ``training.distill`` made from the tiny checkpoint, as a user would run it."""
+    wf, prefixes = _tiny(_load_ui(name))
+    with ui.screenshot_on_failure(f"queue_{name}"):
+        _queue_and_wait_for_pngs(ui, base_dir, wf, prefixes, name)
+        ui.page.screenshot(path=os.path.join(SHOTS, f"queue_{name.replace('.json', '.png')}"))
+
+
+# the loaders of the SDXL and PixArt workflows, which fail on the empty stand-in files after validation
+STAND_IN_LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader")
+
+
+@pytest.mark.parametrize("name", [n for n in UI_WORKFLOWS if n not in SD15_WORKFLOWS])
+def test_sdxl_and_pixart_workflows_pass_comfyui_validation(ui, server, name):
+    """The page turns the graph into a prompt (``app.graphToPrompt``) and ComfyUI's /prompt accepts it:
+    node types, input names, links and values all valid for this ComfyUI. The model files are empty
+    stand-ins (no SDXL or PixArt model fits a CPU test), so execution then stops at a loader."""
+    with ui.screenshot_on_failure(f"validate_{name}"):
+        ui.close_dialogs()
+        ui.load(_load_ui(name), name)
+        prompt = ui.js("async () => (await window.app.graphToPrompt()).output")
+        assert {n["class_type"] for n in prompt.values()} >= {"RayFlowLoraLoader", "RayFlowSampler"}
+        queued = post_json(server + "/prompt", {"prompt": prompt, "client_id": "pytest-validation"})
+        assert queued.get("node_errors") == {} and queued.get("prompt_id"), queued
+        pid = queued["prompt_id"]
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            hist = get_json(f"{server}/history/{pid}").get(pid, {})
+            if hist.get("status", {}).get("completed") is not None:
+                break
+            time.sleep(0.5)
+        errors = [m[1] for m in hist["status"]["messages"] if m[0] == "execution_error"]
+        assert errors and errors[0]["node_type"] in STAND_IN_LOADERS, hist["status"]
+        ui.close_dialogs()
+
+
+TRACK_RUN = """() => {
+    window.__rayflow = {progress: [], end: null};
+    const api = window.app.api, log = window.__rayflow;
+    api.addEventListener("progress", e => log.progress.push(e.detail.value));
+    for (const t of ["execution_interrupted", "execution_success", "execution_error"])
+        api.addEventListener(t, () => { log.end = log.end || t; });
+}"""
+
+
+def test_cancel_during_a_rayflow_sampler_run_stops_it(ui, base_dir):
+    """Run a 50-step RayFlow Sampler at 128x128 and press "Cancel current run" after two steps: the run
+    ends as interrupted within a step or two and saves no image."""
+    wf, prefixes = _tiny(_load_ui("sd15_4step.json"))
+    with ui.screenshot_on_failure("cancel"):
+        ui.close_dialogs()
+        ui.load(wf, "sd15_4step.json")
+        ui.js("""() => { for (const n of window.app.graph._nodes) {
+            if (n.type === "RayFlowSampler") n.widgets.find(w => w.name === "steps").value = 50;
+            if (n.type === "EmptyLatentImage") for (const k of ["width", "height"]) n.widgets.find(w => w.name === k).value = 128;
+        } }""")
+        ui.js(TRACK_RUN)
+        _run_button(ui).click()
+        ui.page.wait_for_function("() => window.__rayflow.progress.some(v => v >= 2)", timeout=300_000)
+        pressed_at = max(ui.js("() => window.__rayflow.progress"))
+        cancel = ui.page.locator("button[aria-label='Cancel current run']")
+        cancel.click()
+        ui.page.wait_for_function("() => window.__rayflow.end !== null", timeout=120_000)
+        log = ui.js("() => window.__rayflow")
+        assert log["end"] == "execution_interrupted", log
+        assert max(log["progress"]) <= pressed_at + 2 < 50, (pressed_at, log["progress"])
+        assert not glob.glob(str(base_dir / "output" / f"{next(iter(prefixes.values()))}_*.png"))
+
+
+def _open_templates(ui):
+    ui.close_dialogs()
+    ui.page.locator("button.templates-tab-button").click()
+    ui.page.locator(f".p-dialog [role=option][aria-label='{PACK}']").click()
+
+
+@pytest.mark.parametrize("name", UI_WORKFLOWS)
+def test_every_workflow_opens_from_the_templates_menu_with_its_thumbnail(ui, name):
+    """Templates (side bar) -> Custom Nodes -> rayflow lists every UI workflow with its same-name .jpg
+    as thumbnail; clicking the card loads the workflow as the JSON holds it."""
+    stem, wf = name[: -len(".json")], _load_ui(name)
+    with ui.screenshot_on_failure(f"template_{name}"):
+        _open_templates(ui)
+        cards = ui.page.locator(".p-dialog [data-testid^='template-workflow-']")
+        listed = sorted(c.get_attribute("data-testid")[len("template-workflow-"):] for c in cards.all())
+        assert listed == sorted(n[: -len(".json")] for n in UI_WORKFLOWS)
+        card = ui.page.locator(f".p-dialog [data-testid='template-workflow-{stem}']")
+        card.scroll_into_view_if_needed()
+        img = card.locator("img").first
+        ui.page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=img.element_handle(), timeout=60_000)
+        from PIL import Image
+
+        with Image.open(os.path.join(REPO, "workflows", stem + ".jpg")) as thumb:
+            assert img.evaluate("e => [e.naturalWidth, e.naturalHeight]") == list(thumb.size)
+        ui.errors.clear()
+        card.click()
+        ui.page.wait_for_function("types => !document.querySelector('.p-dialog') && JSON.stringify("
+                                  "window.app.graph._nodes.map(n => n.type).sort()) === JSON.stringify(types)",
+                                  arg=sorted(n["type"] for n in wf["nodes"]), timeout=30_000)
+        graph = ui.js(READ_GRAPH)
+        assert sorted(n["type"] for n in graph) == sorted(n["type"] for n in wf["nodes"]), name
+        by_id = {str(n["id"]): n for n in graph}
+        for node in wf["nodes"]:
+            if node["type"].startswith("RayFlow"):
+                assert by_id[str(node["id"])]["saved"] == node["widgets_values"], (name, node["id"])
+        assert not ui.console_errors(), f"{name}: console errors: {ui.console_errors()}"
 
 
 @pytest.mark.parametrize("lora, message", [
@@ -224,5 +347,5 @@ def test_a_bad_lora_shows_our_message_and_the_next_workflow_runs(ui, base_dir, l
         text = shown.inner_text()
         assert lora in text, text
         ui.close_dialogs()
-        good, prefix = _tiny(_load_ui("sd15_1step.json"))
-        _queue_and_wait_for_png(ui, base_dir, good, prefix, "sd15_1step.json")
+        good, prefixes = _tiny(_load_ui("sd15_1step.json"))
+        _queue_and_wait_for_pngs(ui, base_dir, good, prefixes, "sd15_1step.json")

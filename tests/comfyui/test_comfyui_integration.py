@@ -10,155 +10,16 @@ import glob
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-if not COMFYUI_PATH:
-    pytest.skip("COMFYUI_PATH is not set: the ComfyUI integration tests need a ComfyUI checkout "
-                "(README, Development)", allow_module_level=True)
-if not os.path.isfile(os.path.join(COMFYUI_PATH, "main.py")):
-    pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH} is not a ComfyUI checkout (no main.py)")
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, COMFYUI_PATH)
-sys.path.insert(0, HERE)
-import torch  # noqa: E402
-
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-from comfy.cli_args import args as comfy_args  # noqa: E402
-
-comfy_args.cpu = True
+from comfy_env import COMFYUI_PATH, REPO, api_workflow, get_json, post_json, run_prompt  # noqa: I001  (skips without ComfyUI)
 import comfy.lora  # noqa: E402
 import comfy.sd  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from tiny_checkpoint import write_checkpoint  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(HERE))
+import torch  # noqa: E402
 from extension import comfy_nodes, load_extension  # noqa: E402
-
-SD15_META = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sigma": "0.3", "rayflow.path": "sigma",
-             "rayflow.recommended_steps": "4", "rayflow.recommended_cfg": "1.0"}
-
-
-def write_loras(model_patcher, folder):
-    """A RayFlow LoRA for the tiny model's attention projections, the same file labelled SDXL, one with
-    a layer the model lacks, and a corrupt file; keys in the kohya form the trainer exports."""
-    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
-    weights = model_patcher.model.state_dict()
-    g = torch.Generator().manual_seed(0)
-    lora = {}
-    for kohya, target in key_map.items():
-        # diffusers module names only (the key map also holds LDM-named aliases of the same weights)
-        diffusers_name = kohya.startswith(("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_"))
-        if not diffusers_name or not kohya.endswith(("attn1_to_q", "attn2_to_v")):
-            continue
-        out_f, in_f = weights[target].shape[:2]
-        lora[f"{kohya}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.1
-        lora[f"{kohya}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.1
-        lora[f"{kohya}.alpha"] = torch.tensor(4.0)
-    assert lora, "no attention projections found in the tiny model"
-    save_file(lora, os.path.join(folder, "rayflow-sd15.safetensors"), metadata=SD15_META)
-    save_file(lora, os.path.join(folder, "rayflow-sdxl.safetensors"), metadata={**SD15_META, "rayflow.architecture": "sdxl"})
-    extra = {"lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.randn(4, 320, generator=g) * 0.1,
-             "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.randn(320, 4, generator=g) * 0.1,
-             "lora_unet_down_blocks_7_attentions_0_proj_in.alpha": torch.tensor(4.0)}
-    save_file({**lora, **extra}, os.path.join(folder, "rayflow-partial.safetensors"), metadata=SD15_META)
-    with open(os.path.join(folder, "rayflow-corrupt.safetensors"), "wb") as f:
-        f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
-
-
-@pytest.fixture(scope="session")
-def base_dir(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    for sub in ("models/checkpoints", "models/loras", "custom_nodes", "output", "input", "temp", "user"):
-        os.makedirs(base / sub, exist_ok=True)
-    ckpt = write_checkpoint(str(base / "models/checkpoints/sd15-base.safetensors"))
-    model = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=False)[0]
-    write_loras(model, str(base / "models/loras"))
-    os.symlink(REPO, base / "custom_nodes" / "ComfyUI-RayFlow")
-    from PIL import Image
-
-    Image.new("RGB", (64, 64), (200, 80, 40)).save(base / "input" / "example.png")
-    return base
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def server(base_dir):
-    port = _free_port()
-    log = open(base_dir / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--base-directory", str(base_dir), "--disable-auto-launch"],
-                            cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(url + "/object_info/RayFlowSampler", timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() - t0 > 240:
-                proc.kill()
-                pytest.fail("ComfyUI did not start:\n" + (base_dir / "server.log").read_text()[-3000:])
-            time.sleep(1)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-def _get(url):
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _post(url, data):
-    req = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        body = r.read()
-        return json.loads(body) if body else {}
-
-
-def _workflow(name, **changes):
-    with open(os.path.join(REPO, "workflows", "api", name)) as f:
-        wf = json.load(f)
-    for node in wf.values():                                 # tiny latents for CPU
-        if node["class_type"] == "EmptyLatentImage":
-            node["inputs"].update(width=64, height=64)
-    for node, values in changes.items():
-        wf[node]["inputs"].update(values)
-    return wf
-
-
-def _run(server, wf, timeout=300):
-    pid = _post(server + "/prompt", {"prompt": wf, "client_id": "pytest"})["prompt_id"]
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        hist = _get(f"{server}/history/{pid}")
-        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
-            if hist[pid]["status"].get("status_str") in ("success", "error"):
-                return hist[pid]
-        time.sleep(0.5)
-    pytest.fail("prompt did not finish in time")
 
 
 def test_the_comfyui_under_test_meets_the_declared_minimum():
@@ -176,7 +37,7 @@ def test_the_comfyui_under_test_meets_the_declared_minimum():
 
 
 def test_object_info_lists_our_nodes_with_their_inputs(server):
-    info = _get(server + "/object_info")
+    info = get_json(server + "/object_info")
     for node in ("RayFlowSampler", "RayFlowSamplerSelect", "RayFlowScheduler", "RayFlowTargetMean", "RayFlowLoraLoader"):
         assert node in info and info[node]["category"] == "sampling/rayflow"
     req = info["RayFlowSampler"]["input"]["required"]
@@ -233,7 +94,7 @@ def test_object_info_matches_the_node_declarations(server, base_dir):
     """What ComfyUI serves for each V3 node is what ``nodes/schema.py`` declares (the classic nodes'
     interface): display name, description, inputs in order with type, widget options and tooltip,
     output types, names and tooltips."""
-    info = _get(server + "/object_info")
+    info = get_json(server + "/object_info")
     loras = [n for n in os.listdir(base_dir / "models" / "loras") if n.endswith(".safetensors")]
     schema = load_extension().nodes.schema
     for node_id, node in schema.NODES.items():
@@ -261,7 +122,7 @@ def test_object_info_has_the_inputs_defaults_and_outputs_the_shipped_workflows_u
     files' widget values, read in /object_info's widget order (seed followed by its
     control_after_generate value), are the API twin's values; the widget defaults are the classic ones.
     Inputs no workflow gives (RayFlowSamplerSelect's ray_target) must be optional."""
-    info = _get(server + "/object_info")
+    info = get_json(server + "/object_info")
     api, ui = _shipped_workflows()
     assert api and ui
     used = {}
@@ -320,9 +181,9 @@ def test_object_info_has_the_inputs_defaults_and_outputs_the_shipped_workflows_u
 
 def test_a_lora_name_not_offered_is_refused_when_queued(server):
     """As with the classic list input, /prompt refuses a lora_name that is not among the options."""
-    wf = _workflow("sd15_1step.json", **{"2": {"lora_name": "not-there.safetensors"}})
+    wf = api_workflow("sd15_1step.json", **{"2": {"lora_name": "not-there.safetensors"}})
     with pytest.raises(urllib.error.HTTPError) as err:
-        _post(server + "/prompt", {"prompt": wf, "client_id": "pytest"})
+        post_json(server + "/prompt", {"prompt": wf, "client_id": "pytest"})
     assert err.value.code == 400
     errors = json.loads(err.value.read())["node_errors"]["2"]["errors"]
     assert "lora_name" in errors[0]["details"] and "'not-there.safetensors' not in" in errors[0]["details"]
@@ -334,8 +195,8 @@ SD15_WORKFLOWS = ["sd15_1step.json", "sd15_4step.json", "sd15_img2img.json", "sd
 
 @pytest.mark.parametrize("name", SD15_WORKFLOWS)
 def test_api_workflows_produce_images(server, base_dir, name):
-    wf = _workflow(name)
-    result = _run(server, wf)
+    wf = api_workflow(name)
+    result = run_prompt(server, wf)
     assert result["status"]["status_str"] == "success", result["status"]
     savers = [i for i, n in wf.items() if n["class_type"] == "SaveImage"]
     for node_id in savers:
@@ -349,11 +210,11 @@ def test_api_workflows_produce_images(server, base_dir, name):
     ("rayflow-partial.safetensors", "fits only 8 of its 9 layers to this model"),
 ])
 def test_bad_lora_is_a_node_error_and_the_server_keeps_serving(server, lora, message):
-    result = _run(server, _workflow("sd15_1step.json", **{"2": {"lora_name": lora}}))
+    result = run_prompt(server, api_workflow("sd15_1step.json", **{"2": {"lora_name": lora}}))
     assert result["status"]["status_str"] == "error"
     errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
     assert errors and errors[0]["node_type"] == "RayFlowLoraLoader" and message in errors[0]["exception_message"]
-    ok = _run(server, _workflow("sd15_1step.json", **{"6": {"seed": 7}}))
+    ok = run_prompt(server, api_workflow("sd15_1step.json", **{"6": {"seed": 7}}))
     assert ok["status"]["status_str"] == "success"
 
 
@@ -365,7 +226,7 @@ def test_interrupt_stops_sampling_within_one_step(server):
         ws_url = server.replace("http", "ws") + f"/ws?clientId={client_id}"
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(ws_url) as ws:
-                wf = _workflow("sd15_4step.json", **{"6": {"steps": 50, "seed": 11}, "5": {"width": 128, "height": 128}})
+                wf = api_workflow("sd15_4step.json", **{"6": {"steps": 50, "seed": 11}, "5": {"width": 128, "height": 128}})
                 async with session.post(server + "/prompt", json={"prompt": wf, "client_id": client_id}) as r:
                     pid = (await r.json())["prompt_id"]
                 progress, interrupted_at, end = [], None, None
@@ -489,7 +350,7 @@ def test_stock_node_snapshot_matches_this_comfyui(server):
     """The offline workflow checks and the UI files' widget order rely on workflows/specs/stock_nodes.json."""
     with open(os.path.join(REPO, "workflows", "specs", "stock_nodes.json")) as f:
         snapshot = json.load(f)["nodes"]
-    live = snapshot_of(_get(server + "/object_info"), list(snapshot))
+    live = snapshot_of(get_json(server + "/object_info"), list(snapshot))
     for cls, spec in snapshot.items():
         assert list(live[cls]["input"]) == list(spec["input"]), f"{cls}: input order/names changed in this ComfyUI"
         assert live[cls] == spec, f"{cls}: workflows/specs/stock_nodes.json differs from this ComfyUI's /object_info"

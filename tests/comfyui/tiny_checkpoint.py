@@ -52,7 +52,10 @@ def build_clip_state_dict():
                          num_attention_heads=12, max_position_embeddings=77)
     with torch.device("meta"):
         model = CLIPTextModel(cfg)
-    shapes = {k: torch.empty(v.shape) for k, v in model.state_dict().items() if "position_ids" not in k}
+    # the layout of released SD1.5 files ("...transformer.text_model.embeddings..."), which both ComfyUI and
+    # diffusers' single-file loader read; newer transformers name the CLIPTextModel keys without "text_model."
+    shapes = {("" if k.startswith("text_model.") else "text_model.") + k: torch.empty(v.shape)
+              for k, v in model.state_dict().items() if "position_ids" not in k}
     return _random_like(shapes, "cond_stage_model.transformer.")
 
 
@@ -75,3 +78,27 @@ def write_checkpoint(path: str, seed: int = 0) -> str:
     sd.update(build_vae_state_dict())
     save_file(sd, path)
     return path
+
+
+def write_diffusers_config(folder: str, tokenizer: str) -> str:
+    """A diffusers config folder (no weights) describing ``write_checkpoint``'s model, for the trainer's
+    ``--model-config``: the bundled SD1.5 configs with the UNet one level deep, and ``tokenizer``
+    (ComfyUI's ``comfy/sd1_tokenizer``) limited to CLIP's 77 tokens as in a diffusers folder."""
+    import json
+    import os
+    import shutil
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shutil.copytree(os.path.join(repo, "training", "configs", "sd15"), folder)
+    shutil.copytree(tokenizer, os.path.join(folder, "tokenizer"))
+    for name, changes in (("unet/config.json", {"block_out_channels": [320], "layers_per_block": 1, "sample_size": 32,
+                                                 "down_block_types": ["CrossAttnDownBlock2D"],
+                                                 "up_block_types": ["CrossAttnUpBlock2D"]}),
+                          ("tokenizer/tokenizer_config.json", {"model_max_length": 77})):
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        config.update(changes)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+    return folder
