@@ -21,7 +21,6 @@ from .export import SAVE_DTYPES
 
 ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
 SOLVERS = ("ddim", "dpmsolver++")
-OPTIMIZERS = ("adamw", "adamw8bit")
 # LoRA targets: LCM-LoRA's set (attention, feed-forward, ResNet convs and time projections, resamplers)
 # plus the UNet's first and last convolution; in PixArt only the transformer blocks' projections match.
 # On the proxy, adding the convolutions to the attention/feed-forward set halved the 2-step FD-proxy
@@ -91,8 +90,6 @@ class DistillConfig:
     time_sampler_input: str = field(default="data", metadata={"help": "the Time Sampler network's input: data (pooled latent and text features) or none (one density for every sample)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
-    base_precision: str = field(default="fp32", metadata={"help": "dtype the frozen base weights (denoiser, text encoders, VAE) are loaded in: fp32, fp16 or bf16 (half the memory); the LoRA weights and the optimizer state stay fp32"})
-    optimizer: str = field(default="adamw", metadata={"help": f"one of {OPTIMIZERS}: adamw (torch) or adamw8bit (bitsandbytes' 8-bit AdamW, the optimizer state in 2 bytes per LoRA weight instead of 8; needs pip install bitsandbytes)"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps"})
     save_every: int = field(default=0, metadata={"help": "also export the LoRA every N steps as <output>-step<N>.safetensors (0 = only the final file)"})
@@ -173,10 +170,6 @@ class DistillConfig:
             raise ConfigError(f"--time-sampler-warmup must be >= 0, got {self.time_sampler_warmup}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.base_precision not in SAVE_DTYPES:
-            raise ConfigError(f"--base-precision must be one of {', '.join(SAVE_DTYPES)}, got {self.base_precision!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}, got {self.save_precision!r}")
         for name in ("seeds_per_prompt", "teacher_steps", "shard_size", "train_steps", "batch_size", "grad_accum",
@@ -220,7 +213,7 @@ class DistillConfig:
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
                 "ray_path", "no_ray", "loss_weighting", "start_anchor", "anchor_taper", "top_share", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
                 "time_sampler_target", "time_sampler_uniform", "time_sampler_warmup", "time_sampler_biased", "time_sampler_input",
-                "mixed_precision", "ema_decay", "base_precision", "optimizer")
+                "mixed_precision", "ema_decay")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])
         d["prompts"] = os.path.abspath(d["prompts"])

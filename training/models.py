@@ -17,7 +17,9 @@ import torch
 
 from rayflow import NoiseSchedule
 
-from .model_errors import ModelError
+
+class ModelError(ValueError):
+    """The base model is missing, corrupt or of an unsupported kind."""
 
 
 @dataclass
@@ -32,11 +34,6 @@ class BaseModel:
     schedule: NoiseSchedule
     schedule_name: str
     path: str
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the denoiser's frozen base weights (``--base-precision``; LoRA weights may differ)."""
-        return next(p.dtype for n, p in self.unet.named_parameters() if "lora_" not in n)
 
     @property
     def latent_channels(self) -> int:
@@ -78,19 +75,17 @@ class BaseModel:
         """Noise prediction ``[B, C, h, w]`` of the denoiser at ``x`` ``[B, C, h, w]``, integer
         timesteps ``t`` ``[B]``, conditioning ``cond`` (see :meth:`encode_prompts`), image
         ``resolution`` in pixels (SDXL time ids, PixArt resolution embedding)."""
-        dtype = self.dtype
-        x = x.to(dtype)
-        ehs = cond["cond"].to(x.device, dtype)
+        ehs = cond["cond"].to(x.device)
         B = x.shape[0]
         if self.architecture == "sdxl":
             ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=ehs.dtype, device=x.device)
-            extra = {"text_embeds": cond["pooled"].to(x.device, dtype), "time_ids": ids.expand(B, -1)}
+            extra = {"text_embeds": cond["pooled"].to(x.device), "time_ids": ids.expand(B, -1)}
             return self.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=extra).sample
         if self.architecture.startswith("pixart"):
             extra = {"resolution": torch.tensor([[resolution, resolution]], dtype=ehs.dtype, device=x.device).expand(B, -1),
                      "aspect_ratio": torch.ones(B, 1, dtype=ehs.dtype, device=x.device)}
             out = self.unet(x, encoder_hidden_states=ehs, timestep=t, added_cond_kwargs=extra,
-                            encoder_attention_mask=cond["mask"].to(x.device, dtype)).sample
+                            encoder_attention_mask=cond["mask"].to(x.device)).sample
             C = x.shape[1]
             return out[:, :C] if out.shape[1] == 2 * C else out     # learned-sigma models: keep eps
         return self.unet(x, t, encoder_hidden_states=ehs).sample
