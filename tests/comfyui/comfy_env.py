@@ -123,8 +123,8 @@ def api_workflow(name, **changes):
     return wf
 
 
-def run_prompt(server, wf, timeout=300):
-    pid = post_json(server + "/prompt", {"prompt": wf, "client_id": "pytest"})["prompt_id"]
+def wait_for_history(server, pid, timeout=300):
+    """The history entry of prompt ``pid`` once it has finished (success or error)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         hist = get_json(f"{server}/history/{pid}")
@@ -132,6 +132,9 @@ def run_prompt(server, wf, timeout=300):
             if hist[pid]["status"].get("status_str") in ("success", "error"):
                 return hist[pid]
         time.sleep(0.5)
-    pytest.fail("prompt did not finish in time")
+    pytest.fail(f"prompt {pid} did not finish in {timeout} s")
 
 
+def run_prompt(server, wf, timeout=300):
+    pid = post_json(server + "/prompt", {"prompt": wf, "client_id": "pytest"})["prompt_id"]
+    return wait_for_history(server, pid, timeout)

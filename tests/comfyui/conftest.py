@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory):
     import comfy_env

@@ -30,7 +30,7 @@ import uuid
 
 import pytest
 
-from comfy_env import PACK, REPO, TRAINED_LORA, get_json, post_json  # noqa: I001  (skips without ComfyUI)
+from comfy_env import PACK, REPO, TRAINED_LORA, post_json, wait_for_history  # noqa: I001  (skips without ComfyUI)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
@@ -246,13 +246,7 @@ def test_sdxl_and_pixart_workflows_pass_comfyui_validation(ui, server, name):
         assert {n["class_type"] for n in prompt.values()} >= {"RayFlowLoraLoader", "RayFlowSampler"}
         queued = post_json(server + "/prompt", {"prompt": prompt, "client_id": "pytest-validation"})
         assert queued.get("node_errors") == {} and queued.get("prompt_id"), queued
-        pid = queued["prompt_id"]
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            hist = get_json(f"{server}/history/{pid}").get(pid, {})
-            if hist.get("status", {}).get("completed") is not None:
-                break
-            time.sleep(0.5)
+        hist = wait_for_history(server, queued["prompt_id"], timeout=120)
         errors = [m[1] for m in hist["status"]["messages"] if m[0] == "execution_error"]
         assert errors and errors[0]["node_type"] in STAND_IN_LOADERS, hist["status"]
         ui.close_dialogs()
