@@ -21,7 +21,7 @@ one UNet evaluation per step.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -78,13 +78,21 @@ def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: tor
 
 def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: int, batch_size: int = 32,
                lora_rank: int = 16, lora_alpha: float = 16.0, learning_rate: float = 1e-3, lr_warmup: int = 20,
-               cfg_scale: float = 3.0, seed: int = 0, resolution: int = 16, progress: bool = True) -> str:
+               cfg_scale: float = 3.0, seed: int = 0, resolution: int = 16, progress: bool = True,
+               checkpoint_dir: Optional[str] = None, checkpoint_every: int = 300) -> str:
     """Train an LCM-LoRA on the base model at ``teacher_path`` (a diffusers folder) from the
-    phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs) to ``output``."""
+    phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs) to ``output``.
+
+    With ``checkpoint_dir``, the LoRA, optimizer, LR schedule and generator states are saved there
+    every ``checkpoint_every`` steps (``training.checkpoint``: safetensors + JSON, atomic), and a
+    call that finds a checkpoint continues from it: a run killed at any point and called again
+    gives the LoRA of an uninterrupted run, bit for bit. The checkpoint is removed at the end."""
     import copy
+    import shutil
 
     from tqdm.auto import tqdm
 
+    from training.checkpoint import load_checkpoint, save_checkpoint
     from training.config import DistillConfig
     from training.data import load_cache
     from training.export import kohya_unet_state_dict, save_atomic
@@ -114,8 +122,31 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     # the batches of the RayFlow trainer with the same seed (paired), then the LCM timesteps and noise
     g_data, g = phase2_generator(seed, "batches"), torch.Generator().manual_seed(seed)
     N, grid = cache.x0.shape[0], skipping_grid(len(ac))
-    bar = tqdm(range(train_steps), desc="LCM-LoRA distillation", disable=not progress)
-    for _ in bar:
+    named = {n: p for n, p in student_unet.named_parameters() if p.requires_grad}
+    start = 0
+    state = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if state is not None:
+        if state["train_steps"] != train_steps or state["seed"] != seed or sorted(state["lora"]) != sorted(named):
+            raise SystemExit(f"the LCM checkpoint in {checkpoint_dir} is of another run "
+                             f"(train_steps {state['train_steps']}, seed {state['seed']}); delete it to start over")
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(state["lora"][n])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g_data.set_state(state["g_data"])
+        g.set_state(state["g"])
+        start = state["step"]
+
+    def save(step: int) -> None:
+        save_checkpoint(checkpoint_dir, {"step": step, "train_steps": train_steps, "seed": seed,
+                                         "lora": {n: p.detach().clone() for n, p in named.items()},
+                                         "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                         "g_data": g_data.get_state(), "g": g.get_state()})
+
+    bar = tqdm(range(start, train_steps), desc="LCM-LoRA distillation", disable=not progress,
+               initial=start, total=train_steps)
+    for step in bar:
         idx = torch.randint(N, (batch_size,), generator=g_data)
         t = grid[torch.randint(len(grid), (batch_size,), generator=g)]
         x0, cond = cache.x0[idx], cache.cond["cond"][idx]
@@ -126,10 +157,15 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if checkpoint_dir and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0 and step + 1 < train_steps:
+            save(step + 1)
     tensors = kohya_unet_state_dict(lora_state(student_unet), lora_rank, lora_alpha)
     meta = {"lcm.baseline": "1", "lcm.train_steps": str(train_steps), "lcm.cfg": str(cfg_scale),
             "lcm.skip": str(SKIP), "lcm.resolution": str(resolution)}
     save_atomic(tensors, output, meta)        # no rayflow.format: not a RayFlow LoRA
+    if checkpoint_dir:
+        for folder in (checkpoint_dir, checkpoint_dir + ".prev"):
+            shutil.rmtree(folder, ignore_errors=True)
     return output
 
 

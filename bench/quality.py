@@ -108,7 +108,8 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
             raise SystemExit("the lcm variant trains on the phase-1 cache of the ray variant: list ray before lcm")
         return distil_lcm(teacher, shared, path, train_steps=train_steps, batch_size=32, lora_rank=16,
                           lora_alpha=16.0, learning_rate=1e-3, lr_warmup=20, cfg_scale=3.0,
-                          seed=seed if train_seed < 0 else train_seed, resolution=16, progress=False)
+                          seed=seed if train_seed < 0 else train_seed, resolution=16, progress=False,
+                          checkpoint_dir=os.path.join(out, "work_lcm", "checkpoint"))
     cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every)
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \

@@ -121,3 +121,51 @@ def test_distilled_lora_loads_and_samples_with_the_trained_parametrisation(small
     f = consistency_fn(lambda x, t: unet(x, t, encoder_hidden_states=ehs).sample, z,
                        torch.full((len(z),), 999), model.schedule.alphas_cumprod.double())
     assert torch.allclose(model.decode(f), one, atol=1e-4)
+
+
+def test_an_interrupted_lcm_distillation_resumes_to_the_uninterrupted_lora(small_cache, tmp_path, monkeypatch):
+    """A 7200-step LCM job outlives a session: killed after its step-4 checkpoint and called again,
+    it continues there and writes the LoRA of an uninterrupted run exactly; the checkpoint is gone."""
+    import bench.lcm_baseline as lcm
+    from safetensors.torch import load_file
+
+    out, _ = small_cache
+    kw = dict(train_steps=6, batch_size=4, lora_rank=4, lora_alpha=4.0, progress=False, seed=3)
+    want = load_file(distil_lcm(TEACHER, str(out / "w" / "cache"), str(tmp_path / "a.safetensors"), **kw))
+
+    ckpt, real_loss, calls = str(tmp_path / "ckpt"), lcm.lcm_loss, []
+
+    def dies_at_step_six(*a, **k):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(lcm, "lcm_loss", dies_at_step_six)
+    target = str(tmp_path / "b.safetensors")
+    try:
+        distil_lcm(TEACHER, str(out / "w" / "cache"), target, checkpoint_dir=ckpt, checkpoint_every=2, **kw)
+    except KeyboardInterrupt:
+        pass
+    assert not os.path.exists(target) and os.path.isdir(ckpt)
+    resumed_calls = []
+    monkeypatch.setattr(lcm, "lcm_loss", lambda *a, **k: resumed_calls.append(1) or real_loss(*a, **k))
+    got = load_file(distil_lcm(TEACHER, str(out / "w" / "cache"), target, checkpoint_dir=ckpt,
+                               checkpoint_every=2, **kw))
+    assert len(resumed_calls) == 2                     # steps 5 and 6 only: it continued from step 4
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert not os.path.exists(ckpt) and not os.path.exists(ckpt + ".prev")
+
+
+def test_an_lcm_checkpoint_of_another_run_is_refused(small_cache, tmp_path):
+    import pytest
+
+    from training.checkpoint import save_checkpoint
+
+    out, _ = small_cache
+    ckpt = str(tmp_path / "ckpt")
+    save_checkpoint(ckpt, {"step": 2, "train_steps": 100, "seed": 0, "lora": {}})
+    with pytest.raises(SystemExit, match="another run"):
+        distil_lcm(TEACHER, str(out / "w" / "cache"), str(tmp_path / "x.safetensors"), train_steps=6, batch_size=4,
+                   lora_rank=4, lora_alpha=4.0, progress=False, checkpoint_dir=ckpt)
+    assert os.path.isdir(ckpt)                          # nothing lost
