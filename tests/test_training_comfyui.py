@@ -97,3 +97,27 @@ def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch, preci
         else:
             got = (after[target] - before[target]).flatten(1)
         torch.testing.assert_close(got, delta, rtol=1e-4, atol=1e-5, msg=lambda m: f"{module} -> {target}: {m}")
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "pixart"])
+def test_bench_scale_comfyui_key_match_counts_every_module(tmp_path, family):
+    """``bench.scale``'s ComfyUI key match (the family's ComfyUI model on the meta device, built from
+    ``comfy_unet_config`` of the diffusers config) on the tiny models: every module of the exported
+    file maps and patches. At full size the benchmark runs the same function (README, Hardware and cost)."""
+    from bench import scale
+
+    model = str(tmp_path / "model")
+    scale.build_family(family, model, tiny=True)
+    lora = scale.export_untrained_lora(family, model, str(tmp_path / "lora.safetensors"))
+    km = scale.keymatch_comfyui(family, model, lora["lora"])
+    assert km["matched"] == km["total"] == km["patches"] == lora["lora_modules"] > 0, km
+    # a module ComfyUI has no key for is counted as unmatched, not silently dropped
+    tensors = load_file(lora["lora"])
+    first = next(k for k in tensors if k.endswith((".lora_down.weight", ".lora_A.weight")))
+    stem = first.rsplit(".", 2)[0]
+    extra = {k.replace(stem, stem + "_nowhere"): v.clone() for k, v in tensors.items() if k.startswith(stem + ".")}
+    from safetensors.torch import save_file
+
+    save_file({**tensors, **extra}, str(tmp_path / "extra.safetensors"))
+    km2 = scale.keymatch_comfyui(family, model, str(tmp_path / "extra.safetensors"))
+    assert km2["total"] == km["total"] + 1 and km2["matched"] == km["matched"], km2

@@ -52,6 +52,12 @@ def save_checkpoint(folder: str, state: Dict[str, Any]) -> None:
     fallback when the newest one does not load."""
     tensors: Dict[str, torch.Tensor] = {}
     tree = _flatten(state, "s", tensors)
+    storages = set()
+    for key, value in tensors.items():     # safetensors refuses shared storage (bitsandbytes' 8-bit
+        ptr = value.untyped_storage().data_ptr()      # AdamW shares its quantisation maps): copy repeats
+        if ptr in storages and value.numel():
+            tensors[key] = value.clone()
+        storages.add(ptr)
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -21,6 +21,7 @@ from .export import SAVE_DTYPES
 
 ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
 SOLVERS = ("ddim", "dpmsolver++")
+OPTIMIZERS = ("adamw", "adamw8bit")
 # LoRA targets: LCM-LoRA's set (attention, feed-forward, ResNet convs and time projections, resamplers)
 # plus the UNet's first and last convolution; in PixArt only the transformer blocks' projections match.
 # On the proxy, adding the convolutions to the attention/feed-forward set halved the 2-step FD-proxy
@@ -90,6 +91,8 @@ class DistillConfig:
     time_sampler_input: str = field(default="data", metadata={"help": "the Time Sampler network's input: data (pooled latent and text features) or none (one density for every sample)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
+    base_precision: str = field(default="fp32", metadata={"help": "dtype the frozen base weights (denoiser, text encoders, VAE) are loaded in: fp32, fp16 or bf16 (half the memory); the LoRA weights and the optimizer state stay fp32"})
+    optimizer: str = field(default="adamw", metadata={"help": f"one of {OPTIMIZERS}: adamw (torch) or adamw8bit (bitsandbytes' 8-bit AdamW, the optimizer state in 2 bytes per LoRA weight instead of 8; needs pip install bitsandbytes)"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps"})
     save_every: int = field(default=0, metadata={"help": "also export the LoRA every N steps as <output>-step<N>.safetensors (0 = only the final file)"})
@@ -120,7 +123,11 @@ class DistillConfig:
         """``--sigma auto``: the mean of the cache's Theorem-1 spreads ``sigma_star`` ``[N]``, to 4
         decimals (a value given explicitly is kept)."""
         if self.sigma == "auto":
-            self.sigma = round(float(sigma_star.double().mean()), 4)
+            sigma = round(float(sigma_star.double().mean()), 4)
+            if not 0 < sigma <= 10:
+                raise ConfigError(f"--sigma auto: the mean Theorem-1 spread of the teacher trajectories is {sigma}, "
+                                  f"outside (0, 10]; pass --sigma explicitly (0.1 measured best on the proxy)")
+            self.sigma = sigma
         return self
 
     def phase2_seed(self) -> int:
@@ -152,6 +159,9 @@ class DistillConfig:
                 raise ConfigError(f"--sigma must be a number or auto, got {self.sigma!r}") from None
             if not 0 < self.sigma <= 10:
                 raise ConfigError(f"--sigma must be auto or in (0, 10], got {self.sigma}")
+        elif self.teacher_steps < 2 and not self.no_ray:
+            raise ConfigError("--sigma auto needs --teacher-steps 2 or more: Theorem 1's spread of a one-step "
+                              "trajectory is 0; pass a number (--sigma 0.1) or more teacher steps")
         if not 0 <= self.start_anchor <= 1:
             raise ConfigError(f"--start-anchor must be in [0, 1], got {self.start_anchor}")
         if self.start_anchor > 0 and self.no_ray:
@@ -170,6 +180,10 @@ class DistillConfig:
             raise ConfigError(f"--time-sampler-warmup must be >= 0, got {self.time_sampler_warmup}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.base_precision not in SAVE_DTYPES:
+            raise ConfigError(f"--base-precision must be one of {', '.join(SAVE_DTYPES)}, got {self.base_precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}, got {self.save_precision!r}")
         for name in ("seeds_per_prompt", "teacher_steps", "shard_size", "train_steps", "batch_size", "grad_accum",
@@ -213,7 +227,7 @@ class DistillConfig:
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
                 "ray_path", "no_ray", "loss_weighting", "start_anchor", "anchor_taper", "top_share", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
                 "time_sampler_target", "time_sampler_uniform", "time_sampler_warmup", "time_sampler_biased", "time_sampler_input",
-                "mixed_precision", "ema_decay")
+                "mixed_precision", "ema_decay", "base_precision", "optimizer")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])
         d["prompts"] = os.path.abspath(d["prompts"])

@@ -90,19 +90,21 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     from accelerate import Accelerator
 
     from .data import build_cache, load_cache
-    from .export import export_state_dict, write_lora
+    from .export import SAVE_DTYPES, export_state_dict, write_lora
     from .models import load_base_model
     from .prompts import read_prompts
-    from .trainer import Trainer
+    from .trainer import Trainer, check_optimizer
 
     cfg.validate()
+    check_optimizer(cfg)
     prompts = read_prompts(cfg.prompts)
     _check_output_writable(cfg.output)
     _check_output_is_ours(cfg)
     if not cfg.resume and os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):
         raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
                           f"or choose another --work-dir")
-    model = load_base_model(cfg.model, cfg.architecture, model_config=cfg.model_config)
+    model = load_base_model(cfg.model, cfg.architecture, dtype=SAVE_DTYPES[cfg.base_precision],
+                            model_config=cfg.model_config)
     res = model.unet.config.sample_size if model.vae is None else None   # pixel-space (proxy) models
     if res is not None and cfg.resolution != res:
         raise ConfigError(f"--resolution must be {res} for this pixel-space model (its UNet sample size), got {cfg.resolution}")
@@ -122,6 +124,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
               f"{', the mean: --sigma auto' if auto else ''})", flush=True)
     for enc in model.text_encoders:          # phase 2 never needs the text encoders (PixArt's T5 is large)
         enc.to("cpu")
+    enc = None                               # the loop name held the last encoder through phase 2
     model.text_encoders.clear()
     model.tokenizers.clear()
     trainer = Trainer(cfg, model, cache, accelerator)
@@ -153,6 +156,8 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
         "rayflow.top_share": cfg.top_share,
         "rayflow.lora_rank": cfg.lora_rank,
         "rayflow.lora_alpha": cfg.lora_alpha,
+        "rayflow.base_precision": cfg.base_precision,
+        "rayflow.optimizer": cfg.optimizer,
     }
 
     def export(path: str, steps: int) -> None:

@@ -17,9 +17,7 @@ import torch
 
 from rayflow import NoiseSchedule
 
-
-class ModelError(ValueError):
-    """The base model is missing, corrupt or of an unsupported kind."""
+from .model_errors import ModelError
 
 
 @dataclass
@@ -34,6 +32,11 @@ class BaseModel:
     schedule: NoiseSchedule
     schedule_name: str
     path: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the denoiser's frozen base weights (``--base-precision``; LoRA weights may differ)."""
+        return next(p.dtype for n, p in self.unet.named_parameters() if "lora_" not in n)
 
     @property
     def latent_channels(self) -> int:
@@ -74,21 +77,27 @@ class BaseModel:
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, torch.Tensor], resolution: int) -> torch.Tensor:
         """Noise prediction ``[B, C, h, w]`` of the denoiser at ``x`` ``[B, C, h, w]``, integer
         timesteps ``t`` ``[B]``, conditioning ``cond`` (see :meth:`encode_prompts`), image
-        ``resolution`` in pixels (SDXL time ids, PixArt resolution embedding)."""
-        ehs = cond["cond"].to(x.device)
+        ``resolution`` in pixels (SDXL time ids, PixArt resolution embedding). The denoiser runs in
+        the dtype of its frozen weights (``--base-precision``); the prediction comes back in ``x``'s
+        dtype, so the schedule math around it keeps its precision."""
+        in_dtype, dtype = x.dtype, self.dtype
+        x = x.to(dtype)
+        ehs = cond["cond"].to(x.device, dtype)
         B = x.shape[0]
         if self.architecture == "sdxl":
             ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=ehs.dtype, device=x.device)
-            extra = {"text_embeds": cond["pooled"].to(x.device), "time_ids": ids.expand(B, -1)}
-            return self.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=extra).sample
-        if self.architecture.startswith("pixart"):
+            extra = {"text_embeds": cond["pooled"].to(x.device, dtype), "time_ids": ids.expand(B, -1)}
+            out = self.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=extra).sample
+        elif self.architecture.startswith("pixart"):
             extra = {"resolution": torch.tensor([[resolution, resolution]], dtype=ehs.dtype, device=x.device).expand(B, -1),
                      "aspect_ratio": torch.ones(B, 1, dtype=ehs.dtype, device=x.device)}
             out = self.unet(x, encoder_hidden_states=ehs, timestep=t, added_cond_kwargs=extra,
-                            encoder_attention_mask=cond["mask"].to(x.device)).sample
+                            encoder_attention_mask=cond["mask"].to(x.device, dtype)).sample
             C = x.shape[1]
-            return out[:, :C] if out.shape[1] == 2 * C else out     # learned-sigma models: keep eps
-        return self.unet(x, t, encoder_hidden_states=ehs).sample
+            out = out[:, :C] if out.shape[1] == 2 * C else out     # learned-sigma models: keep eps
+        else:
+            out = self.unet(x, t, encoder_hidden_states=ehs).sample
+        return out.to(in_dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

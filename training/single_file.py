@@ -18,14 +18,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .models import ModelError
+from .model_errors import ModelError, SingleFileError  # noqa: F401  (both importable from here, as before)
 
 BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class SingleFileError(ModelError):
-    """The single-file checkpoint cannot be used (reported by the CLI as one line)."""
 
 
 def checkpoint_keys(path: str) -> List[str]:

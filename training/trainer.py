@@ -61,6 +61,24 @@ def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False) ->
                                        target_modules=names), unet)
 
 
+def check_optimizer(cfg: DistillConfig) -> None:
+    """Refuse ``--optimizer adamw8bit`` before any work when bitsandbytes is not installed."""
+    import importlib.util
+
+    if cfg.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("--optimizer adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes")
+
+
+def make_optimizer(params, cfg: DistillConfig) -> torch.optim.Optimizer:
+    """AdamW over the LoRA ``params``: torch's, or bitsandbytes' 8-bit one for ``--optimizer adamw8bit``."""
+    if cfg.optimizer == "adamw8bit":
+        check_optimizer(cfg)
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at step ``total``."""
     return torch.optim.lr_scheduler.LambdaLR(
@@ -95,7 +113,9 @@ class Trainer:
             unet.enable_gradient_checkpointing()
         unet.train()
         self.params = [p for p in unet.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        for p in self.params:              # peft gives the adapters the base's dtype: they train in fp32
+            p.data = p.data.float()
+        self.opt = make_optimizer(self.params, cfg)
         self.lr_sched = warmup_cosine(self.opt, cfg.lr_warmup, cfg.train_steps)
         self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
         feat_dim = cache.cond["cond"].shape[-1] + 4 * cache.x0.shape[1]
@@ -286,7 +306,7 @@ class Trainer:
         self.profile.update(u, seen)
         self._last_feats = feats.detach() if self.ts is not None else None
         self.t_hist += torch.histc(u.float(), DIAG_BINS, 0.0, 1.0).double()
-        stats = {"loss": float(loss.detach()), "t_mean": float(t.float().mean()), "t_std": float(t.float().std()),
+        stats = {"loss": float(loss.detach()), "t_mean": float(t.float().mean()), "t_std": float(t.float().std()) if t.numel() > 1 else 0.0,
                  "w_mean": float(w.mean()), "w_max": float(w.max())}
         if self.ts is not None:
             ts_loss = self.ts.svgd_loss(feats, self.profile.score)
