@@ -78,6 +78,7 @@ def test_end_to_end_sd15_produces_a_lora_that_diffusers_loads(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("flags, recipe, ts, weighting", [(["--no-ray"], "rectified", "on", "truncated-snr"),
+                                                          (["--preset", "fidelity"], "rectified", "on", "truncated-snr"),
                                                           (["--no-time-sampler"], "ray", "off", "truncated-snr"),
                                                           (["--loss-weighting", "eps"], "ray", "on", "eps")])
 def test_ablation_flags(tiny, tmp_path, flags, recipe, ts, weighting):
@@ -88,6 +89,7 @@ def test_ablation_flags(tiny, tmp_path, flags, recipe, ts, weighting):
         meta = f.metadata()
     assert meta["rayflow.recipe"] == recipe and meta["rayflow.time_sampler"] == ts
     assert meta["rayflow.loss_weighting"] == weighting
+    assert meta["rayflow.preset"] == (flags[1] if flags[0] == "--preset" else "few-step")
 
 
 def test_start_anchor_changes_training_and_is_recorded(tiny, tmp_path):
@@ -189,7 +191,9 @@ def test_preset_values_sit_under_file_and_flag_values(tmp_path):
     assert cfg.start_anchor == 0.25 and cfg.top_share == 0.75
     few = parse_args(base)
     assert few.preset == "few-step" and few.sigma == "auto" and few.top_share == 0.0 and not PRESETS["few-step"]
-    with pytest.raises(ConfigError, match="--preset must be one of few-step, one-step"):
+    fid = parse_args(base + ["--preset", "fidelity"])
+    assert fid.no_ray and fid.training_process().sigma == 1.0 and not few.no_ray
+    with pytest.raises(ConfigError, match="--preset must be one of few-step, one-step, fidelity"):
         parse_args(base + ["--preset", "fast"])
     with pytest.raises(ConfigError, match="--sigma"):
         parse_args(base + ["--sigma", "big"])

@@ -36,6 +36,9 @@ LORA_TARGETS = ATTENTION_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb
 PRESETS: Dict[str, Dict[str, Any]] = {
     "few-step": {},
     "one-step": {"start_anchor": 0.5, "anchor_taper": True, "top_share": 0.75, "recommended_steps": 1},
+    # ReFlow pairs without Ray noise: the measured best at reproducing the teacher's own samples
+    # (FD to the teacher, 1-8 steps, 1200 and 2400 training steps, 5 seeds; docs/benchmarks.md)
+    "fidelity": {"no_ray": True},
 }
 
 
@@ -101,7 +104,7 @@ class DistillConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output file that this run's work dir did not write "
                                                               "(without it such a file is never overwritten)"})
-    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
+    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps), fidelity (--no-ray: ReFlow pairs, the closest to the teacher's own samples on the proxy, farther from real images) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
     # ---- export metadata
     save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
     recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
