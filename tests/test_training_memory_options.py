@@ -132,3 +132,19 @@ def test_the_leanest_options_train_and_resume_exactly(tmp_path, monkeypatch):
     with safe_open(str(cut), framework="pt") as f:
         meta = f.metadata()
     assert (meta["rayflow.base_precision"], meta["rayflow.optimizer"]) == ("bf16", "adamw8bit")
+
+
+def test_bitsandbytes_hub_kernel_notice_is_dropped_and_its_other_warnings_kept():
+    """Importing ``training`` silences the one import-time notice of bitsandbytes about a 4-bit hub
+    kernel (the trainer has no 4-bit layers); any other bitsandbytes warning still shows."""
+    import logging
+
+    import training  # noqa: F401
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+
+    def record(msg):
+        return logging.LogRecord(log.name, logging.WARNING, __file__, 1, msg, ("x",), None)
+
+    assert not log.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ..."))
+    assert log.filter(record("some other problem: %s"))
