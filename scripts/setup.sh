@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create (once) and update the project's virtual environment in .venv with the dev extras:
-# torch as pinned by the dev extra in pyproject.toml, diffusers, peft, accelerate, transformers, pytest.
+# torch as pinned by the dev extra in pyproject.toml, diffusers, peft, accelerate, transformers, bitsandbytes (8-bit AdamW), pytest.
 #
 # Environment:
 #   PYTHON           the interpreter that creates .venv (default: python3)
 #   TORCH_INDEX_URL  package index torch is installed from, passed to pip as --index-url; default:
 #                    unset, i.e. whatever pip picks from PyPI (on Linux x86-64 the CUDA build, several GB).
-#                    The CPU-only build (about 1.5 GB for the whole .venv):
+#                    The CPU-only build (about 1.6 GB for the whole .venv):
 #                      TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 #                    pip's own variables (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, ...) apply as usual.
 set -euo pipefail
