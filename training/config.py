@@ -77,7 +77,7 @@ class DistillConfig:
     lora_targets: str = field(default=",".join(LORA_TARGETS),
                               metadata={"help": "comma-separated module-name suffixes that get LoRA adapters (default: attention, feed-forward, "
                                                 "ResNet convolutions, time projections, resamplers, conv_in/conv_out; PixArt: those inside the transformer blocks)"})
-    sigma: "float | str" = field(default="auto", metadata={"help": "Ray variance coefficient, or auto: the mean Theorem-1 spread sigma* of the teacher trajectories that phase 1 measures (on the proxy 0.099, where 0.1 measured best); the value used is stored in the LoRA"})
+    sigma: "float | str" = field(default="auto", metadata={"help": "Ray variance coefficient, or auto: the mean Theorem-1 spread sigma* of the teacher trajectories that phase 1 measures (on the proxy 0.099; over 3 seeds 0.1 beat 0.03 at 4-8 steps and 0.3 at 1-2 steps, docs/benchmarks.md); the value used is stored in the LoRA"})
     ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
     loss_weighting: str = field(default="truncated-snr", metadata={"help": "per-timestep loss weight (docs/method.md eq. 7.2): eps (plain noise-space MSE) or truncated-snr (max(1, (1-a_t)/a_t): x0-space error where the noise dominates, as in progressive distillation)"})
@@ -129,7 +129,7 @@ class DistillConfig:
             sigma = round(float(sigma_star.double().mean()), 4)
             if not 0 < sigma <= 10:
                 raise ConfigError(f"--sigma auto: the mean Theorem-1 spread of the teacher trajectories is {sigma}, "
-                                  f"outside (0, 10]; pass --sigma explicitly (0.1 measured best on the proxy)")
+                                  f"outside (0, 10]; pass --sigma explicitly (0.1 on the proxy, docs/benchmarks.md)")
             self.sigma = sigma
         return self
 
