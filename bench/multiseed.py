@@ -316,8 +316,9 @@ def load_runs(args) -> Dict[tuple, Dict]:
 # the arms paired against uniform timesteps (the Time Sampler's own comparison, issue 17 item 5)
 TS_ARMS = ("ray", "ts_grad", "ts_mix50", "ts_warmup", "ts_biased", "ts_static")
 # every baseline besides ray that some rows are paired against: uniform timesteps for the Time Sampler arms,
-# LCM-LoRA for the one-step recipe (its claim: ahead of LCM at 1 step, same data, budget and seeds)
-PAIRED_BASELINES = {"no_ts": TS_ARMS, "lcm": ("one_step",)}
+# LCM-LoRA and the same recipe with uniform timesteps for the one-step recipe (its claim: ahead of LCM at 1 step,
+# same data, budget and seeds)
+PAIRED_BASELINES = {"no_ts": TS_ARMS, "lcm": ("one_step",), "one_step_no_ts": ("one_step",)}
 
 
 def paired_block(values: Dict[str, Dict[str, List]], base: Dict[str, Dict[str, List]]) -> Dict:

@@ -69,7 +69,9 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
 }
 COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that combine two of the above
             "top50_taper_anchor0.5": ("top50", "taper_anchor0.5"),
-            "top75_taper_anchor0.5": ("top75", "taper_anchor0.5")}
+            "top75_taper_anchor0.5": ("top75", "taper_anchor0.5"),
+            # the one-step preset with uniform timesteps: the Time Sampler's share in the one-step claim
+            "one_step_no_ts": ("one_step", "no_ts")}
 VARIANTS.update({name: {k: v for part in parts for k, v in VARIANTS[part].items()} for name, parts in COMBINED.items()})
 MULTISEED_VARIANTS = ("ray", "no_ts", "no_ray", "lcm")      # the --seeds default: the recipe and its baselines
 STEPS = (1, 2, 4, 8)

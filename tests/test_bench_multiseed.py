@@ -132,17 +132,20 @@ def test_time_sampler_records_are_gathered_per_seed_with_the_last_record_of_a_st
 def test_the_one_step_recipe_pairs_with_lcm_and_the_report_redraws_from_the_json_alone(tmp_path):
     (tmp_path / "teacher.json").write_text(json.dumps({"teacher floor": {"25": {"fd": 1.0, "alignment": 1.0}}}))
     for seed in (0, 1, 2):
-        for variant, fd in (("one_step", 10.0), ("lcm", 30.0)):
+        for variant, fd in (("one_step", 10.0), ("lcm", 30.0), ("one_step_no_ts", 12.0)):
             folder, result, _ = multiseed.job_paths(str(tmp_path), seed, variant)
             os.makedirs(folder, exist_ok=True)
             multiseed.write_json(result, _result(seed, variant, fd + seed * seed))
-    args = _args(tmp_path, [0, 1, 2], ["one_step", "lcm"])
+    args = _args(tmp_path, [0, 1, 2], ["one_step", "lcm", "one_step_no_ts"])
     data = multiseed.summarise(args)
     diff = data["variants"]["one_step"]["paired_vs_lcm"]["fd"]["1"]
     assert diff["per_seed"] == [-20.0, -20.0, -20.0] and diff["verdict"] == "better"
+    uniform = data["variants"]["one_step"]["paired_vs_one_step_no_ts"]["fd"]["1"]
+    assert uniform["per_seed"] == [-2.0, -2.0, -2.0] and uniform["verdict"] == "better"
     assert "paired_vs_lcm" not in data["variants"]["lcm"] and "paired_vs_ray" not in data["variants"]["one_step"]
     report = (tmp_path / "summary.md").read_text()
     assert "Paired difference to `lcm`" in report and "Paired difference to `ray`" not in report
+    assert "Paired difference to `one_step_no_ts`" in report
     (tmp_path / "summary.md").unlink()
     import shutil
 

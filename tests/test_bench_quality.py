@@ -18,6 +18,7 @@ def test_each_variant_changes_one_thing_of_the_recipe():
     assert options("top50_taper_anchor0.5") == {**RECIPE, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
     assert options("top75_taper_anchor0.5") == {**options("top50_taper_anchor0.5"), "top_share": 0.75}
     assert options("one_step") == options("top75_taper_anchor0.5")      # the CLI's --preset one-step
+    assert options("one_step_no_ts") == {**options("one_step"), "no_time_sampler": True}
     assert process_of("no_ray").sigma == 1.0
     assert process_of("sigma0.3").sigma == 0.3 and process_of("linear").path == "linear"
     # the attention-only ablation drops exactly the convolutions of the default target set
