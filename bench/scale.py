@@ -577,13 +577,13 @@ def bench_family(family: str, args, results: Dict, out: str) -> Dict:
             opts = VARIANTS[variant]
             base_bytes = (den + enc + built["params"].get("vae", 0)) * BYTES[opts["base_precision"]]
             if base_bytes > max_rss:
-                rec["variants"][variant] = {"options": dict(opts), "command": args.command, "status": (
+                rec["variants"][variant] = {"options": dict(opts), **_provenance(args, opts), "status": (
                     f"not run: the frozen base weights alone take {base_bytes / GIB:.1f} GiB in "
                     f"{opts['base_precision']}, more than the {args.max_rss_gib:g} GiB limit (--max-rss-gib)")}
                 _write(out, results)
                 continue
             if opts["optimizer"] == "adamw8bit" and not _has_bitsandbytes(env):
-                rec["variants"][variant] = {"options": dict(opts), "command": args.command,
+                rec["variants"][variant] = {"options": dict(opts), **_provenance(args, opts),
                                             "status": "not run: bitsandbytes is not installed"}
                 _write(out, results)
                 continue
@@ -594,7 +594,8 @@ def bench_family(family: str, args, results: Dict, out: str) -> Dict:
                           "--batch-size", str(args.batch_size)] + (["--tiny"] if args.tiny else []) + \
                          (["--grid"] if args.grid else [])
             res = _child(child_args, os.path.join(work, "result.json"), max_rss, args.timeout, env=env)
-            res["command"] = args.command
+            res.setdefault("options", dict(opts))          # a stopped run's result has only what it measured
+            res.update(_provenance(args, opts))
             if res["status"] == "measured":
                 res["estimates"] = estimates(res)
                 lora_path = lora_path or res["lora"]
@@ -803,14 +804,16 @@ def main(argv=None) -> int:
     import shlex
 
     shown = list(sys.argv[1:] if argv is None else argv)
-    results.update(command="python -m bench.scale " + shlex.join(shown), device=device_info(),
-                   recipe={k: _default(k) for k in ("lora_rank", "lora_alpha", "lora_targets", "teacher_solver",
-                                                     "teacher_cfg", "train_steps", "batch_size", "teacher_steps",
-                                                     "save_precision")},
-                   measured={"steps": args.steps, "teacher_steps": args.teacher_steps, "prompts": args.prompts,
-                             "batch_size": args.batch_size, "threads": args.threads},
-                   bitsandbytes=_bnb_version(args))
-    args.command = results["command"]
+    # what one invocation ran with belongs to the rows it measured (a file gathers several --families runs);
+    # only the default recipe that the estimates scale to is the file's own
+    for key in ("command", "measured", "device", "bitsandbytes"):
+        results.pop(key, None)
+    results["recipe"] = {k: _default(k) for k in ("lora_rank", "lora_alpha", "lora_targets", "teacher_solver",
+                                                  "teacher_cfg", "train_steps", "batch_size", "teacher_steps",
+                                                  "save_precision")}
+    args.command = "python -m bench.scale " + shlex.join(shown)
+    args.device = {**device_info(), "run_threads": args.threads}
+    args.bitsandbytes = _bnb_version(args)
     for family in args.families:
         print(f"bench.scale: {family} ...", flush=True)
         rec = bench_family(family, args, results, out)
@@ -820,6 +823,15 @@ def main(argv=None) -> int:
                                                      if v.get("status") == "measured" else ""), flush=True)
     print(f"bench.scale: wrote {out}")
     return 0
+
+
+def _provenance(args, opts: Dict) -> Dict:
+    """What a row was measured with: its command, the machine (``run_threads``: OMP_NUM_THREADS of the runs) and,
+    for the 8-bit optimizer, the bitsandbytes version."""
+    row = {"command": args.command, "device": args.device}
+    if opts["optimizer"] == "adamw8bit":
+        row["bitsandbytes"] = args.bitsandbytes
+    return row
 
 
 def _bnb_version(args) -> str:
