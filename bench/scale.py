@@ -506,11 +506,13 @@ def comfy_python(given: str) -> str:
     return venv if os.path.isfile(venv) else sys.executable
 
 
-def device_info() -> Dict:
+def device_info(threads: int) -> Dict:
+    """The machine a run measures on; ``run_threads``: OMP_NUM_THREADS of the measuring subprocesses
+    (this process's own torch threads are not theirs)."""
     import torch
 
     info = {"kind": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "run_threads": threads}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), info["cpu"])
@@ -577,13 +579,13 @@ def bench_family(family: str, args, results: Dict, out: str) -> Dict:
             opts = VARIANTS[variant]
             base_bytes = (den + enc + built["params"].get("vae", 0)) * BYTES[opts["base_precision"]]
             if base_bytes > max_rss:
-                rec["variants"][variant] = {"options": dict(opts), **_provenance(args, opts), "status": (
+                rec["variants"][variant] = {**_row_header(args, opts), "status": (
                     f"not run: the frozen base weights alone take {base_bytes / GIB:.1f} GiB in "
                     f"{opts['base_precision']}, more than the {args.max_rss_gib:g} GiB limit (--max-rss-gib)")}
                 _write(out, results)
                 continue
             if opts["optimizer"] == "adamw8bit" and not _has_bitsandbytes(env):
-                rec["variants"][variant] = {"options": dict(opts), **_provenance(args, opts),
+                rec["variants"][variant] = {**_row_header(args, opts),
                                             "status": "not run: bitsandbytes is not installed"}
                 _write(out, results)
                 continue
@@ -594,8 +596,7 @@ def bench_family(family: str, args, results: Dict, out: str) -> Dict:
                           "--batch-size", str(args.batch_size)] + (["--tiny"] if args.tiny else []) + \
                          (["--grid"] if args.grid else [])
             res = _child(child_args, os.path.join(work, "result.json"), max_rss, args.timeout, env=env)
-            res.setdefault("options", dict(opts))          # a stopped run's result has only what it measured
-            res.update(_provenance(args, opts))
+            res.update(_row_header(args, opts))     # also on a stopped run, whose result has only what it measured
             if res["status"] == "measured":
                 res["estimates"] = estimates(res)
                 lora_path = lora_path or res["lora"]
@@ -812,7 +813,7 @@ def main(argv=None) -> int:
                                                   "teacher_cfg", "train_steps", "batch_size", "teacher_steps",
                                                   "save_precision")}
     args.command = "python -m bench.scale " + shlex.join(shown)
-    args.device = {**device_info(), "run_threads": args.threads}
+    args.device = device_info(args.threads)
     args.bitsandbytes = _bnb_version(args)
     for family in args.families:
         print(f"bench.scale: {family} ...", flush=True)
@@ -825,10 +826,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _provenance(args, opts: Dict) -> Dict:
-    """What a row was measured with: its command, the machine (``run_threads``: OMP_NUM_THREADS of the runs) and,
+def _row_header(args, opts: Dict) -> Dict:
+    """What every row of a variant carries, run or not: its memory options, the command, the machine and,
     for the 8-bit optimizer, the bitsandbytes version."""
-    row = {"command": args.command, "device": args.device}
+    row = {"options": dict(opts), "command": args.command, "device": args.device}
     if opts["optimizer"] == "adamw8bit":
         row["bitsandbytes"] = args.bitsandbytes
     return row
