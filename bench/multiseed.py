@@ -43,6 +43,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from rayflow.atomic_write import atomic_path, write_json
+
 from .stats import mean_ci, paired_difference, verdict
 
 STEPS = (1, 2, 4, 8)
@@ -60,13 +62,6 @@ def mode_name(variant: str, mode: str, eta: float) -> str:
     if (mode, eta) == ("noise", 0.0):
         return variant
     return f"{variant} [{mode}{'' if eta == 0 else f', eta {eta:g}'}]"
-
-
-def write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- evaluation context
@@ -93,8 +88,8 @@ class Evaluation:
             # the floor: the same captions from noise seeds disjoint from the evaluation's
             ref = {"teacher": generate(self.model, None, self.labels, self.seeds, solver, steps),
                    "teacher_other": generate(self.model, None, self.labels, self.seeds + len(self.seeds), solver, steps)}
-            save_file(ref, path + ".tmp")
-            os.replace(path + ".tmp", path)
+            with atomic_path(path) as tmp:
+                save_file(ref, tmp)
         self.teacher = ref["teacher"]
         self.teacher_other = ref["teacher_other"]
         with torch.no_grad():

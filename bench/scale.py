@@ -34,6 +34,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from rayflow.atomic_write import write_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "training", "configs")
 FAMILIES = ("sd15", "sdxl", "pixart")
@@ -187,9 +189,7 @@ def run_variant(family: str, model_dir: str, variant: str, work: str, steps: int
 
     def mark(**kw):
         rec.update(kw)
-        with open(progress_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(rec, f)
-        os.replace(progress_path + ".tmp", progress_path)
+        write_json(progress_path, rec)
 
     mark()
     prompt_file = os.path.join(work, "prompts.txt")
@@ -542,11 +542,7 @@ def estimates(res: Dict) -> Dict:
 
 def _write(out: str, results: Dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, out)
+    write_json(out, results)
 
 
 def bench_family(family: str, args, results: Dict, out: str) -> Dict:

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from .atomic_write import atomic_path
 from .validation import check_finite, check_int, check_scalar
 
 
@@ -199,10 +200,9 @@ class TimeSampler(nn.Module):
         """Write weights and config to a ``.safetensors`` file (atomic: temp file + rename)."""
         from safetensors.torch import save_file
 
-        tmp = f"{path}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp,
-                  metadata={"rayflow.time_sampler": json.dumps(self.config)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp,
+                      metadata={"rayflow.time_sampler": json.dumps(self.config)})
 
     @classmethod
     def load(cls, path: str, device: Optional[torch.device] = None) -> "TimeSampler":

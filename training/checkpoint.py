@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from rayflow.atomic_write import atomic_path
+
 from .config import ConfigError
 
 
@@ -58,17 +60,15 @@ def save_checkpoint(folder: str, state: Dict[str, Any]) -> None:
         if ptr in storages and value.numel():
             tensors[key] = value.clone()
         storages.add(ptr)
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(tensors, os.path.join(tmp, "tensors.safetensors"))
-    with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
-        json.dump(tree, f)
     prev = folder + ".prev"
-    if os.path.isdir(folder):
-        shutil.rmtree(prev, ignore_errors=True)
-        os.replace(folder, prev)
-    os.replace(tmp, folder)
+    with atomic_path(folder) as tmp:
+        os.makedirs(tmp)
+        save_file(tensors, os.path.join(tmp, "tensors.safetensors"))
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+            json.dump(tree, f)
+        if os.path.isdir(folder):        # the replaced checkpoint stays as the fallback
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(folder, prev)
 
 
 def _read(folder: str) -> Dict[str, Any]:

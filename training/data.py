@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 
 from rayflow import RayProcess
+from rayflow.atomic_write import write_json
 
 from .config import ConfigError, DistillConfig
 from .export import save_atomic
@@ -113,7 +114,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
             raise ConfigError(f"the cache in {folder} was built with a different configuration; "
                               f"use another --work-dir or delete that folder")
     elif accelerator.is_main_process:
-        _atomic_json(manifest, {"fingerprint": fp, "complete": False})
+        write_json(manifest, {"fingerprint": fp, "complete": False})
     accelerator.wait_for_everyone()
 
     device = accelerator.device
@@ -148,7 +149,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _atomic_json(manifest, {"fingerprint": fp, "complete": True, "items": total, "shards": n_shards,
+        write_json(manifest, {"fingerprint": fp, "complete": True, "items": total, "shards": n_shards,
                                 "sizes": {str(k): os.path.getsize(_shard_path(folder, k)) for k in range(n_shards)}})
     accelerator.wait_for_everyone()
     return folder
@@ -227,8 +228,3 @@ def _shard_ok(folder: str, k: int, shard_size: int, total: int, size) -> bool:
     return True
 
 
-def _atomic_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

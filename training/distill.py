@@ -18,11 +18,14 @@ import sys
 import traceback
 from typing import Callable, Dict, List, Optional
 
+from rayflow.atomic_write import DiskFullError, write_json, write_text
+
 from .config import ConfigError, DistillConfig, parse_args
 from .models import ModelError
 from .prompts import PromptsError
 
-INPUT_ERRORS = (ConfigError, ModelError, PromptsError)
+# errors that end the run with one line and exit code 2: bad input, or a disk that filled up
+INPUT_ERRORS = (ConfigError, ModelError, PromptsError, DiskFullError)
 
 
 def _check_output_writable(path: str) -> None:
@@ -74,8 +77,7 @@ def _check_output_is_ours(cfg: DistillConfig) -> None:
 def _record_export(cfg: DistillConfig) -> None:
     exports = _own_exports(cfg.work_dir)
     exports[os.path.abspath(cfg.output)] = _sha256(cfg.output)
-    with open(os.path.join(cfg.work_dir, EXPORTS), "w", encoding="utf-8") as f:
-        json.dump(exports, f, indent=1)
+    write_json(os.path.join(cfg.work_dir, EXPORTS), exports)
 
 
 def snapshot_path(output: str, step: int) -> str:
@@ -112,8 +114,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     os.makedirs(cfg.work_dir, exist_ok=True)
     if accelerator.is_main_process:
-        with open(os.path.join(cfg.work_dir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(cfg.to_json())
+        write_text(os.path.join(cfg.work_dir, "config.json"), cfg.to_json())
     folder = build_cache(cfg, model, prompts, accelerator, progress)
     cache = load_cache(folder)
     auto = cfg.sigma == "auto"

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import save_file
 
+from rayflow.atomic_write import atomic_path
 from rayflow.lora_file import module_count, validate_lora
 
 FORMAT_VERSION = "1"
@@ -72,15 +73,10 @@ def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], ra
 
 
 def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
-    """``safetensors`` save through a temp file + rename: ``path`` is complete or absent, and a
-    failed write leaves no temp file behind."""
-    tmp = path + ".tmp"
-    try:
+    """``safetensors`` save through :func:`rayflow.atomic_write.atomic_path`: ``path`` is complete
+    or absent, a failed write leaves no temp file behind, a full disk is one ``DiskFullError``."""
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from rayflow import LossProfile, TimeSampler, sample_ray
+from rayflow.atomic_write import atomic_path
 from rayflow.process import per_sample as per_sample_coef   # the loss below has a local per_sample
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -427,13 +428,12 @@ class Trainer:
 
 def _rewrite(path: str, content, csv_rows: bool = False) -> None:
     """Replace ``path`` atomically with ``content`` (lines, or CSV rows with ``csv_rows``)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="" if csv_rows else None, encoding="utf-8") as f:
-        if csv_rows:
-            csv.writer(f).writerows(content)
-        else:
-            f.writelines(content)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="" if csv_rows else None, encoding="utf-8") as f:
+            if csv_rows:
+                csv.writer(f).writerows(content)
+            else:
+                f.writelines(content)
 
 
 def _tensorboard(work_dir: str):
