@@ -314,13 +314,10 @@ def export_untrained_lora(family: str, model_dir: str, path: str) -> Dict:
 
 # ---------------------------------------------------------------- key match
 def _lora_modules(tensors: Dict) -> List[str]:
-    """Module names of a LoRA file's tensors (kohya ``lora_unet_*`` or peft ``transformer.*``)."""
-    mods = set()
-    for k in tensors:
-        for part in (".lora_down.weight", ".lora_A.weight"):
-            if k.endswith(part):
-                mods.add(k[: -len(part)])
-    return sorted(mods)
+    """Module names of a LoRA file's tensors (kohya ``lora_unet_*`` or peft ``transformer.*``), sorted."""
+    from rayflow.lora_file import lora_module_names
+
+    return sorted(lora_module_names(tensors))
 
 
 def keymatch_diffusers(family: str, model_dir: str, lora_path: str) -> Dict:

@@ -16,7 +16,7 @@ COMFY_ARCH = {"SD15": "sd15", "SD20": "sd20", "SDXL": "sdxl", "SDXLRefiner": "sd
               "PixArtAlpha": "pixart_alpha", "PixArtSigma": "pixart_sigma"}
 
 __all__ = ["ARCH_NAMES", "COMFY_ARCH", "LoraFileError", "read_header", "read_rayflow_metadata",
-           "check_architecture", "lora_modules", "sampler_settings"]
+           "check_architecture", "sampler_settings"]
 
 
 def read_rayflow_metadata(path: str) -> Dict[str, str]:
@@ -32,12 +32,6 @@ def check_architecture(lora_name: str, lora_arch: str, model_config_class: Optio
     model_label = ARCH_NAMES.get(model_arch or "", model_config_class or "an unknown model type")
     raise LoraFileError(f"{lora_name} is a RayFlow LoRA for {ARCH_NAMES[lora_arch]}, but the loaded model is "
                         f"{model_label}; load a {ARCH_NAMES[lora_arch]} checkpoint or a LoRA trained for {model_label}")
-
-
-def lora_modules(keys) -> set:
-    """The LoRA layers named by a state dict's keys (kohya ``.lora_down.weight`` or diffusers ``.lora_A.weight``)."""
-    suffixes = (".lora_down.weight", ".lora_A.weight")
-    return {k[: -len(sfx)] for k in keys for sfx in suffixes if k.endswith(sfx)}
 
 
 def sampler_settings(meta: Dict[str, str]) -> Dict:

@@ -25,7 +25,7 @@ MAX_ABS = 1e4            # no trained LoRA weight comes near this; 1e38 or inf w
 FORMS = {"kohya": ("lora_unet_", ".lora_down.weight", ".lora_up.weight"),
          "diffusers": ("transformer.", ".lora_A.weight", ".lora_B.weight")}
 
-__all__ = ["LoraFileError", "LoraFile", "validate_lora", "module_count", "MAX_ABS"]
+__all__ = ["LoraFileError", "LoraFile", "validate_lora", "lora_module_names", "module_count", "MAX_ABS"]
 
 
 @dataclass
@@ -62,9 +62,15 @@ class LoraFile:
         return "\n".join(lines)
 
 
+def lora_module_names(keys) -> set:
+    """The LoRA modules named by state-dict keys, either form (kohya ``<m>.lora_down/up.weight``,
+    diffusers ``<m>.lora_A/B.weight``): the set of ``<m>``."""
+    return {k[: -len(sfx)] for k in keys for _, d, u in FORMS.values() for sfx in (d, u) if k.endswith(sfx)}
+
+
 def module_count(keys) -> int:
     """The number of LoRA modules named by state-dict keys (either form), for ``rayflow.lora_modules``."""
-    return len({k[: -len(sfx)] for k in keys for _, d, u in FORMS.values() for sfx in (d, u) if k.endswith(sfx)})
+    return len(lora_module_names(keys))
 
 
 def _group(name: str, keys, form: str) -> Dict[str, Dict[str, str]]:

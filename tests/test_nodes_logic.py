@@ -224,7 +224,10 @@ def test_sampler_function_takes_the_lora_settings_from_the_run_s_model_options()
     assert not torch.allclose(a, c)          # without the LoRA settings: sigma 0.3, sigma path
 
 
-def test_lora_modules_counts_layers_in_both_key_forms():
+def test_lora_module_names_counts_layers_in_both_key_forms():
+    from rayflow.lora_file import lora_module_names, module_count
+
     keys = ["lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight", "lora_unet_a.alpha",
             "transformer.b.lora_A.weight", "transformer.b.lora_B.weight"]
-    assert lora_meta.lora_modules(keys) == {"lora_unet_a", "transformer.b"}
+    assert lora_module_names(keys) == {"lora_unet_a", "transformer.b"}
+    assert module_count(keys) == 2
