@@ -20,10 +20,22 @@ one UNet evaluation per step.
 
 from __future__ import annotations
 
+import copy
+import shutil
 from types import SimpleNamespace
 from typing import Optional, Tuple
 
 import torch
+from diffusers import LCMScheduler
+from tqdm.auto import tqdm
+
+from proxy.data import caption_of
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import DistillConfig
+from training.data import item_noise, load_cache
+from training.export import kohya_unet_state_dict, save_atomic
+from training.models import load_base_model
+from training.trainer import add_lora, lora_state, phase2_generator, warmup_cosine
 
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0
@@ -87,18 +99,6 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     every ``checkpoint_every`` steps (``training.checkpoint``: safetensors + JSON, atomic), and a
     call that finds a checkpoint continues from it: a run killed at any point and called again
     gives the LoRA of an uninterrupted run, bit for bit. The checkpoint is removed at the end."""
-    import copy
-    import shutil
-
-    from tqdm.auto import tqdm
-
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.config import DistillConfig
-    from training.data import load_cache
-    from training.export import kohya_unet_state_dict, save_atomic
-    from training.models import load_base_model
-    from training.trainer import add_lora, lora_state, phase2_generator, warmup_cosine
-
     model = load_base_model(teacher_path)
     cache = load_cache(cache_folder)
     ac = model.schedule.alphas_cumprod.double()
@@ -171,8 +171,6 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
 
 def lcm_scheduler(model):
     """diffusers' ``LCMScheduler`` over the base model's schedule (the same betas as training)."""
-    from diffusers import LCMScheduler
-
     T = model.schedule.num_timesteps
     return LCMScheduler(num_train_timesteps=T, trained_betas=model.schedule.betas.float().tolist(),
                         original_inference_steps=T // SKIP, clip_sample=False, set_alpha_to_one=True,
@@ -184,9 +182,6 @@ def lcm_samples(model, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: i
     """Images ``[N, 3, H, W]`` of the LCM-LoRA ``unet`` in ``steps`` LCMScheduler steps for proxy
     captions ``labels`` ``[N, 4]`` and per-item initial-noise seeds ``seeds`` ``[N]`` (the same noise
     as every other method of the benchmark). Returns ``(images, NFE per image)``."""
-    from proxy.data import caption_of
-    from training.data import item_noise
-
     captions = [caption_of(l) for l in labels.tolist()]
     ehs = model.encode_prompts(captions, torch.device("cpu"))["cond"]
     x = item_noise(0, seeds, (model.latent_channels, 16, 16))

@@ -90,7 +90,7 @@ def test_loss_matches_a_diffusers_ddim_reference():
 def test_distilled_lora_loads_and_samples_with_the_trained_parametrisation(small_cache):
     from safetensors import safe_open
 
-    from proxy.demo import load_lora_unet
+    from proxy.sampling import load_lora_unet
     from training.data import item_noise
     from training.models import load_base_model
 

@@ -1,21 +1,28 @@
-"""bench/quality.py: variant recipes and redrawing the report from a saved results.json."""
+"""bench/variants.py and bench/quality.py: variant recipes and redrawing the report from a saved results.json."""
 
 import json
 
-from bench.quality import COMBINED, RECIPE, VARIANTS, main, options, process_of
+from bench.quality import main
+from bench.variants import COMBINED, VARIANTS, process_of
+from proxy.recipe import PHASE2, proxy_config
+
+
+def options(variant):
+    """The proxy recipe's options as the variant changes them."""
+    return {**PHASE2, **VARIANTS[variant]}
 
 
 def test_each_variant_changes_one_thing_of_the_recipe():
-    assert options("ray") == RECIPE
+    assert VARIANTS["ray"] == {} and proxy_config("o.safetensors", "w", "p.txt").sigma == PHASE2["sigma"] == 0.1
     for name in set(VARIANTS) - set(COMBINED) - {"one_step"}:
-        changed = {k for k, v in options(name).items() if RECIPE.get(k, None) != v}
+        changed = {k for k, v in options(name).items() if PHASE2.get(k, None) != v}
         changed -= {"lora_alpha"} if "lora_rank" in changed else set()      # the LoRA's size: rank and alpha together
         changed -= {"anchor_taper"} if "start_anchor" in changed else set()  # the taper is a form of anchoring
         assert len(changed) <= 1, (name, changed)
     for name, parts in COMBINED.items():       # a combined variant is exactly the union of its parts
-        assert options(name) == {**options(parts[0]), **options(parts[1])} != options(parts[0])
+        assert VARIANTS[name] == {**VARIANTS[parts[0]], **VARIANTS[parts[1]]} != VARIANTS[parts[0]]
     assert options("rank64")["lora_rank"] == 64 and options("rank64_anchor0.5")["start_anchor"] == 0.5
-    assert options("top50_taper_anchor0.5") == {**RECIPE, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
+    assert options("top50_taper_anchor0.5") == {**PHASE2, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
     assert options("top75_taper_anchor0.5") == {**options("top50_taper_anchor0.5"), "top_share": 0.75}
     assert options("one_step") == options("top75_taper_anchor0.5")      # the CLI's --preset one-step
     assert options("one_step_no_ts") == {**options("one_step"), "no_time_sampler": True}
@@ -47,9 +54,9 @@ def test_onestep_ceiling_trains_the_whole_unet_on_the_one_step_map(small_cache, 
     import torch
 
     from bench.onestep_ceiling import main as ceiling, one_step_x0
-    from bench.quality import rayflow_samples
     from proxy.data import caption_of
-    from proxy.demo import TEACHER, load_lora_unet
+    from proxy.recipe import TEACHER
+    from proxy.sampling import load_lora_unet, rayflow_samples
     from training.data import item_noise
     from training.models import load_base_model
 
@@ -81,11 +88,11 @@ def test_onestep_ceiling_trains_the_whole_unet_on_the_one_step_map(small_cache, 
 
 
 def test_an_interrupted_variant_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    import training.distill
-    from bench.quality import distil
+    import bench.variants
+    from bench.variants import distil
 
     seen = []
-    monkeypatch.setattr(training.distill, "run", lambda cfg, progress=True: seen.append(cfg))
+    monkeypatch.setattr(bench.variants, "run", lambda cfg, progress=True: seen.append(cfg))
     distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
     (tmp_path / "work_anchor0.5" / "checkpoint").mkdir(parents=True)
     distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
