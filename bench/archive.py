@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Dict, List
 
-from rayflow.atomic_write import write_json, write_text
+from rayflow.atomic_write import atomic_path, write_json, write_text
 
 from .evaluation import METRICS
 
@@ -32,8 +32,14 @@ def archive_of(args) -> str:
 
 
 def archive_paths(args, seed: int, variant: str):
+    """The archive's record and Time Sampler records of one job."""
     folder = os.path.join(archive_of(args), f"seed{seed}")
     return os.path.join(folder, f"{variant}.json"), os.path.join(folder, f"{variant}.time_sampler.jsonl")
+
+
+def archived_lora(args, seed: int, variant: str) -> str:
+    """The archive's copy of one job's final LoRA file (what re-evaluation reads)."""
+    return os.path.join(archive_of(args), f"seed{seed}", f"{variant}.safetensors")
 
 
 def job_records(root: str, train_steps: int):
@@ -51,14 +57,25 @@ def job_records(root: str, train_steps: int):
 
 
 def archive_runs(args) -> None:
-    """Copy every finished job of ``<out>/runs`` (its result and Time Sampler records) into the archive."""
+    """Copy every finished job of ``<out>/runs`` (its record, Time Sampler records and final LoRA)
+    into the archive."""
     for seed, folder, run in job_records(os.path.join(args.out, "runs"), args.train_steps):
         result, records = archive_paths(args, seed, run["variant"])
         os.makedirs(os.path.dirname(result), exist_ok=True)
         write_json(result, run)
         jsonl = os.path.join(folder, f"work_{run['variant']}", "time_sampler.jsonl")
-        if os.path.isfile(jsonl):
-            shutil.copyfile(jsonl, records)
+        for source, target in ((jsonl, records), (os.path.join(folder, run.get("lora", "")),
+                                                  archived_lora(args, seed, run["variant"]))):
+            if os.path.isfile(source) and not _same_file(source, target):
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if not os.path.isfile(b) or os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
 
 
 def restore_archive(data: Dict, archive: str) -> List[str]:

@@ -31,7 +31,7 @@ from training.prompts import read_prompts
 
 from .archive import archive_of, archive_runs, load_runs, restore_archive
 from .evaluation import Evaluation, teacher_table
-from .jobs import work
+from .jobs import reevaluate, work
 from .report import report, write_report
 from .summary import summary
 
@@ -47,14 +47,14 @@ def summarise(args) -> Dict:
     return data
 
 
-def prepare(args) -> Evaluation:
+def prepare(args, data: bool = True) -> Evaluation:
     """The prompts file, the shared phase-1 cache, the reference samples and the teacher's rows."""
     os.makedirs(args.out, exist_ok=True)
     prompts = os.path.join(args.out, "prompts.txt")
     if not os.path.isfile(prompts):
         write_prompts(prompts)
-    if not os.path.isfile(os.path.join(args.out, "data", "cache", "manifest.json")) or \
-            not json.load(open(os.path.join(args.out, "data", "cache", "manifest.json"))).get("complete"):
+    manifest = os.path.join(args.out, "data", "cache", "manifest.json")
+    if data and not (os.path.isfile(manifest) and json.load(open(manifest)).get("complete")):
         cfg = proxy_config(os.path.join(args.out, "data.safetensors"), os.path.join(args.out, "data"), prompts,
                            seeds_per_prompt=args.seeds_per_prompt, seed=args.data_seed).validate()
         build_cache(cfg, load_base_model(TEACHER), read_prompts(prompts), Accelerator(), progress=False)
@@ -76,6 +76,12 @@ def main(args) -> int:
             return 0
         write_report(data, args.results)
         print(report(data))
+        return 0
+    if getattr(args, "reevaluate", False):     # new metrics from the archived LoRAs, no training
+        changes = reevaluate(args, prepare(args, data=False))
+        print(report(summarise(args)))
+        worst = max((c for _, _, c in changes), default=0.0)
+        print(f"re-evaluated {len(changes)} archived jobs; largest change of an archived metric: {worst:.3g}")
         return 0
     if args.worker or args.workers <= 1:
         if args.worker:

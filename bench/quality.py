@@ -10,8 +10,8 @@ LCM-LoRA baseline), all trained at an equal budget on one phase-1 cache:
   ``docs/experiments.md``): at 1, 2, 4 and 8 steps the teacher with DDIM and DPM-Solver++ (the
   25-step DDIM teacher is the reference) and every variant's LoRA; the ``ray`` LoRA also with the
   Theorem-1 probe target mean (its NFE cost beside it); FD-proxy to real images, alignment and
-  diversity (``proxy/classifier.py``). The ``CURVE_VARIANTS`` are also evaluated every 300 training
-  steps (FD vs training steps). Writes ``results.json`` (after every variant), ``results.md``,
+  diversity (``proxy/classifier.py``). Every variant's snapshots (every 300 training steps) are
+  also evaluated (FD vs training steps). Writes ``results.json`` (after every variant), ``results.md``,
   ``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are
   reused, and ``--replot`` only redraws the table and plots from the ``results.json`` there.
 
@@ -36,7 +36,7 @@ from training.distill import snapshot_path
 from training.models import load_base_model
 
 from . import multiseed
-from .variants import CURVE_VARIANTS, MULTISEED_VARIANTS, SNAPSHOT_EVERY, STEPS, VARIANTS, distil, lora_samples
+from .variants import ALL_VARIANTS, MULTISEED_VARIANTS, SNAPSHOT_EVERY, STEPS, distil, is_lcm, lora_samples
 
 
 def write_report(results: dict, curves: dict, out: str) -> None:
@@ -103,7 +103,7 @@ def write_report(results: dict, curves: dict, out: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/quality")
-    ap.add_argument("--variants", default=None, help="comma-separated, from " + ", ".join(VARIANTS) +
+    ap.add_argument("--variants", default=None, help="comma-separated, from " + ", ".join(ALL_VARIANTS) +
                     f" (default: all; with --seeds: {','.join(MULTISEED_VARIANTS)})")
     ap.add_argument("--train-steps", type=int, default=1200)
     ap.add_argument("--seeds-per-prompt", type=int, default=8)
@@ -124,18 +124,25 @@ def main(argv=None) -> int:
     ap.add_argument("--restore-runs", action="store_true",
                     help="with --seeds: rebuild the archive from the per-seed values of the --results JSON, so that it "
                          "can be extended by more seeds or variants without training the ones it holds again")
+    ap.add_argument("--holm-family", default=None, metavar="ARM:BASE,...",
+                    help="with --seeds: the headline family, ARM against each BASE at 1/2/4/8 steps on fd_indep, "
+                         "judged by Holm-adjusted paired t-tests (e.g. ray:no_ts,no_ray,lcm)")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="with --seeds: compute every metric again from the archived LoRAs (no training), add new "
+                         "metrics to the archived records, report the largest change of an archived one, and rebuild "
+                         "the summary")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.seeds is not None:
         args.argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"]
         args.variants = (args.variants or ",".join(MULTISEED_VARIANTS)).split(",")
-        unknown = [v for v in args.variants if v not in VARIANTS]
+        unknown = [v for v in args.variants if v not in ALL_VARIANTS]
         if unknown:
-            ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+            ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
         args.data_seed = args.seed
         args.results = args.results or os.path.join(args.out, "quality_multiseed.json")
         return multiseed.main(args)
-    args.variants = args.variants or ",".join(VARIANTS)
+    args.variants = args.variants or ",".join(ALL_VARIANTS)
     if args.replot:
         with open(os.path.join(args.out, "results.json")) as f:
             saved = json.load(f)
@@ -171,22 +178,22 @@ def main(argv=None) -> int:
         for mode in modes:
             for n in steps:
                 imgs, nfe = lora_samples(model, unet, variant, eval_labels, eval_seeds, n, mode)
-                record(name or (f"LCM-LoRA baseline" if variant == "lcm" else f"RayFlow {variant} [{mode}]"), n, nfe, imgs)
+                record(name or (f"LCM-LoRA {variant}" if is_lcm(variant) else f"RayFlow {variant} [{mode}]"), n, nfe, imgs)
 
     for variant in args.variants.split(","):
         t0 = time.time()
         path = distil(variant, args.out, TEACHER, prompts, args.train_steps, args.seeds_per_prompt, args.seed)
         timings[variant] = time.time() - t0
         evaluate_lora(variant, path, ["noise", "probe2", "probe4"] if variant == "ray" else ["noise"])
-        if variant in CURVE_VARIANTS:      # FD-proxy vs training steps (Time Sampler efficiency)
-            for k in range(SNAPSHOT_EVERY, args.train_steps, SNAPSHOT_EVERY):
-                snap = snapshot_path(path, k)
-                if os.path.isfile(snap):
-                    evaluate_lora(variant, snap, ["noise"], steps=(1, 2, 4), name=f"curve {variant} @{k}")
-            for k in range(SNAPSHOT_EVERY, args.train_steps + 1, SNAPSHOT_EVERY):
-                name = f"curve {variant} @{k}" if k < args.train_steps else f"RayFlow {variant} [noise]"
-                if name in results:
-                    curves.setdefault(variant, {})[str(k)] = {n: results[name][n]["fd_proxy"] for n in ("1", "2", "4")}
+        for k in range(SNAPSHOT_EVERY, args.train_steps, SNAPSHOT_EVERY):      # FD-proxy vs training steps
+            snap = snapshot_path(path, k)
+            if os.path.isfile(snap):
+                evaluate_lora(variant, snap, ["noise"], steps=(1, 2, 4), name=f"curve {variant} @{k}")
+        for k in range(SNAPSHOT_EVERY, args.train_steps + 1, SNAPSHOT_EVERY):
+            name = f"curve {variant} @{k}" if k < args.train_steps else (
+                f"LCM-LoRA {variant}" if is_lcm(variant) else f"RayFlow {variant} [noise]")
+            if name in results:
+                curves.setdefault(variant, {})[str(k)] = {n: results[name][n]["fd_proxy"] for n in ("1", "2", "4")}
         report()
     write_report(results, curves, args.out)      # the table leaves the "curve ..." rows out; results.json keeps them
     return 0

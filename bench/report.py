@@ -7,7 +7,7 @@ from typing import Dict, List
 
 from rayflow.atomic_write import write_json, write_text
 
-from .evaluation import STEPS
+from .evaluation import HEADLINE, STEPS
 from .summary import PAIRED_BASELINES
 
 def fmt(stat: Dict, digits: int = 1) -> str:
@@ -19,8 +19,68 @@ def fmt(stat: Dict, digits: int = 1) -> str:
     return f"{stat['mean']:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
 
 
+def _steps_header(first: str) -> List[str]:
+    return [f"| {first} | NFE / image | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",
+            "|---|---|" + "---|" * len(STEPS)]
+
+
+def _nfe(cells: Dict) -> str:
+    """The model evaluations per image at each step count, as ``1 / 2 / 4 / 8``: ``cells`` maps step
+    counts to a row's metrics (with ``nfe``) or straight to the NFE."""
+    per_n = [cells.get(str(n)) for n in STEPS]
+    return " / ".join("" if v is None else str(int(v.get("nfe", 0) if isinstance(v, dict) else v)) for v in per_n)
+
+
+def fair_report(data: Dict) -> List[str]:
+    """The fair benchmark's tables: the headline metric (FD to an independent-noise teacher set) per
+    method with its NFE, the Holm-adjusted headline family, the further metrics, the held-out
+    learning-rate selection."""
+    lines = [f"Training seeds {data['train_seeds']}, {data['train_steps']} steps; cells: mean ± 95 % CI half-width "
+             f"over training seeds (n = seeds measured). Headline: {HEADLINE}, FD to the teacher's samples from "
+             f"independent noise (floor: the teacher against itself, "
+             f"{data['teacher']['teacher floor']['25'][HEADLINE]:.1f}).", ""] + _steps_header("method")
+    for name, cells in data["teacher"].items():
+        if name == "teacher floor":
+            continue
+        extra = [f"{n} steps: {cells[n][HEADLINE]:.1f} ({int(cells[n]['nfe'])} NFE)" for n in ("6", "25") if n in cells]
+        lines.append(f"| {name} | {_nfe(cells)} | " + " | ".join(
+            f"{cells[str(n)][HEADLINE]:.1f}" if str(n) in cells else "" for n in STEPS) +
+            (f" ({'; '.join(extra)})" if extra else "") + " |")
+    for name, v in data["variants"].items():
+        if HEADLINE in v:
+            lines.append(f"| {name} | {_nfe(v.get('nfe', {}))} | " + " | ".join(fmt(v[HEADLINE].get(str(n))) for n in STEPS) + " |")
+    family = data.get("headline")
+    if family:
+        lines += ["", f"Headline family ({family['family_size']} comparisons): `{family['arm']}` − baseline on {HEADLINE}, "
+                  f"paired over seeds (mean ± 95 % CI), paired t-test p, Holm-adjusted p, verdict for `{family['arm']}`:", "",
+                  "| baseline | steps | difference | p | Holm p | verdict |", "|---|---|---|---|---|---|"]
+        for r in family["comparisons"]:
+            lines.append(f"| {r['baseline']} | {r['steps']} | {fmt(r)} | "
+                         f"{'' if r['p'] is None else format(r['p'], '.3g')} | "
+                         f"{'' if r['p_holm'] is None else format(r['p_holm'], '.3g')} | {r['verdict']} |")
+    lines += ["", "Further metrics (same-noise FD to the teacher / RMSE to the same-noise teacher sample / FD to data / "
+              "alignment):", ""] + _steps_header("method")
+    for name, v in data["variants"].items():
+        if HEADLINE in v:
+            lines.append(f"| {name} | {_nfe(v.get('nfe', {}))} | " + " | ".join(
+                " / ".join(fmt(v.get(m, {}).get(str(n)), 3 if m == "rmse" else 2 if m == "alignment" else 1)
+                           for m in ("fd", "rmse", "fd_data", "alignment")) for n in STEPS) + " |")
+    if data.get("lr_selection"):
+        lines += ["", "Learning rates chosen on the held-out set (mean over 1/2/4/8 steps of the held-out "
+                  f"{HEADLINE}, over the seeds every setting has):", "", "| arm | setting: score | chosen |", "|---|---|---|"]
+        for arm, sel in data["lr_selection"].items():
+            lines.append(f"| {arm} | " + "; ".join(f"{v}: {x:.1f}" for v, x in sel["score"].items()) + f" | {sel['chosen']} |")
+    return lines
+
+
 def report(data: Dict) -> str:
     """Markdown tables: the headline (mean ± 95 % CI half-width), then paired differences to ray."""
+    if "curves_indep" in data:                       # the fair benchmark: its tables first
+        return "\n".join(fair_report(data)) + "\n\n" + _earlier_report(data)
+    return _earlier_report(data)
+
+
+def _earlier_report(data: Dict) -> str:
     lines = [f"Training seeds {data['train_seeds']}, {data['train_steps']} steps; cells: mean ± 95 % CI half-width "
              f"over training seeds (n = seeds measured). FD to the teacher's samples / alignment.", "",
              "| method | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in STEPS) + " |",

@@ -49,18 +49,36 @@ VARIANTS = {              # each changes one thing of the proxy recipe (proxy.re
     "ts_static": dict(time_sampler_input="none"),
     # the one-step preset of training.distill (--preset one-step), as the CLI applies it
     "one_step": {k: v for k, v in PRESETS["one-step"].items() if k != "recommended_steps"},
-    "lcm": dict(),            # LCM-style consistency distillation on the same cache (bench/lcm_baseline.py)
+    # the learning-rate sweep of the fair benchmark: every arm at 3e-4 besides the recipe's 1e-3
+    "ray_lr3e-4": dict(learning_rate=3e-4),
 }
+# the LCM-LoRA baseline (bench/lcm_baseline.py) on the same cache: the published recipe (LCM_RECIPE: lr 1e-4)
+# and the sweep of its learning rate, and the LCM paper's EMA target (0.95) measured once
+LCM_VARIANTS = {"lcm": dict(), "lcm_lr3e-4": dict(learning_rate=3e-4), "lcm_lr1e-3": dict(learning_rate=1e-3),
+                "lcm_ema": dict(ema_target=0.95)}
 COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that combine two of the above
             "top50_taper_anchor0.5": ("top50", "taper_anchor0.5"),
             "top75_taper_anchor0.5": ("top75", "taper_anchor0.5"),
             # the one-step preset with uniform timesteps: the Time Sampler's share in the one-step claim
-            "one_step_no_ts": ("one_step", "no_ts")}
+            "one_step_no_ts": ("one_step", "no_ts"),
+            "no_ray_lr3e-4": ("no_ray", "ray_lr3e-4")}
 VARIANTS.update({name: {k: v for part in parts for k, v in VARIANTS[part].items()} for name, parts in COMBINED.items()})
+ALL_VARIANTS = (*VARIANTS, *LCM_VARIANTS)
+# the learning rates swept per arm (the fair benchmark: every arm tuned with the same care, on held-out noise)
+LR_SWEEP = {"ray": ("ray", "ray_lr3e-4"), "no_ray": ("no_ray", "no_ray_lr3e-4"),
+            "lcm": ("lcm", "lcm_lr3e-4", "lcm_lr1e-3")}
 MULTISEED_VARIANTS = ("ray", "no_ts", "no_ray", "lcm")      # the --seeds default: the recipe and its baselines
 STEPS = (1, 2, 4, 8)
-CURVE_VARIANTS = ("ray", "no_ts", "ts_grad", "ts_mix50", "ts_warmup", "ts_biased", "ts_static")      # LoRAs also saved every SNAPSHOT_EVERY steps: FD vs training steps
-SNAPSHOT_EVERY = 300
+SNAPSHOT_EVERY = 300        # every job also saves its LoRA every SNAPSHOT_EVERY steps: FD vs training steps
+# how the benchmark's phase-2 step runs (recorded in every job's record): torch.compile, 1.15-1.2x faster
+# than eager on the 2-core CPU (docs/benchmarks.md, "Proxy step time")
+PROXY_STEP = "torch.compile (inductor), fp32"
+SAVE_PRECISION = "fp16"     # the jobs' LoRA files (evaluated as saved, and archived: 1.1 MB each)
+
+
+def is_lcm(variant: str) -> bool:
+    """Whether ``variant`` is an LCM-LoRA baseline (trained by ``bench/lcm_baseline.py``)."""
+    return variant in LCM_VARIANTS
 
 
 def process_of(variant: str) -> RayProcess:
@@ -73,19 +91,20 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
     """Train ``variant`` into ``<out>/lora_<variant>.safetensors`` (reused when it exists) and return
     its path. ``seed`` makes the phase-1 data, ``train_seed`` phase 2 (-1: ``seed``); ``cache`` is a
     phase-1 cache to share (default: the ``ray`` variant's in ``out``); ``save_every`` the snapshot
-    interval (-1: ``SNAPSHOT_EVERY`` for the ``CURVE_VARIANTS``, else none)."""
+    interval (-1: ``SNAPSHOT_EVERY``)."""
     path = os.path.join(out, f"lora_{variant}.safetensors")
     if os.path.isfile(path):
         return path
     shared = cache or os.path.join(out, "work_ray", "cache")
     if save_every < 0:
-        save_every = SNAPSHOT_EVERY if variant in CURVE_VARIANTS else 0
-    if variant == "lcm":
+        save_every = SNAPSHOT_EVERY
+    if is_lcm(variant):
         if not os.path.isdir(shared):
-            raise SystemExit("the lcm variant trains on the phase-1 cache of the ray variant: list ray before lcm")
-        return distil_lcm(teacher, shared, path, train_steps=train_steps, learning_rate=PHASE2["learning_rate"],
-                          lr_warmup=PHASE2["lr_warmup"], cfg_scale=TEACHER_CFG, seed=seed if train_seed < 0 else train_seed,
-                          resolution=RESOLUTION, progress=False, checkpoint_dir=os.path.join(out, "work_lcm", "checkpoint"),
+            raise SystemExit("the lcm variants train on the phase-1 cache of the ray variant: list ray before them")
+        return distil_lcm(teacher, shared, path, train_steps=train_steps, cfg_scale=TEACHER_CFG,
+                          seed=seed if train_seed < 0 else train_seed, resolution=RESOLUTION, progress=False,
+                          checkpoint_dir=os.path.join(out, f"work_{variant}", "checkpoint"), save_every=save_every,
+                          save_precision=SAVE_PRECISION, **LCM_VARIANTS[variant],
                           **{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")})   # the same LoRA and batch
     cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every)
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
@@ -105,6 +124,7 @@ def distil_config(variant: str, out: str, teacher: str, prompts: str, train_step
     work_dir = os.path.join(out, f"work_{variant}")
     return proxy_config(path, work_dir, prompts, model=teacher, seeds_per_prompt=seeds, seed=seed, train_seed=train_seed,
                         train_steps=train_steps, checkpoint_every=200, log_every=50, save_every=save_every,
+                        compile=True, save_precision=SAVE_PRECISION,
                         # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
                         resume=os.path.isdir(os.path.join(work_dir, "checkpoint")), overwrite=True,   # the bench owns its --out
                         **VARIANTS[variant]).validate()
@@ -115,6 +135,6 @@ def lora_samples(model, unet, variant: str, labels, seeds, steps: int, mu_mode: 
     steps, for captions ``labels`` ``[N, 4]`` from the noise of ``seeds`` ``[N]``: LCMScheduler
     sampling for ``lcm``, else the Ray sampler with the variant's process, target-mean mode
     ``mu_mode`` and ``eta`` (``proxy.sampling.rayflow_samples``)."""
-    if variant == "lcm":
+    if is_lcm(variant):
         return lcm_samples(model, unet, labels, seeds, steps)
     return rayflow_samples(model, unet, labels, seeds, steps, process_of(variant), mu_mode, eta)

@@ -196,3 +196,51 @@ def test_the_archive_keeps_finished_jobs_so_a_fresh_out_continues_and_a_summary_
     for key in ("train_seeds", "variants", "curves", "convergence_2step_last_quarter",
                 "fraction_of_budget_to_reach_uniform_final_fd", "time_sampler_diagnostics", "distill_seconds"):
         assert rebuilt[key] == first[key], key
+
+
+def test_holm_adjustment_of_known_p_values():
+    from bench.stats import holm, holm_verdict, paired_p_value
+
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> made monotone: 0.06
+    adjusted = holm([0.01, 0.04, 0.03, None, 0.005])
+    assert adjusted[3] is None
+    assert [adjusted[i] for i in (0, 1, 2, 4)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    # a paired t-test: differences 1, 2, 3 -> t = 2 / (1 / sqrt 3), 2 dof
+    from scipy.stats import t as t_dist
+
+    p = paired_p_value(paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
+    assert p == pytest.approx(2 * t_dist.sf(2 * math.sqrt(3), 2))
+    assert paired_p_value(paired_difference([1.0], [0.0])) is None
+    assert holm_verdict(-3.0, 0.01) == "better" and holm_verdict(3.0, 0.01) == "worse"
+    assert holm_verdict(-3.0, 0.2) == "no difference shown"
+    assert holm_verdict(0.2, 0.01, lower_is_better=False) == "better"
+
+
+def test_the_headline_family_is_judged_after_holm(tmp_path):
+    from bench.summary import headline
+
+    # ray beats a by 5 in every seed (p tiny), b by a noisy 1 (p large): 2 baselines x 4 steps = 8 comparisons
+    per = {"ray": {"fd_indep": {str(n): [10.0, 11.0, 12.0, 13.0] for n in STEPS}},
+           "a": {"fd_indep": {str(n): [15.0, 16.1, 16.9, 18.0] for n in STEPS}},
+           "b": {"fd_indep": {str(n): [12.0, 10.0, 14.0, 13.5] for n in STEPS}}}
+    fam = headline(per, "ray:a,b")
+    assert fam["family_size"] == 8 and fam["arm"] == "ray"
+    by = {(c["baseline"], c["steps"]): c for c in fam["comparisons"]}
+    assert all(by[("a", n)]["verdict"] == "better" for n in STEPS)
+    assert all(by[("b", n)]["verdict"] == "no difference shown" for n in STEPS)
+    assert all(c["p_holm"] >= c["p"] for c in fam["comparisons"])
+    assert headline(per, None) is None
+
+
+def test_learning_rates_are_chosen_on_the_held_out_set():
+    from bench.summary import lr_selection
+
+    low, high = [10.0, 12.0, None], [20.0, 22.0, 21.0]
+    heldout = {"lcm": {"fd_indep": {str(n): high for n in STEPS}},
+               "lcm_lr3e-4": {"fd_indep": {str(n): low for n in STEPS}},
+               "ray": {"fd_indep": {str(n): low for n in STEPS}}}
+    sel = lr_selection(heldout, [0, 1, 2])
+    assert sel["lcm"]["chosen"] == "lcm_lr3e-4" and sel["lcm"]["seeds"] == [0, 1]     # the seeds both have
+    assert sel["lcm"]["score"] == {"lcm": 21.0, "lcm_lr3e-4": 11.0}
+    assert "ray" not in sel                               # one setting: nothing to choose

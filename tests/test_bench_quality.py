@@ -1,6 +1,7 @@
 """bench/variants.py and bench/quality.py: variant recipes and redrawing the report from a saved results.json."""
 
 import json
+import os
 
 from bench.quality import main
 from bench.variants import COMBINED, VARIANTS, process_of
@@ -97,3 +98,35 @@ def test_an_interrupted_variant_resumes_from_its_checkpoint(tmp_path, monkeypatc
     (tmp_path / "work_anchor0.5" / "checkpoint").mkdir(parents=True)
     distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
     assert [c.resume for c in seen] == [False, True] and seen[0].checkpoint_every <= 200
+
+
+def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, tmp_path, monkeypatch):
+    """A job's archived LoRA evaluated again (``--reevaluate``: no training) gives the archived
+    metrics exactly, on both sets, and a metric added later is merged into the record."""
+    import argparse
+    import shutil
+
+    import bench.evaluation as evaluation
+    from bench import jobs
+    from bench.archive import archive_paths, archived_lora
+    from rayflow.atomic_write import write_json
+
+    out, labels = small_cache
+    monkeypatch.setattr(evaluation, "REFERENCE", ("ddim", 2))           # cheap references
+    monkeypatch.setattr(evaluation, "all_labels", lambda: labels)       # 3 captions
+    monkeypatch.setattr(jobs, "STEPS", (1, 2))
+    ev = evaluation.Evaluation(str(tmp_path / "bench"), 2, 0)
+    args = argparse.Namespace(out=str(tmp_path / "bench"), results=str(tmp_path / "docs" / "s.json"), archive=None,
+                              seeds=[0], variants=["ray"], train_steps=1)
+    record, _ = archive_paths(args, 0, "ray")
+    os.makedirs(os.path.dirname(record))
+    shutil.copyfile(out / "ray.safetensors", archived_lora(args, 0, "ray"))
+    metrics = jobs.evaluate_lora(ev, "ray", archived_lora(args, 0, "ray"))
+    assert set(metrics["rows"]) == {"ray", "ray [noise, eta 1]", "ray [probe4, eta 1]"} and set(metrics["heldout"]) == {"ray"}
+    assert metrics["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
+    del metrics["rows"]["ray"]["1"]["fd_indep"]                          # a metric the archive does not have yet
+    write_json(record, {"variant": "ray", "train_seed": 0, "train_steps": 1, "distill_seconds": 1.0, **metrics})
+    [(seed, variant, change)] = jobs.reevaluate(args, ev)
+    assert (seed, variant, change) == (0, "ray", 0.0)
+    with open(record) as f:
+        assert "fd_indep" in json.load(f)["rows"]["ray"]["1"]                # merged in

@@ -114,6 +114,9 @@ class Trainer:
         self.opt = make_optimizer(self.params, cfg)
         self.lr_sched = warmup_cosine(self.opt, cfg.lr_warmup, cfg.train_steps)
         self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
+        self.denoiser = accelerator.unwrap_model(self.unet)     # the plain module: LoRA state, validation grid
+        if cfg.compile:          # the training forward and backward through torch.compile (inductor)
+            self.unet = torch.compile(self.unet)
         feat_dim = cache.cond["cond"].shape[-1] + 4 * cache.x0.shape[1]
         self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles,
                                                                uniform_mix=cfg.time_sampler_uniform)
@@ -130,7 +133,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpointing
     def state(self) -> Dict:
-        unwrapped = self.acc.unwrap_model(self.unet)
+        unwrapped = self.denoiser
         return {"step": self.step, "lora": lora_state(unwrapped), "opt": self.opt.state_dict(),
                 "lr_sched": self.lr_sched.state_dict(), "gen": self.gen.get_state(),
                 "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
@@ -152,7 +155,7 @@ class Trainer:
         if not self.cfg.matches_fingerprint(state["fingerprint"]):
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
                               f"resume with the same options or use another --work-dir")
-        set_peft_model_state_dict(self.acc.unwrap_model(self.unet), state["lora"])
+        set_peft_model_state_dict(self.denoiser, state["lora"])
         self.opt.load_state_dict(state["opt"])
         self.lr_sched.load_state_dict(state["lr_sched"])
         if "gen_t" not in state:
@@ -182,7 +185,7 @@ class Trainer:
         for _ in range(self.cfg.grad_accum):
             stats = self._micro_step()
         if self.cfg.ema_decay > 0:
-            cur = lora_state(self.acc.unwrap_model(self.unet))
+            cur = lora_state(self.denoiser)
             if self.ema is None:
                 self.ema = cur
             else:
@@ -353,7 +356,7 @@ class Trainer:
         self.log.diagnostics(rec)
 
     def final_lora(self) -> Dict[str, torch.Tensor]:
-        return self.ema if self.ema is not None else lora_state(self.acc.unwrap_model(self.unet))
+        return self.ema if self.ema is not None else lora_state(self.denoiser)
 
     @torch.no_grad()
     def validation_grid(self, path: str, n: int = 4) -> None:
@@ -363,7 +366,7 @@ class Trainer:
         written under each column."""
         if not self.acc.is_main_process:
             return
-        unet = self.acc.unwrap_model(self.unet)
+        unet = self.denoiser
         was_training = unet.training
         unet.eval()
         pick = torch.linspace(0, len(self.cache.prompts) - 1, min(n, len(self.cache.prompts))).round().long()
