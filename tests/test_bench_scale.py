@@ -118,11 +118,19 @@ def test_comfy_unet_config_follows_the_diffusers_layout():
     assert (pix["hidden_size"], pix["depth"], pix["num_heads"], pix["caption_channels"]) == (1152, 28, 16, 4096)
 
 
+def _results(name):
+    path = os.path.join(REPO, "docs", "results", name)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def test_the_readme_tables_are_the_committed_results():
-    """README "Hardware and cost" carries ``python -m bench.scale --table docs/results/scale_cpu.json``
-    verbatim, so every figure there is the results file's, next to the command that made it."""
-    with open(os.path.join(REPO, "docs", "results", "scale_cpu.json"), encoding="utf-8") as f:
-        results = json.load(f)
+    """README "Hardware and cost" carries ``python -m bench.scale --table docs/results/scale_cpu.json
+    docs/results/scale_flops.json`` (and ``scale_gpu.json`` once a GPU has measured) verbatim, so
+    every figure there is a results file's, next to the command that made it."""
+    results, counted, gpu = _results("scale_cpu.json"), _results("scale_flops.json"), _results("scale_gpu.json")
     for family in families.FAMILIES:          # the acceptance: peak memory and both phases' speed per family
         measured = [v for v in results[family]["variants"].values() if v.get("status") == "measured"]
         assert measured and all(_finite_positive(v[k]) for v in measured
@@ -131,4 +139,9 @@ def test_the_readme_tables_are_the_committed_results():
         assert km["diffusers"]["matched"] == km["diffusers"]["total"] == km["comfyui"]["matched"] == km["comfyui"]["total"] > 0
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    assert table.table(results).strip() in readme
+    text = table.table(results, counted, gpu).strip()
+    assert text in readme
+    # every family's table has GPU columns, labelled as estimates; a measurement, once there, is shown as one
+    assert text.count("(estimated from counted FLOPs, not measured) |") == len(families.FAMILIES)
+    assert set(counted["families"]) == set(families.FAMILIES)
+    assert gpu is None or "**measured on" in text

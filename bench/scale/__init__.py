@@ -15,8 +15,14 @@ mapped with ComfyUI's ``comfy.lora.model_lora_keys_unet`` (a ComfyUI source thro
 
 Results go to ``--out`` (default ``docs/results/scale_cpu.json``) after every run, so an
 interrupted benchmark keeps what it measured. ``--tiny`` runs the same code path on the tiny
-models of ``training/tiny.py`` in seconds (the tests use it). ``--table FILE`` prints the README's
-tables from a results file.
+models of ``training/tiny.py`` in seconds (the tests use it).
+
+No GPU needed for the GPU columns' estimates: ``--flops`` counts each family's FLOPs (a teacher
+step with guidance, a phase-2 step with the LoRA, forward and backward) and the memory a phase-2
+step holds, on the meta device through the trainer's own code, and turns them into hours of the
+default recipe on named GPUs at a stated utilisation (``docs/results/scale_flops.json``). Where a
+GPU is at hand, ``--gpu-measure`` times the same steps on it (``docs/results/scale_gpu.json``).
+``--table FILE [FILE ...]`` prints the README's tables from the results files.
 
 The modules, each importing only those above it in this list:
 
@@ -26,8 +32,10 @@ The modules, each importing only those above it in this list:
 * ``keys``: the key match of an exported LoRA in diffusers and in ComfyUI;
 * ``watchdog``: a measurement in its own subprocess under a memory and time limit; the machine;
 * ``child``: the entry point of that subprocess (``python -m bench.scale.child``);
-* ``cost``: hours of the default recipe from measured speeds;
-* ``harness``: one family's benchmark, run from the parent process;
+* ``cost``: hours of the default recipe from measured speeds, and on named GPUs from counted FLOPs;
+* ``count``: FLOPs and memory counted on the meta device;
+* ``gpu``: the same steps timed on a GPU;
+* ``harness``: one family's CPU benchmark, run from the parent process;
 * ``table``: the README's tables;
 * ``cli``: the command line (``__main__`` runs it).
 """

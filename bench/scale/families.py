@@ -18,10 +18,16 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from rayflow import NoiseSchedule
 from rayflow.atomic_write import write_json
+from training.config import DistillConfig
+from training.tiny import WORDS, build_tiny_pixart, build_tiny_sd15, build_tiny_sdxl, write_t5_tokenizer
+from training.tokenizers import write_clip_tokenizer
 
 from .recipe import TINY_RESOLUTION, recipe
 
@@ -76,6 +82,11 @@ class Family:
         resolution and what the family sets."""
         return {**recipe(), "resolution": self.resolution, **self.recipe}
 
+    def distill_config(self, resolution: Optional[int] = None, **overrides) -> DistillConfig:
+        """The trainer's configuration of this family's recipe, at ``resolution`` (default: the
+        native one), with ``overrides`` (a memory option, the paths)."""
+        return DistillConfig(**{**self.options(), "resolution": resolution or self.resolution, **overrides})
+
 
 # ---------------------------------------------------------------- text conditioning per family
 def clip_conditioning(config: Dict, batch: int) -> Dict[str, Tuple[int, ...]]:
@@ -107,12 +118,6 @@ def _read_json(path: str) -> Dict:
 
 
 def _write_sd(family: str, out_dir: str) -> List[str]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from training.tiny import WORDS
-    from training.tokenizers import write_clip_tokenizer
-
     src = os.path.join(CONFIGS, family)
     os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
     write_json(os.path.join(out_dir, "model_index.json"), _read_json(os.path.join(src, "model_index.json")))
@@ -130,11 +135,6 @@ def _write_sd(family: str, out_dir: str) -> List[str]:
 
 
 def _write_pixart(out_dir: str) -> List[str]:
-    from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
-    from training.tiny import WORDS, write_t5_tokenizer
-
     _save(PixArtTransformer2DModel(**PIXART_SIGMA_XL), out_dir, "transformer")
     _save(AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(CONFIGS, "sdxl", "vae"))), out_dir, "vae")
     write_t5_tokenizer(WORDS, os.path.join(out_dir, "tokenizer"), T5_TOKENS)
@@ -157,23 +157,15 @@ def _unet_config(family: str) -> Callable[[], Dict]:
     return lambda: _read_json(os.path.join(CONFIGS, family, "unet", "config.json"))
 
 
-def _tiny(builder: str, **kw) -> Callable[[str], Any]:
-    def write(out_dir: str):
-        import training.tiny
-
-        return getattr(training.tiny, builder)(out_dir, **kw)
-    return write
-
-
 REGISTRY: Dict[str, Family] = {f.key: f for f in (
     Family("sd15", "SD1.5", "sd15", 512, "unet", "UNet2DConditionModel", _unet_config("sd15"), clip_conditioning,
-           lambda d: _write_sd("sd15", d), _tiny("build_tiny_sd15", width=32),
+           lambda d: _write_sd("sd15", d), lambda d: build_tiny_sd15(d, width=32),
            lambda: NoiseSchedule.scaled_linear(1000, 0.00085, 0.012), "SD15", "StableDiffusionPipeline", vae="sd15"),
     Family("sdxl", "SDXL", "sdxl", 1024, "unet", "UNet2DConditionModel", _unet_config("sdxl"), sdxl_conditioning,
-           lambda d: _write_sd("sdxl", d), _tiny("build_tiny_sdxl", width=32),
+           lambda d: _write_sd("sdxl", d), lambda d: build_tiny_sdxl(d, width=32),
            lambda: NoiseSchedule.scaled_linear(1000, 0.00085, 0.012), "SDXL", "StableDiffusionXLPipeline"),
     Family("pixart", "PixArt-Σ XL-2", "pixart_sigma", 1024, "transformer", "PixArtTransformer2DModel",
-           lambda: dict(PIXART_SIGMA_XL), t5_conditioning, _write_pixart, _tiny("build_tiny_pixart", sigma=True),
+           lambda: dict(PIXART_SIGMA_XL), t5_conditioning, _write_pixart, lambda d: build_tiny_pixart(d, sigma=True),
            lambda: NoiseSchedule.linear(1000, 0.0001, 0.02), "PixArtSigma", lora_in_blocks_only=True),
 )}
 FAMILIES = tuple(REGISTRY)
@@ -234,11 +226,14 @@ class Denoiser:
     def build(self, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
         """The denoiser with random weights on ``device`` (``meta``: no weights, no memory), frozen
         and in eval mode, as ``training.models.load_base_model`` leaves it."""
-        import diffusers
-
         cls = getattr(diffusers, self.family.denoiser_class)
-        with torch.device(device):
-            net = cls.from_config(self.config).to(dtype)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)              # drawn in the dtype: a full-size fp32 copy is never made
+        try:
+            with torch.device(device):
+                net = cls.from_config(self.config)
+        finally:
+            torch.set_default_dtype(previous)
         return net.requires_grad_(False).eval()
 
     def conditioning(self, batch: int, device: torch.device) -> Dict[str, torch.Tensor]:

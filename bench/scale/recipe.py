@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict
 
+import torch
+
 from training.config import DistillConfig
 
 GIB = 1024 ** 3
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # one training run each: the frozen base's dtype, gradient checkpointing, the optimizer
 MEMORY_OPTIONS = {
     "fp32": dict(base_precision="fp32", gradient_checkpointing=False, optimizer="adamw"),
