@@ -27,6 +27,7 @@ KINDS = ("build", "run", "lora", "keys-diffusers", "keys-comfyui")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The child's arguments: what to measure, on which family and folder, where to write it."""
     p = argparse.ArgumentParser(prog="python -m bench.scale.child", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=KINDS)
     p.add_argument("family")
@@ -46,6 +47,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Do the one measurement and write its result with this process's peak RSS; exit code 0."""
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     if args.kind == "build":

@@ -27,6 +27,7 @@ DESCRIPTION = ("Real-scale readiness: both phases of ``training.distill`` on ful
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked; ``families`` and ``variants`` as lists (their defaults depend on the mode)."""
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=DESCRIPTION)
     p.add_argument("--families", default=None, help=f"comma-separated, of {', '.join(FAMILIES)} (default: all; "
                                                       f"with --gpu-measure: {','.join(GPU_FAMILIES)})")
@@ -100,6 +101,8 @@ def _load(path: str) -> Dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Print the tables (``--table``), count (``--flops``), measure on a GPU (``--gpu-measure``) or
+    run the CPU benchmark; returns the exit code."""
     args = parse_args(argv)
     if args.table:
         files = [_load(path) for path in args.table]

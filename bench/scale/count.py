@@ -69,6 +69,7 @@ class SavedTensors:
         self.exclude, self.seen = exclude, {}
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """Autograd's pack hook: note ``t``'s storage, keep ``t`` as it is."""
         key = t.untyped_storage()._cdata
         if key not in self.exclude:
             self.seen.setdefault(key, (t.untyped_storage().nbytes(), t))
@@ -80,6 +81,7 @@ class SavedTensors:
 
     @property
     def bytes(self) -> int:
+        """The bytes of the storages noted."""
         return sum(n for n, _ in self.seen.values())
 
     def hooks(self):
