@@ -8,7 +8,7 @@ ComfyUI's stock LoraLoader, the RayFlow LoRA Loader and diffusers' ``load_lora_w
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -72,20 +72,26 @@ def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], ra
     return kohya_unet_state_dict(peft_state, rank, alpha, SAVE_DTYPES[precision])
 
 
-def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None,
+                before_rename: Optional[Callable[[str], None]] = None) -> None:
     """``safetensors`` save through :func:`rayflow.atomic_write.atomic_path`: ``path`` is complete
-    or absent, a failed write leaves no temp file behind, a full disk is one ``DiskFullError``."""
+    or absent, a failed write leaves no temp file behind, a full disk is one ``DiskFullError``.
+    ``before_rename(tmp)`` is called with the complete temp file just before it becomes ``path``."""
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        if before_rename is not None:
+            before_rename(tmp)
 
 
-def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """Write a RayFlow LoRA atomically (:func:`save_atomic`); metadata values become strings, and
-    ``rayflow.lora_modules`` records the module count so that a partial file is recognised."""
+def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str],
+               before_rename: Optional[Callable[[str], None]] = None) -> None:
+    """Write a RayFlow LoRA atomically (:func:`save_atomic`, with its ``before_rename``); metadata
+    values become strings, and ``rayflow.lora_modules`` records the module count so that a partial
+    file is recognised."""
     meta = {"rayflow.format": FORMAT_VERSION, "rayflow.lora_modules": str(module_count(tensors)),
             **{k: str(v) for k, v in metadata.items()}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_atomic(tensors, path, meta)
+    save_atomic(tensors, path, meta, before_rename)
 
 
 def load_transformer_lora(transformer: torch.nn.Module, path: str) -> torch.nn.Module:

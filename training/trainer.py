@@ -18,7 +18,6 @@ killed one stopped.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -27,13 +26,13 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from rayflow import LossProfile, TimeSampler, sample_ray
-from rayflow.atomic_write import atomic_path
 from rayflow.process import per_sample as per_sample_coef   # the loss below has a local per_sample
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, DistillConfig
 from .data import Cache
 from .models import BaseModel
+from .records import Scalars, append_record, append_row, drop_records_after, start_log
 
 DIAG_BINS = 20      # timestep bins of the Time Sampler diagnostics (``time_sampler.jsonl``)
 
@@ -151,22 +150,35 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def try_resume(self) -> bool:
-        state = load_checkpoint(self.ckpt_dir)
+        """Continue from the newest checkpoint that loads and applies (``checkpoint``, else
+        ``checkpoint.prev``); False when there is none and the run starts over."""
+        state = load_checkpoint(self.ckpt_dir, apply=self._apply_state)
         if state is None:                  # killed before the first checkpoint: the run starts over,
             if self.acc.is_main_process:   # and so do the rows it had logged
-                self._drop_records_after(0)
+                drop_records_after(self.log_path, self.diagnostics_path, 0)
             return False
+        if self.acc.is_main_process:
+            drop_records_after(self.log_path, self.diagnostics_path, self.step)
+        return True
+
+    def _apply_state(self, state: Dict) -> None:
+        """Set the trainer to a checkpoint's ``state``; a state that lacks a part or does not fit
+        raises (``load_checkpoint`` then tries the previous checkpoint), another configuration's
+        or an older version's is a ``ConfigError``."""
         if not self.cfg.matches_fingerprint(state["fingerprint"]):
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
                               f"resume with the same options or use another --work-dir")
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.acc.unwrap_model(self.unet), state["lora"])
-        self.opt.load_state_dict(state["opt"])
-        self.lr_sched.load_state_dict(state["lr_sched"])
         if "gen_t" not in state:
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was written by an older version whose random streams "
                               f"this version cannot continue exactly; delete that folder to train from the start")
+        from peft import set_peft_model_state_dict
+
+        unwrapped = self.acc.unwrap_model(self.unet)
+        if set(state["lora"]) != set(lora_state(unwrapped)):
+            raise ValueError("its LoRA weights are not the ones of this model and configuration")
+        set_peft_model_state_dict(unwrapped, state["lora"])
+        self.opt.load_state_dict(state["opt"])
+        self.lr_sched.load_state_dict(state["lr_sched"])
         self.gen.set_state(state["gen"])
         self.gen_t.set_state(state["gen_t"])
         self.gen_noise.set_state(state["gen_noise"])
@@ -177,32 +189,6 @@ class Trainer:
         self.t_hist = state.get("t_hist", torch.zeros(DIAG_BINS, dtype=torch.float64)).to(torch.float64)
         self.ema = state["ema"]
         self.step = int(state["step"])
-        if self.acc.is_main_process:
-            self._drop_records_after(self.step)
-        return True
-
-    def _drop_records_after(self, step: int) -> None:
-        """Cut ``log.csv`` and ``time_sampler.jsonl`` back to the rows of steps <= ``step`` (the
-        resumed checkpoint's), so that the steps trained again after a kill appear once."""
-        import json
-
-        if os.path.isfile(self.log_path):
-            with open(self.log_path, newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-            keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
-            _rewrite(self.log_path, keep, csv_rows=True)
-        path = self.diagnostics_path
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                lines = [line for line in f if line.strip()]
-            keep_lines = []
-            for line in lines:
-                try:
-                    if json.loads(line)["step"] <= step:
-                        keep_lines.append(line)
-                except (ValueError, KeyError):
-                    pass                                  # a line cut short by a kill
-            _rewrite(path, keep_lines)
 
     def _denoise(self, net, x, t, cond):
         """The base model's denoiser call, through ``net`` (the accelerate-wrapped or unwrapped module)."""
@@ -330,43 +316,37 @@ class Trainer:
         new_log = not (cfg.resume and os.path.isfile(self.log_path))
         bar = tqdm(total=cfg.train_steps, initial=self.step, desc="phase 2: LoRA training", unit="step",
                    disable=not (progress and self.acc.is_main_process))
-        writer = _tensorboard(cfg.work_dir) if self.acc.is_main_process else None
-        import contextlib
-
-        main_proc = self.acc.is_main_process      # only the main process touches the log file
-        with (open(self.log_path, "a" if not new_log else "w", newline="", encoding="utf-8") if main_proc
-              else contextlib.nullcontext(None)) as f:
-            log = csv.writer(f) if main_proc else None
-            if new_log and self.acc.is_main_process:
-                log.writerow(["step", "loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"])
-            if snapshot is not None and cfg.save_every and 0 < self.step < cfg.train_steps \
-                    and self.step % cfg.save_every == 0 and self.acc.is_main_process:
-                snapshot(self.step, missing_only=True)    # a kill between this checkpoint and its snapshot
+        main_proc = self.acc.is_main_process      # only the main process writes the records
+        writer = Scalars(cfg.work_dir) if main_proc else None
+        if new_log and main_proc:
+            start_log(self.log_path)
+        if snapshot is not None and cfg.save_every and 0 < self.step < cfg.train_steps \
+                and self.step % cfg.save_every == 0 and main_proc:
+            snapshot(self.step, missing_only=True)    # a kill between this checkpoint and its snapshot
+        try:
             t0 = time.perf_counter()
             while self.step < cfg.train_steps:
                 stats = self.train_step()
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
-                if self.acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
+                if main_proc and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
                     rate = cfg.batch_size * cfg.grad_accum * self.acc.num_processes * cfg.log_every / max(1e-9, time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     row = [self.step, stats["loss"], self.lr_sched.get_last_lr()[0], stats["t_mean"], stats["t_std"],
                            stats["w_mean"], stats["w_max"], rate]
-                    log.writerow(row)
-                    f.flush()
-                    if writer is not None:
-                        for name, v in zip(["loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"], row[1:]):
-                            writer.add_scalar(name, v, self.step)
+                    append_row(self.log_path, row)
+                    writer.add(row, self.step)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.train_steps:
                     self.record_diagnostics()
                     self.save()
                 if snapshot is not None and cfg.save_every and self.step % cfg.save_every == 0 \
-                        and self.step < cfg.train_steps and self.acc.is_main_process:
+                        and self.step < cfg.train_steps and main_proc:
                     snapshot(self.step)
                 if cfg.validate_every and self.step % cfg.validate_every == 0:
                     self.validation_grid(os.path.join(cfg.work_dir, f"validation_{self.step:06d}.png"))
-        bar.close()
+        finally:                                  # the error line of a failed run starts on a line of its own
+            bar.close()
         if writer is not None:
             writer.close()
         self.record_diagnostics()
@@ -379,8 +359,6 @@ class Trainer:
         (the loss profile's ``log sqrt E[l^2]`` on its bins) and ``density`` (the proposal's mass per
         bin, mean over the last batch; absent with uniform timesteps). A resumed run may repeat a
         step: read the last record of each step."""
-        import json
-
         T = self.model.schedule.num_timesteps
         rec = {"step": self.step, "t_hist": self.t_hist.tolist(), "profile": self.profile.log_grid().tolist()}
         if self.ts is not None and getattr(self, "_last_feats", None) is not None:
@@ -389,8 +367,7 @@ class Trainer:
                 0, torch.arange(T) * DIAG_BINS // T, q).tolist()
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)
         if self.acc.is_main_process:
-            with open(self.diagnostics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_record(self.diagnostics_path, rec)
 
     def final_lora(self) -> Dict[str, torch.Tensor]:
         return self.ema if self.ema is not None else lora_state(self.acc.unwrap_model(self.unet))
@@ -425,20 +402,3 @@ class Trainer:
         if was_training:
             unet.train()
 
-
-def _rewrite(path: str, content, csv_rows: bool = False) -> None:
-    """Replace ``path`` atomically with ``content`` (lines, or CSV rows with ``csv_rows``)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="" if csv_rows else None, encoding="utf-8") as f:
-            if csv_rows:
-                csv.writer(f).writerows(content)
-            else:
-                f.writelines(content)
-
-
-def _tensorboard(work_dir: str):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(os.path.join(work_dir, "tensorboard"))
