@@ -49,13 +49,14 @@ SIGMA = 0.1
 
 
 def load_lora_unet(teacher: str, lora_path: str):
-    """A fresh teacher UNet with the exported LoRA loaded through diffusers' LoRA loader."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    """A fresh teacher UNet with the LoRA file validated and applied (``training.export.load_unet_lora``;
+    the benchmarks' LCM-LoRA baseline, which has no RayFlow metadata, gets the same tensor checks)."""
+    from diffusers import UNet2DConditionModel
+
+    from training.export import load_unet_lora
 
     unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
-    state, alphas = StableDiffusionPipeline.lora_state_dict(lora_path)
-    unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="rayflow")
-    return unet.eval()
+    return load_unet_lora(unet, lora_path, require_rayflow=False).eval()
 
 
 @torch.no_grad()
