@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from rayflow import RayProcess, estimate_target_mean_vp, sample_ray
 from training.data import item_noise, teacher_trajectory
+from training.export import load_unet_lora
 from training.models import BaseModel
 
 from .data import caption_of, render
@@ -84,9 +85,8 @@ def rayflow_samples(model: BaseModel, unet, labels: torch.Tensor, seeds: torch.T
 
 
 def load_lora_unet(teacher: str, lora_path: str):
-    """A fresh teacher UNet (from the diffusers folder ``teacher``) with the exported LoRA file
-    ``lora_path`` loaded through diffusers' LoRA loader."""
+    """A fresh teacher UNet (from the diffusers folder ``teacher``) with the LoRA file ``lora_path``
+    validated and applied (``training.export.load_unet_lora``; the benchmarks' LCM-LoRA baseline,
+    which has no RayFlow metadata, gets the same tensor checks)."""
     unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
-    state, alphas = StableDiffusionPipeline.lora_state_dict(lora_path)
-    unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="rayflow")
-    return unet.eval()
+    return load_unet_lora(unet, lora_path, require_rayflow=False).eval()

@@ -1,9 +1,10 @@
 """Atomic file writes: a file (or folder) is complete or absent, never half written.
 
 Every writer of the project (LoRA exports, checkpoints, cache shards and manifests, logs rewritten
-on resume, benchmark records) goes through :func:`atomic_path`: the content is written to a temp
-name beside the target and renamed over it at the end; on any failure the temp name is removed
-and the target is untouched. A full disk becomes one :class:`DiskFullError` sentence that names
+on resume, benchmark records, validation grids) goes through :func:`atomic_path`: the content is
+written to a temp name beside the target and renamed over it at the end; on any failure the temp
+name is removed and the target is untouched. Logs that grow by rows use :func:`append_text` (a row
+is appended whole or not at all). A full disk becomes one :class:`DiskFullError` sentence that names
 the file and the free space, instead of a library's bare ``No space left on device``.
 
 Standard library only, so the kernels, the trainer, the nodes and the benchmarks all share it.
@@ -76,12 +77,48 @@ def atomic_path(path: str) -> Iterator[str]:
             os.replace(tmp, path)
     except BaseException as exc:
         _remove(tmp)
-        if _is_full_disk(exc):
-            full = DiskFullError(f"cannot write {path}: its disk is full ({_free_space(path)} free); "
-                                 f"free space there or write to another location, then run again")
-            full.errno = errno.ENOSPC
-            raise full from None
+        _raise_if_full(exc, path)
         raise
+
+
+def _raise_if_full(exc: BaseException, path: str) -> None:
+    if _is_full_disk(exc) and not isinstance(exc, DiskFullError):     # an inner write's error names its own file
+        full = DiskFullError(f"cannot write {path}: its disk is full ({_free_space(path)} free); "
+                             f"free space there or write to another location, then run again")
+        full.errno = errno.ENOSPC
+        raise full from None
+
+
+@contextlib.contextmanager
+def full_disk_as_error(path: str) -> Iterator[None]:
+    """Re-raise a full disk inside the block as :class:`DiskFullError` naming ``path``: for writers
+    that own their files (e.g. TensorBoard's event writer), where no temp name can be used."""
+    try:
+        yield
+    except BaseException as exc:
+        _raise_if_full(exc, path)
+        raise
+
+
+def append_text(path: str, text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path`` whole or not at all: on a failed write the file is cut
+    back to its old length (removed if the append created it), and a full disk is one
+    :class:`DiskFullError` naming ``path``."""
+    data = memoryview(text.encode("utf-8"))
+    existed = os.path.exists(path)
+    with full_disk_as_error(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)    # unbuffered: nothing left to flush
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start) if existed else os.remove(path)
+                raise
+        finally:
+            os.close(fd)
 
 
 def write_text(path: str, text: str) -> None:

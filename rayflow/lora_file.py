@@ -142,26 +142,33 @@ def _check_values(name: str, tensors: Dict[str, torch.Tensor], modules) -> set:
     return changing
 
 
+def _is_rayflow(header: Mapping) -> bool:
+    meta = header.get("__metadata__")
+    return isinstance(meta, dict) and "rayflow.format" in meta
+
+
 def validate_lora(path: str, targets: Optional[Mapping[str, Sequence[int]]] = None,
-                  min_coverage: float = 1.0) -> LoraFile:
+                  min_coverage: float = 1.0, require_rayflow: bool = True) -> LoraFile:
     """Check a RayFlow LoRA file completely and return it as a :class:`LoraFile`.
 
     ``targets`` maps the file's module names (``lora_unet_<module>`` / ``transformer.<module>``) to
     the weight shape of the model layer each would patch (for ComfyUI: from ``model_lora_keys_unet``);
     with it, modules the model lacks count as not patching and shapes must match the layer.
-    ``min_coverage`` in [0, 1] is the least fraction of the declared modules that must patch."""
+    ``min_coverage`` in [0, 1] is the least fraction of the declared modules that must patch. With
+    ``require_rayflow=False`` a kohya-form LoRA without RayFlow metadata (e.g. the LCM-LoRA baseline
+    of the benchmarks) gets the same tensor checks instead of being refused for what it is not."""
     name = os.path.basename(path)
     if not 0 <= min_coverage <= 1:
         raise LoraFileError(f"min_coverage must be in [0, 1], got {min_coverage}")
     header = read_header(path)
-    meta = read_metadata(path, header)
+    meta = read_metadata(path, header) if require_rayflow or _is_rayflow(header) else {}
     index = {k: v for k, v in header.items() if k != "__metadata__"}
-    form = "diffusers" if meta["architecture"].startswith("pixart") else "kohya"
+    form = "diffusers" if meta.get("architecture", "").startswith("pixart") else "kohya"
     modules = _group(name, index, form)
     for key, entry in index.items():
         if entry["dtype"] not in WEIGHT_DTYPES:
-            raise LoraFileError(f"{name}: {key!r} is stored as {entry['dtype']}; RayFlow LoRA weights are "
-                                f"{', '.join(WEIGHT_DTYPES)}, so this file would patch nothing")
+            raise LoraFileError(f"{name}: {key!r} is stored as {entry['dtype']}, but LoRA weights are floating point "
+                                f"({', '.join(WEIGHT_DTYPES)}); the file is damaged or not a RayFlow LoRA")
     ranks = {_check_shapes(name, m, p, index, None if targets is None else targets.get(m, None))
              for m, p in modules.items()}
     if "lora_rank" in meta and ranks != {int(meta["lora_rank"])}:

@@ -19,10 +19,11 @@ MAX_METADATA_KEYS = 256
 MAX_VALUE_CHARS = 1024
 FORMAT_VERSIONS = ("1",)
 ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "pixart_alpha": "PixArt-alpha", "pixart_sigma": "PixArt-sigma"}
-# safetensors dtype names -> bytes per element; only the first three are LoRA weight dtypes
+# safetensors dtype names -> bytes per element; only the first four are LoRA weight dtypes (ComfyUI
+# casts every LoRA weight to float32 before patching, so float64 applies like the others)
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
                "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
-WEIGHT_DTYPES = ("F32", "F16", "BF16")
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 STEPS_RANGE = (1, 50)                   # rayflow.recommended_steps; the trainer refuses others up front
 
 
@@ -114,7 +115,9 @@ def read_header(path: str) -> Dict:
     """The checked safetensors header of ``path`` (tensor index + ``__metadata__``), without loading
     tensors: size limits, strict JSON, every entry's dtype/shape/offsets consistent with the file size
     and the tensors packed without gaps or overlaps (what ``safetensors`` itself requires)."""
-    name = os.path.basename(path)
+    name = os.path.basename(os.path.normpath(path))
+    if os.path.isdir(path):
+        raise LoraFileError(f"{name} is a folder, not a LoRA file; give the path of a .safetensors file")
     if not os.path.isfile(path):
         raise LoraFileError(f"LoRA file not found: {name}")
     if not path.endswith(".safetensors"):
@@ -164,7 +167,10 @@ def read_metadata(path: str, header: Dict = None) -> Dict[str, str]:
     if "rayflow.format" not in meta:
         raise LoraFileError(f"{name} is not a RayFlow LoRA (no RayFlow metadata); load it with the stock LoraLoader")
     out = {**DEFAULTS, **{k[len("rayflow."):]: v for k, v in meta.items() if k.startswith("rayflow.")}}
-    if out.get("architecture") not in ARCH_NAMES:
+    if "architecture" not in out:
+        raise LoraFileError(f"{name} has no rayflow.architecture, so the model family it was made for is unknown; "
+                            f"re-export it with python -m training.distill")
+    if out["architecture"] not in ARCH_NAMES:
         raise LoraFileError(f"{name} names an unknown architecture {out.get('architecture')!r}")
     if out["format"] not in FORMAT_VERSIONS:
         raise LoraFileError(f"{name} has RayFlow format {out['format']!r}, which this version does not know "

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The ComfyUI integration tests (tests/comfyui/, tests/test_training_comfyui.py) against a real
-# ComfyUI: builds the ComfyUI venv .venv-comfyui (once; rebuilt only when its pins change), copies
-# the ComfyUI source to a temporary folder, links this project into its custom_nodes/ and runs
+# ComfyUI: builds the ComfyUI venv .venv-comfyui (once; rebuilt only when its pins change), makes
+# sure a Chromium is on PATH for the browser test (scripts/ensure_chromium.sh: Debian's chromium when
+# running as root with apt-get, else a line saying what to install), copies the ComfyUI source to a
+# temporary folder, links this project into its custom_nodes/ and runs
 # pytest there with COMFYUI_PATH set. Extra arguments go to pytest.
 #
 # Environment:
@@ -37,6 +39,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "${pip[@]}" ".[train]" "pytest>=8" "playwright>=1.40" $TORCH_PINS
   printf '%s' "$want" > "$stamp"
 fi
+bash scripts/ensure_chromium.sh          # the browser test's Chromium: installed where possible
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp -r "$SRC" "$tmp/ComfyUI"

@@ -42,6 +42,18 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory):
+    """``(model folder, prompts file)``: ``training.tiny.build_tiny_sd15(width=32)`` and three prompts;
+    with ``tiny_run.TINY_FLAGS`` a whole ``training.distill`` run takes seconds."""
+    from training.tiny import build_tiny_sd15
+
+    root = tmp_path_factory.mktemp("tiny_sd15")
+    prompts = root / "p.txt"
+    prompts.write_text("a red cat\na blue house\na green tree\n", encoding="utf-8")
+    return build_tiny_sd15(str(root / "m"), width=32), str(prompts)
+
+
+@pytest.fixture(scope="session")
 def small_cache(tmp_path_factory):
     """A phase-1 cache of the committed proxy teacher (3 captions x 4 seeds, 4 teacher steps) in
     ``out/w/cache`` and a 1-step RayFlow LoRA ``out/ray.safetensors``; returns ``(out, labels)``."""

@@ -67,6 +67,18 @@ def test_each_defect_is_one_sentence_naming_file_and_key(tmp_path, tensors, meta
     assert message in str(err.value) and str(err.value).startswith("x.safetensors") and "\n" not in str(err.value)
 
 
+def test_float64_weights_are_accepted_as_comfyui_applies_them(tmp_path):
+    """ComfyUI casts every LoRA weight to float32 before patching (comfy/weight_adapter/lora.py), so a
+    float64 file changes the model like a float32 one; integers are refused for what they are."""
+    path = _write(tmp_path, {k: v.double() for k, v in lora_tensors().items()})
+    lora = validate_lora(path, LAYERS)
+    assert lora.dtypes == ("F64",) and lora.fitting == 5
+    path = _write(tmp_path, _with(**{f"{Q}.lora_down.weight": torch.ones(2, 6, dtype=torch.int32)}))
+    with pytest.raises(LoraFileError, match="is stored as I32, but LoRA weights are floating point") as err:
+        validate_lora(path, LAYERS)
+    assert "patch nothing" not in str(err.value)
+
+
 def test_partial_files_are_refused_unless_min_coverage_is_lowered(tmp_path):
     t = {k: v for k, v in lora_tensors().items() if "conv_out" not in k}
     path = _write(tmp_path, t, {**METADATA, "rayflow.lora_modules": "5"})      # declared 5, holds 4

@@ -153,9 +153,9 @@ def mutants(base: bytes, rng: random.Random):
         for value in (float("nan"), float("inf"), -float("inf"), 1e38, 2e4):
             for k in (down, up):
                 yield variant(f"value {k} {value}", REFUSE, lambda t, k=k, v=value: t[k].view(-1).__setitem__(0, v))
-        for dtype in (torch.int32, torch.int8, torch.uint8, torch.bool, torch.float64, torch.float8_e4m3fn):
+        for dtype in (torch.int32, torch.int8, torch.uint8, torch.bool, torch.float8_e4m3fn):
             yield variant(f"dtype {down} {dtype}", REFUSE, lambda t, k=down, d=dtype: t.__setitem__(k, t[k].to(d)))
-        for dtype in (torch.float16, torch.bfloat16):
+        for dtype in (torch.float16, torch.bfloat16, torch.float64):       # ComfyUI casts them all to float32
             yield variant(f"dtype {up} {dtype}", EITHER, lambda t, k=up, d=dtype: t.__setitem__(k, t[k].to(d)))
         for shape_change in ("transpose", "empty", "0-d", "1-d", "3-d", "rank+1", "wrong-in", "wrong-out"):
             def reshape(t, k_down=down, k_up=up, how=shape_change):
@@ -212,7 +212,7 @@ def _check_accepted(label, lora, weights):
     """A file that validates changes the model, with finite weights only (without the model's
     layers: finite, floating and not all zero)."""
     assert all(bool(torch.isfinite(t).all()) for t in lora.tensors.values()), f"{label}: non-finite LoRA weights"
-    assert all(t.dtype in (torch.float32, torch.float16, torch.bfloat16) for t in lora.tensors.values()), label
+    assert all(t.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for t in lora.tensors.values()), label
     assert any(bool(t.any()) for k, t in lora.tensors.items() if not k.endswith(".alpha")), f"{label}: all zeros"
     if weights is None:
         return

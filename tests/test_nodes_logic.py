@@ -141,6 +141,9 @@ def test_metadata_round_trip_and_sampler_settings(tmp_path):
     (lambda p: _lora(p, {**GOOD, "rayflow.architecture": "sd3"}), "names an unknown architecture 'sd3'"),
     (lambda p: _lora(p, {**GOOD, "rayflow.sigma": "abc"}), "malformed RayFlow metadata"),
     (lambda p: str(p.parent / "missing.safetensors"), "LoRA file not found"),
+    (lambda p: _lora(p, {k: v for k, v in GOOD.items() if k != "rayflow.architecture"}),
+     "has no rayflow.architecture, so the model family it was made for is unknown"),
+    (lambda p: (p.parent / "loras").mkdir() or str(p.parent / "loras"), "loras is a folder, not a LoRA file"),
 ])
 def test_bad_lora_files_get_one_clear_sentence(tmp_path, make, message):
     path = make(tmp_path / "x.safetensors")

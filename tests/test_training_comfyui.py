@@ -7,7 +7,6 @@ run with a Python that runs ComfyUI::
 """
 
 import os
-import sys
 
 import pytest
 
@@ -15,15 +14,11 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 if not COMFYUI_PATH:
     pytest.skip("COMFYUI_PATH is not set: the ComfyUI LoRA-loading test needs a ComfyUI checkout",
                 allow_module_level=True)
-sys.path.insert(0, COMFYUI_PATH)
+from comfyui_runtime import import_comfyui  # noqa: E402
+
+import_comfyui(COMFYUI_PATH, "comfy.lora", "comfy.lora_convert", "comfy.model_patcher", "comfy.supported_models")
 import torch  # noqa: E402
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-from comfy.cli_args import args as comfy_args  # noqa: E402
-
-comfy_args.cpu = True
 import comfy.lora  # noqa: E402
 import comfy.lora_convert  # noqa: E402
 import comfy.model_patcher  # noqa: E402

@@ -260,9 +260,15 @@ def _kill_when(proc, condition, timeout=120):
     pytest.fail("condition for the kill never became true")
 
 
-def test_kill_and_resume_phase2_ends_with_the_same_lora(tiny, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--base-precision", "bf16"], ["--optimizer", "adamw8bit"]],
+                         ids=["fp32-adamw", "bf16-base", "adamw8bit"])
+def test_kill_and_resume_phase2_ends_with_the_same_lora(tiny, tmp_path, extra):
+    """SIGKILLed after a few checkpoints and resumed: the LoRA equals an uninterrupted run's, also with a
+    bf16 base model and with bitsandbytes' 8-bit AdamW (its quantised state goes through the checkpoint)."""
+    if "adamw8bit" in extra:
+        pytest.importorskip("bitsandbytes")
     model, prompts = tiny
-    common = ["--model", model, "--prompts", prompts, "--train-steps", 40, "--checkpoint-every", 5, *FAST]
+    common = ["--model", model, "--prompts", prompts, "--train-steps", 40, "--checkpoint-every", 5, *FAST, *extra]
     ref = tmp_path / "ref.safetensors"
     assert _spawn([*common, "--output", ref]).wait() == 0
     out = tmp_path / "killed.safetensors"
@@ -318,6 +324,7 @@ def _bad_input_cases(tiny, tmp_path):
         (["--model", model, "--prompts", empty], "prompts file has no prompts", None),
         (["--model", model, "--prompts", binary], "prompts file is not UTF-8 text", None),
         (["--model", model, "--prompts", tmp_path / "missing.txt"], "prompts file not found", None),
+        (["--model", model, "--prompts", tmp_path], f"--prompts {tmp_path} is a folder; give a prompts file", None),
         (["--model", model, "--prompts", prompts, "--loss-weighting", "snr"], "--loss-weighting must be one of", None),
         (["--model", model, "--prompts", prompts, "--start-anchor", "2"], "--start-anchor must be in [0, 1]", None),
         (["--model", model, "--prompts", prompts, "--start-anchor", "0.5", "--no-ray"], "--no-ray does not use", None),

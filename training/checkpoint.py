@@ -77,20 +77,27 @@ def _read(folder: str) -> Dict[str, Any]:
         return _unflatten(json.load(f), tensors)
 
 
-def load_checkpoint(folder: str, notify: Callable[[str], None] = print) -> Optional[Dict[str, Any]]:
+def load_checkpoint(folder: str, notify: Callable[[str], None] = print,
+                    apply: Optional[Callable[[Dict[str, Any]], None]] = None) -> Optional[Dict[str, Any]]:
     """The newest state that loads: ``folder``, else the one it replaced (``<folder>.prev``, also
-    the survivor of a kill in the middle of the swap); ``None`` if there is none. A checkpoint that
-    does not load is named through ``notify`` and skipped; if none loads, ``CheckpointError``."""
+    the survivor of a kill in the middle of the swap); ``None`` if there is none. With ``apply``, a
+    state also counts as loaded only once ``apply(state)`` has taken it (a state that parses but
+    lacks a part is damaged too; a ``ConfigError`` from ``apply`` ends the search). A checkpoint
+    that does not load is named through ``notify`` and skipped; if none loads, ``CheckpointError``."""
     damaged = []
     for cand in (folder, folder + ".prev", folder + ".old"):     # .old: the name before .prev existed
         if not os.path.isdir(cand):
             continue
         try:
             state = _read(cand)
+            if apply is not None:
+                apply(state)
+        except ConfigError:
+            raise
         except Exception as exc:  # a damaged or half-deleted checkpoint: any reader error
             damaged.append(cand)
-            notify(f"note: the checkpoint in {cand} does not load ({type(exc).__name__}: {str(exc)[:120]}); "
-                   f"trying the previous one")
+            what = f"its state lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc)[:120]}"
+            notify(f"note: the checkpoint in {cand} does not load ({what}); trying the previous one")
             continue
         return state
     if damaged:

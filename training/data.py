@@ -131,22 +131,24 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
     todo = [k for k in mine if not _shard_ok(folder, k, cfg.shard_size, total, sizes.get(str(k)))]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="phase 1: teacher trajectories",
                unit="shard", disable=not (progress and accelerator.is_main_process))
-    for k in todo:
-        idx = _shard_items(k, cfg.shard_size, total)
-        texts = [prompts[int(i) // cfg.seeds_per_prompt] for i in idx]
-        cond = model.encode_prompts(texts, device)
-        z = item_noise(cfg.seed, idx, (C, H, H)).to(device)
-        uncond = {k2: v.expand(len(idx), *v.shape[1:]) for k2, v in uncond_one.items()}
-        x = z.to(next(model.unet.parameters()).dtype)
-        x0, preds, alphas = teacher_trajectory(model, x, cond, uncond, cfg.teacher_solver, cfg.teacher_steps,
-                                               cfg.teacher_cfg, cfg.resolution)
-        eps_mu, sigma_star = process.theorem1(preds, alphas)
-        tensors = {"x0": x0, "eps_mu": eps_mu.float(), "noise": z.float(), "sigma_star": sigma_star.float(),
-                   "index": idx, **{f"cond.{k2}": v.float() for k2, v in cond.items()}}
-        save_atomic({k2: v.detach().cpu().contiguous() for k2, v in tensors.items()}, _shard_path(folder, k),
-                     {"prompts": json.dumps(texts)})
-        bar.update(1)
-    bar.close()
+    try:
+        for k in todo:
+            idx = _shard_items(k, cfg.shard_size, total)
+            texts = [prompts[int(i) // cfg.seeds_per_prompt] for i in idx]
+            cond = model.encode_prompts(texts, device)
+            z = item_noise(cfg.seed, idx, (C, H, H)).to(device)
+            uncond = {k2: v.expand(len(idx), *v.shape[1:]) for k2, v in uncond_one.items()}
+            x = z.to(next(model.unet.parameters()).dtype)
+            x0, preds, alphas = teacher_trajectory(model, x, cond, uncond, cfg.teacher_solver, cfg.teacher_steps,
+                                                   cfg.teacher_cfg, cfg.resolution)
+            eps_mu, sigma_star = process.theorem1(preds, alphas)
+            tensors = {"x0": x0, "eps_mu": eps_mu.float(), "noise": z.float(), "sigma_star": sigma_star.float(),
+                       "index": idx, **{f"cond.{k2}": v.float() for k2, v in cond.items()}}
+            save_atomic({k2: v.detach().cpu().contiguous() for k2, v in tensors.items()}, _shard_path(folder, k),
+                         {"prompts": json.dumps(texts)})
+            bar.update(1)
+    finally:                      # the error line of a failed run starts on a line of its own
+        bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(manifest, {"fingerprint": fp, "complete": True, "items": total, "shards": n_shards,

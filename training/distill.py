@@ -56,33 +56,53 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _own_exports(work_dir: str) -> Dict[str, str]:
+def _own_exports(work_dir: str) -> Dict[str, List[str]]:
+    """``{absolute path: [SHA-256 of each version this work dir wrote there]}`` (older records: one hash)."""
     try:
         with open(os.path.join(work_dir, EXPORTS), encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError):
         return {}
-
-
-def _check_output_is_ours(cfg: DistillConfig) -> None:
-    """An existing ``--output`` is replaced only when this work dir wrote it (its hash is in
-    ``<work_dir>/exports.json``) or with ``--overwrite``."""
-    if cfg.overwrite or not os.path.isfile(cfg.output):
-        return
-    if _own_exports(cfg.work_dir).get(os.path.abspath(cfg.output)) != _sha256(cfg.output):
-        raise ConfigError(f"{cfg.output} already exists and this run (work dir {cfg.work_dir}) did not write it; "
-                          f"pass --overwrite to replace it, or choose another --output")
-
-
-def _record_export(cfg: DistillConfig) -> None:
-    exports = _own_exports(cfg.work_dir)
-    exports[os.path.abspath(cfg.output)] = _sha256(cfg.output)
-    write_json(os.path.join(cfg.work_dir, EXPORTS), exports)
+    if not isinstance(data, dict):
+        return {}
+    return {k: [v] if isinstance(v, str) else [h for h in v if isinstance(h, str)] if isinstance(v, list) else []
+            for k, v in data.items()}
 
 
 def snapshot_path(output: str, step: int) -> str:
     """``<output stem>-step<step>.safetensors``: the intermediate LoRA of ``--save-every``."""
     return f"{output[:-len('.safetensors')]}-step{step:06d}.safetensors"
+
+
+def planned_files(cfg: DistillConfig) -> List[str]:
+    """The files a run writes beside ``--output``: its ``--save-every`` snapshots and the LoRA itself."""
+    steps = range(cfg.save_every, cfg.train_steps, cfg.save_every) if cfg.save_every else ()
+    return [*(snapshot_path(cfg.output, s) for s in steps), cfg.output]
+
+
+def _check_outputs_are_ours(cfg: DistillConfig) -> None:
+    """An existing ``--output`` or snapshot is replaced only when this work dir wrote it (its hash is
+    in ``<work_dir>/exports.json``) or with ``--overwrite``; checked before any work."""
+    own = _own_exports(cfg.work_dir)
+    theirs = []
+    for path in planned_files(cfg):
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a folder, but this run writes a LoRA file there; move it or choose another --output")
+        if not cfg.overwrite and os.path.isfile(path) and _sha256(path) not in own.get(os.path.abspath(path), []):
+            theirs.append(path)
+    if theirs:
+        more = f" (nor {len(theirs) - 1} more of the files it would write)" if len(theirs) > 1 else ""
+        raise ConfigError(f"{theirs[0]} already exists and this run (work dir {cfg.work_dir}) did not write it{more}; "
+                          f"pass --overwrite to replace it, or choose another --output")
+
+
+def _record_export(cfg: DistillConfig, path: str, written: str) -> None:
+    """Record the file ``written`` (the complete temp file about to become ``path``) as this work
+    dir's, before the rename: a kill between the two leaves the file known as ours."""
+    exports = _own_exports(cfg.work_dir)
+    digest, key = _sha256(written), os.path.abspath(path)
+    exports[key] = [h for h in exports.get(key, []) if h != digest][-7:] + [digest]
+    write_json(os.path.join(cfg.work_dir, EXPORTS), exports)
 
 
 def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callable[[str, int], None]] = None) -> str:
@@ -101,7 +121,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     check_optimizer(cfg)
     prompts = read_prompts(cfg.prompts)
     _check_output_writable(cfg.output)
-    _check_output_is_ours(cfg)
+    _check_outputs_are_ours(cfg)
     if not cfg.resume and os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):
         raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
                           f"or choose another --work-dir")
@@ -137,7 +157,8 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     def export(path: str, steps: int) -> None:
         lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha,
                                  cfg.save_precision)
-        write_lora(path, lora, {**metadata, "rayflow.train_steps": steps})
+        write_lora(path, lora, {**metadata, "rayflow.train_steps": steps},
+                   before_rename=lambda tmp: _record_export(cfg, path, tmp))
 
     def snapshot(step: int, missing_only: bool = False) -> None:
         path = snapshot_path(cfg.output, step)
@@ -151,7 +172,6 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     if accelerator.is_main_process:
         trainer.validation_grid(os.path.join(cfg.work_dir, "validation_final.png"))
         export(cfg.output, cfg.train_steps)
-        _record_export(cfg)
     accelerator.wait_for_everyone()
     return cfg.output
 

@@ -8,13 +8,15 @@ ComfyUI's stock LoraLoader, the RayFlow LoRA Loader and diffusers' ``load_lora_w
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from safetensors.torch import save_file
 
 from rayflow.atomic_write import atomic_path
 from rayflow.lora_file import module_count, validate_lora
+
+from .lora_targets import lora_modules, lora_targets
 
 FORMAT_VERSION = "1"
 
@@ -72,11 +74,15 @@ def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], ra
     return kohya_unet_state_dict(peft_state, rank, alpha, SAVE_DTYPES[precision])
 
 
-def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None,
+                before_rename: Optional[Callable[[str], None]] = None) -> None:
     """``safetensors`` save through :func:`rayflow.atomic_write.atomic_path`: ``path`` is complete
-    or absent, a failed write leaves no temp file behind, a full disk is one ``DiskFullError``."""
+    or absent, a failed write leaves no temp file behind, a full disk is one ``DiskFullError``.
+    ``before_rename(tmp)`` is called with the complete temp file just before it becomes ``path``."""
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        if before_rename is not None:
+            before_rename(tmp)
 
 
 def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int, process) -> Dict[str, object]:
@@ -113,31 +119,55 @@ def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int
     }
 
 
-def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """Write a RayFlow LoRA atomically (:func:`save_atomic`); metadata values become strings, and
-    ``rayflow.lora_modules`` records the module count so that a partial file is recognised."""
+def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str],
+               before_rename: Optional[Callable[[str], None]] = None) -> None:
+    """Write a RayFlow LoRA atomically (:func:`save_atomic`, with its ``before_rename``); metadata
+    values become strings, and ``rayflow.lora_modules`` records the module count so that a partial
+    file is recognised."""
     meta = {"rayflow.format": FORMAT_VERSION, "rayflow.lora_modules": str(module_count(tensors)),
             **{k: str(v) for k, v in metadata.items()}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_atomic(tensors, path, meta)
+    save_atomic(tensors, path, meta, before_rename)
+
+
+def _apply_with_peft(net: torch.nn.Module, path: str, pixart: bool, require_rayflow: bool = True) -> torch.nn.Module:
+    """Validate the RayFlow LoRA file ``path`` against ``net``'s layers (:func:`validate_lora`: a
+    damaged, non-finite, no-op, partial or ill-fitting file is one ``LoraFileError``) and apply it
+    with peft, each module's ``alpha / rank`` folded into its ``lora_B``. Returns ``net``."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    names = lora_modules(net, pixart)
+    lora = validate_lora(path, lora_targets(net, pixart), require_rayflow=require_rayflow)
+    sd, ranks = {}, {}
+    for module, parts in sorted(lora.modules.items()):
+        if module not in names:              # a module the net lacks (only below min_coverage 1)
+            continue
+        down, up = lora.tensors[parts["down"]], lora.tensors[parts["up"]]
+        rank = down.shape[0]
+        scale = float(lora.tensors[parts["alpha"]]) / rank if "alpha" in parts else 1.0
+        name = names[module]
+        sd[f"{name}.lora_A.weight"], sd[f"{name}.lora_B.weight"] = down.float(), up.float() * scale
+        ranks[name] = rank
+    r = max(ranks.values())
+    other = {n: k for n, k in ranks.items() if k != r}
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=r, target_modules=sorted(ranks), rank_pattern=other,
+                                       alpha_pattern=other), net)
+    res = set_peft_model_state_dict(net, sd)
+    if getattr(res, "unexpected_keys", None):       # validated above; a guard
+        raise ValueError(f"{path}: LoRA keys that match no module: {res.unexpected_keys[:3]}")
+    return net
+
+
+def load_unet_lora(unet: torch.nn.Module, path: str, require_rayflow: bool = True) -> torch.nn.Module:
+    """Apply a kohya-form RayFlow LoRA file (SD1.5, SDXL, the proxy teacher) to a diffusers
+    ``UNet2DConditionModel`` with peft, after the checks of :func:`validate_lora` against the UNet's
+    layers (those of the loader node). ``require_rayflow=False`` also takes a kohya LoRA without
+    RayFlow metadata (the benchmarks' LCM-LoRA baseline), with the same tensor checks. Returns ``unet``."""
+    return _apply_with_peft(unet, path, pixart=False, require_rayflow=require_rayflow)
 
 
 def load_transformer_lora(transformer: torch.nn.Module, path: str) -> torch.nn.Module:
     """Apply a PixArt-form RayFlow LoRA file to a diffusers ``PixArtTransformer2DModel`` with peft
     (diffusers has no ``load_lora_weights`` for PixArt pipelines), after the checks of
-    :func:`rayflow.lora_file.validate_lora` against the transformer's layers. Returns ``transformer``."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-
-    targets = {"transformer." + n: list(m.weight.shape) for n, m in transformer.named_modules()
-               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
-    lora = validate_lora(path, targets)
-    sd = {k[len("transformer."):]: v for k, v in lora.tensors.items()}
-    if not sd:
-        raise ValueError(f"{path} holds no transformer.* LoRA weights")
-    modules = sorted({k.rsplit(".lora_", 1)[0] for k in sd})
-    rank = next(v.shape[0] for k, v in sd.items() if k.endswith(".lora_A.weight"))
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules), transformer)
-    res = set_peft_model_state_dict(transformer, sd)
-    if getattr(res, "unexpected_keys", None):
-        raise ValueError(f"{path}: LoRA keys that match no module: {res.unexpected_keys[:3]}")
-    return transformer
+    :func:`validate_lora` against the transformer's layers. Returns ``transformer``."""
+    return _apply_with_peft(transformer, path, pixart=True)

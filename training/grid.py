@@ -1,5 +1,6 @@
 """A sample grid readable without the code: one row per sampler (its name and steps on the left),
-one column per caption and seed (the caption written under the column)."""
+one column per caption and seed (the caption written under the column, at most ``CAPTION_LINES``
+lines: a longer one is cut with an ellipsis, so a prompt of any length makes a grid of bounded size)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,27 @@ from typing import Dict, List
 
 import torch
 
+from rayflow.atomic_write import atomic_path
+
 LABEL_W = 130       # pixels of the row labels
 LINE_H = 11         # pixels per caption line (PIL's default bitmap font is about 6 x 11)
+CAPTION_LINES = 4   # caption lines under a column at most
+ELLIPSIS = "..."    # ASCII: PIL's bitmap font has no U+2026
 
 
 def _tiles(images: torch.Tensor):
     return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def caption_lines(caption: str, chars: int) -> List[str]:
+    """``caption`` wrapped at ``chars`` characters per line, at most ``CAPTION_LINES`` lines; a caption
+    cut short ends in ``ELLIPSIS``. Only the caption's start is read, whatever its length."""
+    head = caption[: chars * (CAPTION_LINES + 1)]
+    lines = textwrap.wrap(head, chars) or [""]
+    if len(lines) > CAPTION_LINES or len(head) < len(caption):
+        lines = lines[:CAPTION_LINES]
+        lines[-1] = lines[-1][: max(0, chars - len(ELLIPSIS))].rstrip() + ELLIPSIS
+    return lines
 
 
 def save_grid(rows: Dict[str, torch.Tensor], captions: List[str], path: str, scale: int = 6) -> None:
@@ -26,7 +42,7 @@ def save_grid(rows: Dict[str, torch.Tensor], captions: List[str], path: str, sca
     if len(captions) != n:
         raise ValueError(f"the grid has {n} columns but {len(captions)} captions")
     chars = max(4, h // 6)
-    wrapped = [textwrap.wrap(c, chars) or [""] for c in captions]
+    wrapped = [caption_lines(c, chars) for c in captions]
     caption_h = LINE_H * max(len(w) for w in wrapped) + 6
     img = Image.new("RGB", (LABEL_W + n * h, len(names) * h + caption_h), (255, 255, 255))
     draw = ImageDraw.Draw(img)
@@ -39,4 +55,5 @@ def save_grid(rows: Dict[str, torch.Tensor], captions: List[str], path: str, sca
     for c, lines in enumerate(wrapped):
         for i, line in enumerate(lines):
             draw.text((LABEL_W + c * h + 2, top + i * LINE_H), line, fill=(0, 0, 0))
-    img.save(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

@@ -14,6 +14,8 @@ class PromptsError(ValueError):
 
 
 def read_prompts(path: str) -> List[str]:
+    if os.path.isdir(path):
+        raise PromptsError(f"--prompts {path} is a folder; give a prompts file (.txt, .jsonl or .csv)")
     if not os.path.isfile(path):
         raise PromptsError(f"prompts file not found: {path}")
     ext = os.path.splitext(path)[1].lower()

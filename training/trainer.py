@@ -36,7 +36,7 @@ from .config import ConfigError, DistillConfig
 from .data import Cache
 from .grid import save_grid
 from .models import BaseModel
-from .run_log import RunLog
+from .records import Scalars, append_record, append_row, drop_records_after, start_log
 
 DIAG_BINS = 20      # timestep bins of the Time Sampler diagnostics (``time_sampler.jsonl``)
 
@@ -129,7 +129,8 @@ class Trainer:
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)     # timesteps drawn since the last diagnostics record
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self.ckpt_dir = os.path.join(cfg.work_dir, "checkpoint")
-        self.log = RunLog(cfg.work_dir, accelerator.is_main_process)
+        self.log_path = os.path.join(cfg.work_dir, "log.csv")
+        self.diagnostics_path = os.path.join(cfg.work_dir, "time_sampler.jsonl")
 
     # ------------------------------------------------------------ checkpointing
     def state(self) -> Dict:
@@ -148,19 +149,32 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def try_resume(self) -> bool:
-        state = load_checkpoint(self.ckpt_dir)
+        """Continue from the newest checkpoint that loads and applies (``checkpoint``, else
+        ``checkpoint.prev``); False when there is none and the run starts over."""
+        state = load_checkpoint(self.ckpt_dir, apply=self._apply_state)
         if state is None:                  # killed before the first checkpoint: the run starts over,
-            self.log.truncate_after(0)     # and so do the rows it had logged
+            if self.acc.is_main_process:   # and so do the rows it had logged
+                drop_records_after(self.log_path, self.diagnostics_path, 0)
             return False
+        if self.acc.is_main_process:
+            drop_records_after(self.log_path, self.diagnostics_path, self.step)
+        return True
+
+    def _apply_state(self, state: Dict) -> None:
+        """Set the trainer to a checkpoint's ``state``; a state that lacks a part or does not fit
+        raises (``load_checkpoint`` then tries the previous checkpoint), another configuration's
+        or an older version's is a ``ConfigError``."""
         if not self.cfg.matches_fingerprint(state["fingerprint"]):
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
                               f"resume with the same options or use another --work-dir")
-        set_peft_model_state_dict(self.denoiser, state["lora"])
-        self.opt.load_state_dict(state["opt"])
-        self.lr_sched.load_state_dict(state["lr_sched"])
         if "gen_t" not in state:
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was written by an older version whose random streams "
                               f"this version cannot continue exactly; delete that folder to train from the start")
+        if set(state["lora"]) != set(lora_state(self.denoiser)):
+            raise ValueError("its LoRA weights are not the ones of this model and configuration")
+        set_peft_model_state_dict(self.denoiser, state["lora"])
+        self.opt.load_state_dict(state["opt"])
+        self.lr_sched.load_state_dict(state["lr_sched"])
         self.gen.set_state(state["gen"])
         self.gen_t.set_state(state["gen_t"])
         self.gen_noise.set_state(state["gen_noise"])
@@ -171,8 +185,6 @@ class Trainer:
         self.t_hist = state.get("t_hist", torch.zeros(DIAG_BINS, dtype=torch.float64)).to(torch.float64)
         self.ema = state["ema"]
         self.step = int(state["step"])
-        self.log.truncate_after(self.step)
-        return True
 
     def predict(self, net, x, t, cond):
         """The denoiser's prediction at ``x`` / ``t`` / ``cond`` through ``net``: the accelerate-wrapped
@@ -307,35 +319,43 @@ class Trainer:
     def fit(self, progress: bool = True, snapshot=None) -> None:
         """Train to ``cfg.train_steps``; every ``cfg.save_every`` steps call ``snapshot(step)`` (the
         main process exports an intermediate LoRA)."""
-        cfg, main = self.cfg, self.acc.is_main_process
+        cfg = self.cfg
+        new_log = not (cfg.resume and os.path.isfile(self.log_path))
         bar = tqdm(total=cfg.train_steps, initial=self.step, desc="phase 2: LoRA training", unit="step",
-                   disable=not (progress and main))
-        self.log.open(continuing=cfg.resume)
+                   disable=not (progress and self.acc.is_main_process))
+        main_proc = self.acc.is_main_process      # only the main process writes the records
+        writer = Scalars(cfg.work_dir) if main_proc else None
+        if new_log and main_proc:
+            start_log(self.log_path)
         if snapshot is not None and cfg.save_every and 0 < self.step < cfg.train_steps \
-                and self.step % cfg.save_every == 0 and main:
+                and self.step % cfg.save_every == 0 and main_proc:
             snapshot(self.step, missing_only=True)    # a kill between this checkpoint and its snapshot
-        t0 = time.perf_counter()
         try:
+            t0 = time.perf_counter()
             while self.step < cfg.train_steps:
                 stats = self.train_step()
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
-                if self.step % cfg.log_every == 0 or self.step == cfg.train_steps:
+                if main_proc and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
                     rate = cfg.batch_size * cfg.grad_accum * self.acc.num_processes * cfg.log_every / max(1e-9, time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    self.log.row(self.step, {**stats, "lr": self.lr_sched.get_last_lr()[0], "samples_per_s": rate})
+                    row = [self.step, stats["loss"], self.lr_sched.get_last_lr()[0], stats["t_mean"], stats["t_std"],
+                           stats["w_mean"], stats["w_max"], rate]
+                    append_row(self.log_path, row)
+                    writer.add(row, self.step)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.train_steps:
                     self.record_diagnostics()
                     self.save()
                 if snapshot is not None and cfg.save_every and self.step % cfg.save_every == 0 \
-                        and self.step < cfg.train_steps and main:
+                        and self.step < cfg.train_steps and main_proc:
                     snapshot(self.step)
                 if cfg.validate_every and self.step % cfg.validate_every == 0:
                     self.validation_grid(os.path.join(cfg.work_dir, f"validation_{self.step:06d}.png"))
-        finally:
+        finally:                                  # the error line of a failed run starts on a line of its own
             bar.close()
-            self.log.close()
+        if writer is not None:
+            writer.close()
         self.record_diagnostics()
         self.save()
 
@@ -353,7 +373,8 @@ class Trainer:
             rec["density"] = torch.zeros(DIAG_BINS, dtype=torch.float64).index_add_(
                 0, torch.arange(T) * DIAG_BINS // T, q).tolist()
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)
-        self.log.diagnostics(rec)
+        if self.acc.is_main_process:
+            append_record(self.diagnostics_path, rec)
 
     def final_lora(self) -> Dict[str, torch.Tensor]:
         return self.ema if self.ema is not None else lora_state(self.denoiser)
@@ -385,3 +406,4 @@ class Trainer:
         save_grid(rows, [self.cache.prompts[i] for i in pick.tolist()], path, scale=max(1, 96 // height))
         if was_training:
             unet.train()
+

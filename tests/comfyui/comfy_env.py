@@ -1,5 +1,5 @@
 """What the ComfyUI tests share: the checkout under test (``COMFYUI_PATH``; a test module that imports
-this is skipped without one), ComfyUI imported in this process on the CPU, the test LoRA files and the
+this is skipped without one, or where this Python cannot run ComfyUI), ComfyUI imported in this process on the CPU, the test LoRA files and the
 HTTP helpers. The server and its base folder are the session fixtures in ``conftest.py``."""
 
 import json
@@ -20,21 +20,16 @@ if not os.path.isfile(os.path.join(COMFYUI_PATH, "main.py")):
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, COMFYUI_PATH)
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+from comfyui_runtime import import_comfyui  # noqa: E402
+
+import_comfyui(COMFYUI_PATH, "comfy.lora", "comfy.sd")       # skips where this Python cannot run ComfyUI
 import torch  # noqa: E402
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-from comfy.cli_args import args as comfy_args  # noqa: E402
-
-comfy_args.cpu = True
 import comfy.lora  # noqa: E402
 import comfy.sd  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(HERE))
 
 SD15_META = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sigma": "0.3", "rayflow.path": "sigma",
              "rayflow.recommended_steps": "4", "rayflow.recommended_cfg": "1.0"}

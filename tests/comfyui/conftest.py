@@ -4,7 +4,7 @@
 ``comfy_env.write_loras``, a LoRA trained from that checkpoint by ``training.distill``, empty stand-ins
 for the SDXL and PixArt files, an input image, and this project linked as ``custom_nodes/rayflow``.
 ``server``: ComfyUI on the CPU at 127.0.0.1 on a free port, serving that folder; its log is
-``base_dir/server.log``.
+``base_dir/server.log``, its process id ``base_dir/server.pid``.
 """
 
 import os
@@ -52,6 +52,7 @@ def server(base_dir):
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                              "--base-directory", str(base_dir), "--disable-auto-launch"],
                             cwd=comfy_env.COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
+    (base_dir / "server.pid").write_text(str(proc.pid))        # for the load test's RSS figures
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
     while True:
