@@ -308,7 +308,7 @@ def load_runs(args) -> Dict[tuple, Dict]:
             for seed, _, run in job_records(root, args.train_steps)}
 
 
-# the arms paired against uniform timesteps (the Time Sampler's own comparison, issue 17 item 5)
+# the arms paired against uniform timesteps (the Time Sampler's own comparison)
 TS_ARMS = ("ray", "ts_grad", "ts_mix50", "ts_warmup", "ts_biased", "ts_static")
 # every baseline besides ray that some rows are paired against: uniform timesteps for the Time Sampler arms,
 # LCM-LoRA and the same recipe with uniform timesteps for the one-step recipe (its claim: ahead of LCM at 1 step,

@@ -56,7 +56,7 @@ VARIANTS = {              # each one changes one thing of RECIPE (plus the Time 
     "taper_anchor0.5": dict(start_anchor=0.5, anchor_taper=True),
     "top50": dict(top_share=0.5),
     "top75": dict(top_share=0.75),
-    # the Time Sampler's weak points (issue 17 item 5): a gradient-norm target, half the proposal uniform,
+    # the Time Sampler's weak points: a gradient-norm target, half the proposal uniform,
     # 300 uniform warm-up steps, the biased objective (sampled timesteps at weight 1), one density for all
     "ts_grad": dict(time_sampler_target="grad"),
     "ts_mix50": dict(time_sampler_uniform=0.5),

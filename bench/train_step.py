@@ -1,4 +1,4 @@
-"""Phase-2 training-step time with the Time Sampler vs uniform timesteps (issue 4 benchmark).
+"""Phase-2 training-step time with the Time Sampler vs uniform timesteps.
 
 Builds an SD-shaped random-weight UNet (``--width`` sets the block channels ``(w, 2w)``), a
 synthetic phase-1 cache, and two identical trainers that differ only in ``--no-time-sampler``;

@@ -1,4 +1,4 @@
-"""Variance of the phase-2 gradient estimator with and without the Time Sampler (issue 17 item 5).
+"""Variance of the phase-2 gradient estimator with and without the Time Sampler.
 
 For each training seed of a multi-seed run (``bench.quality --seeds``), the ``ray`` job's final
 checkpoint (LoRA, Time Sampler and loss profile) is loaded and, at that one parameter point, the

@@ -56,10 +56,3 @@ def check_same_shape(names: Sequence[str], *tensors: torch.Tensor) -> None:
     if any(s != shapes[0] for s in shapes[1:]):
         listed = ", ".join(f"{n}{list(s)}" for n, s in zip(names, shapes))
         raise ValueError(f"shape mismatch: {listed}; these must have the same shape")
-
-
-def check_batch(name: str, values: torch.Tensor, batch: int) -> None:
-    """Check that a per-sample tensor has one entry per batch element."""
-    if values.ndim != 1 or values.shape[0] not in (1, batch):
-        raise ValueError(f"{name} must be a 1-D tensor of length 1 or {batch} (the batch size), "
-                         f"got shape {list(values.shape)}")

@@ -114,13 +114,13 @@ def _training_inputs(monkeypatch, tiny, out, *flags):
     from training.trainer import Trainer
 
     seen = []
-    denoise = Trainer._denoise
+    predict = Trainer.predict
 
     def spy(self, net, x, t, cond):
         seen.append((x.detach().cpu().clone(), t.detach().cpu().clone()))
-        return denoise(self, net, x, t, cond)
+        return predict(self, net, x, t, cond)
 
-    monkeypatch.setattr(Trainer, "_denoise", spy)
+    monkeypatch.setattr(Trainer, "predict", spy)
     model, prompts = tiny
     assert run_cli("--model", model, "--prompts", prompts, "--output", out, "--train-steps", 3, *FAST, *flags) == 0
     x_t, t = (torch.cat(v) for v in zip(*seen[:3]))     # the 3 training steps (validation grids come later)

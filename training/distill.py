@@ -92,7 +92,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     from accelerate import Accelerator
 
     from .data import build_cache, load_cache
-    from .export import SAVE_DTYPES, export_state_dict, write_lora
+    from .export import SAVE_DTYPES, export_state_dict, lora_metadata, write_lora
     from .models import load_base_model
     from .prompts import read_prompts
     from .trainer import Trainer, check_optimizer
@@ -131,35 +131,8 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     trainer = Trainer(cfg, model, cache, accelerator)
     if cfg.resume:
         trainer.try_resume()
-    proc = trainer.process
-    metadata = {
-        "rayflow.architecture": model.architecture,
-        "rayflow.sigma": proc.sigma,
-        "rayflow.path": proc.path,
-        "rayflow.recipe": "rectified" if cfg.no_ray else "ray",
-        "rayflow.preset": cfg.preset,
-        "rayflow.schedule": model.schedule_name,
-        "rayflow.num_train_timesteps": model.schedule.num_timesteps,
-        "rayflow.target_mean": "noise",
-        "rayflow.recommended_steps": cfg.recommended_steps,
-        "rayflow.recommended_cfg": "1.0",
-        "rayflow.teacher_solver": cfg.teacher_solver,
-        "rayflow.teacher_steps": cfg.teacher_steps,
-        "rayflow.teacher_cfg": cfg.teacher_cfg,
-        "rayflow.train_steps": cfg.train_steps,
-        "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
-        "rayflow.time_sampler_options": "" if cfg.no_time_sampler else (
-            f"target={cfg.time_sampler_target},uniform={cfg.time_sampler_uniform:g},warmup={cfg.time_sampler_warmup},"
-            f"biased={cfg.time_sampler_biased},input={cfg.time_sampler_input}"),
-        "rayflow.loss_weighting": cfg.loss_weighting,
-        "rayflow.start_anchor": cfg.start_anchor,
-        "rayflow.anchor_taper": cfg.anchor_taper,
-        "rayflow.top_share": cfg.top_share,
-        "rayflow.lora_rank": cfg.lora_rank,
-        "rayflow.lora_alpha": cfg.lora_alpha,
-        "rayflow.base_precision": cfg.base_precision,
-        "rayflow.optimizer": cfg.optimizer,
-    }
+    metadata = lora_metadata(cfg, model.architecture, model.schedule_name, model.schedule.num_timesteps,
+                             trainer.process)
 
     def export(path: str, steps: int) -> None:
         lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha,

@@ -79,6 +79,40 @@ def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[
         save_file(tensors, tmp, metadata=metadata)
 
 
+def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int, process) -> Dict[str, object]:
+    """The ``rayflow.*`` metadata of a LoRA distilled with the ``DistillConfig`` ``cfg`` from a base
+    model of ``architecture`` (its ``schedule_name`` and ``num_timesteps``), trained with the
+    ``RayProcess`` ``process`` (``docs/lora-format.md`` lists every key)."""
+    return {
+        "rayflow.architecture": architecture,
+        "rayflow.sigma": process.sigma,
+        "rayflow.path": process.path,
+        "rayflow.recipe": "rectified" if cfg.no_ray else "ray",
+        "rayflow.preset": cfg.preset,
+        "rayflow.schedule": schedule_name,
+        "rayflow.num_train_timesteps": num_timesteps,
+        "rayflow.target_mean": "noise",
+        "rayflow.recommended_steps": cfg.recommended_steps,
+        "rayflow.recommended_cfg": "1.0",
+        "rayflow.teacher_solver": cfg.teacher_solver,
+        "rayflow.teacher_steps": cfg.teacher_steps,
+        "rayflow.teacher_cfg": cfg.teacher_cfg,
+        "rayflow.train_steps": cfg.train_steps,
+        "rayflow.time_sampler": "off" if cfg.no_time_sampler else "on",
+        "rayflow.time_sampler_options": "" if cfg.no_time_sampler else (
+            f"target={cfg.time_sampler_target},uniform={cfg.time_sampler_uniform:g},warmup={cfg.time_sampler_warmup},"
+            f"biased={cfg.time_sampler_biased},input={cfg.time_sampler_input}"),
+        "rayflow.loss_weighting": cfg.loss_weighting,
+        "rayflow.start_anchor": cfg.start_anchor,
+        "rayflow.anchor_taper": cfg.anchor_taper,
+        "rayflow.top_share": cfg.top_share,
+        "rayflow.lora_rank": cfg.lora_rank,
+        "rayflow.lora_alpha": cfg.lora_alpha,
+        "rayflow.base_precision": cfg.base_precision,
+        "rayflow.optimizer": cfg.optimizer,
+    }
+
+
 def write_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
     """Write a RayFlow LoRA atomically (:func:`save_atomic`); metadata values become strings, and
     ``rayflow.lora_modules`` records the module count so that a partial file is recognised."""

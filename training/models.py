@@ -74,12 +74,15 @@ class BaseModel:
         ids, _ = self._tokens(self.tokenizers[0], prompts, device)
         return {"cond": self.text_encoders[0](ids).last_hidden_state.float()}
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, torch.Tensor], resolution: int) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, torch.Tensor], resolution: int,
+                net: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """Noise prediction ``[B, C, h, w]`` of the denoiser at ``x`` ``[B, C, h, w]``, integer
         timesteps ``t`` ``[B]``, conditioning ``cond`` (see :meth:`encode_prompts`), image
-        ``resolution`` in pixels (SDXL time ids, PixArt resolution embedding). The denoiser runs in
-        the dtype of its frozen weights (``--base-precision``); the prediction comes back in ``x``'s
-        dtype, so the schedule math around it keeps its precision."""
+        ``resolution`` in pixels (SDXL time ids, PixArt resolution embedding). ``net`` is the module
+        called (default ``self.unet``; the trainer passes its accelerate-wrapped one). The denoiser
+        runs in the dtype of its frozen weights (``--base-precision``); the prediction comes back in
+        ``x``'s dtype, so the schedule math around it keeps its precision."""
+        net = self.unet if net is None else net
         in_dtype, dtype = x.dtype, self.dtype
         x = x.to(dtype)
         ehs = cond["cond"].to(x.device, dtype)
@@ -87,16 +90,16 @@ class BaseModel:
         if self.architecture == "sdxl":
             ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=ehs.dtype, device=x.device)
             extra = {"text_embeds": cond["pooled"].to(x.device, dtype), "time_ids": ids.expand(B, -1)}
-            out = self.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=extra).sample
+            out = net(x, t, encoder_hidden_states=ehs, added_cond_kwargs=extra).sample
         elif self.architecture.startswith("pixart"):
             extra = {"resolution": torch.tensor([[resolution, resolution]], dtype=ehs.dtype, device=x.device).expand(B, -1),
                      "aspect_ratio": torch.ones(B, 1, dtype=ehs.dtype, device=x.device)}
-            out = self.unet(x, encoder_hidden_states=ehs, timestep=t, added_cond_kwargs=extra,
+            out = net(x, encoder_hidden_states=ehs, timestep=t, added_cond_kwargs=extra,
                             encoder_attention_mask=cond["mask"].to(x.device, dtype)).sample
             C = x.shape[1]
             out = out[:, :C] if out.shape[1] == 2 * C else out     # learned-sigma models: keep eps
         else:
-            out = self.unet(x, t, encoder_hidden_states=ehs).sample
+            out = net(x, t, encoder_hidden_states=ehs).sample
         return out.to(in_dtype)
 
     @torch.no_grad()

@@ -204,14 +204,10 @@ class Trainer:
                     pass                                  # a line cut short by a kill
             _rewrite(path, keep_lines)
 
-    def _denoise(self, net, x, t, cond):
-        """The base model's denoiser call, through ``net`` (the accelerate-wrapped or unwrapped module)."""
-        orig = self.model.unet
-        self.model.unet = net
-        try:
-            return self.model.denoise(x, t, cond, self.cfg.resolution)
-        finally:
-            self.model.unet = orig
+    def predict(self, net, x, t, cond):
+        """The denoiser's prediction at ``x`` / ``t`` / ``cond`` through ``net``: the accelerate-wrapped
+        module in training, the unwrapped one for the validation grid."""
+        return self.model.denoise(x, t, cond, self.cfg.resolution, net=net)
 
     # ------------------------------------------------------------ one step
     def train_step(self) -> Dict[str, float]:
@@ -250,9 +246,10 @@ class Trainer:
         feats = ts_features(self.cache.x0[idx], self.cache.cond["cond"][idx])
         return torch.zeros_like(feats) if self.cfg.time_sampler_input == "none" else feats   # "none": one density for all
 
-    def training_pair(self, idx: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def noised_batch(self, idx: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x_t, target, alpha_bar(t))`` of cache items ``idx`` at timesteps ``t`` (each ``[B]``): the
-        Ray process's pair (its noise from ``gen_noise``) or, for ``no_ray``, the ReFlow pair."""
+        Ray process's pair (``RayProcess.training_pair``, its noise from ``gen_noise``) or, for
+        ``no_ray``, the ReFlow pair."""
         cfg, cache, T = self.cfg, self.cache, self.model.schedule.num_timesteps
         x0, mu, z = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx]
         a = self.model.schedule.alpha_bar(t.double())
@@ -273,21 +270,30 @@ class Trainer:
         """The minimised loss ``mean(w * lam * mse)`` (scalar) of cache items ``idx`` at timesteps ``t``
         with weights ``w`` (each ``[B]``), its per-sample ``lam * mse`` ``[B]`` and ``lam`` ``[B]``."""
         dev = self.acc.device
-        x_t, target, a = self.training_pair(idx, t)
+        x_t, target, a = self.noised_batch(idx, t)
         cond = {k: v[idx].to(dev) for k, v in self.cache.cond.items()}
-        pred = self._denoise(self.unet, x_t.to(dev), t.to(dev), cond)
+        pred = self.predict(self.unet, x_t.to(dev), t.to(dev), cond)
         # the weighted per-sample loss is the one minimised, so it is also what the Time Sampler sees
         lam = self.process.loss_weight(a, self.cfg.loss_weighting).float().to(dev)
         per_sample = lam * (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
         return (w.to(dev) * per_sample).mean(), per_sample, lam
 
     def _micro_step(self) -> Dict[str, float]:
-        cfg, cache, dev = self.cfg, self.cache, self.acc.device
-        T = self.model.schedule.num_timesteps
-        B = cfg.batch_size
-        idx = torch.randint(0, cache.x0.shape[0], (B,), generator=self.gen)
+        """One micro-batch: draw items and timesteps, take the optimizer step on the weighted loss,
+        then move the Time Sampler toward the updated loss profile."""
+        B = self.cfg.batch_size
+        idx = torch.randint(0, self.cache.x0.shape[0], (B,), generator=self.gen)
         feats = self.features(idx)
         t, w = self.draw_timesteps(feats, B)
+        loss, per_sample, lam = self.optimizer_step(idx, t, w)
+        self.update_time_sampler(feats, t, per_sample, lam)
+        return {"loss": float(loss), "t_mean": float(t.float().mean()),
+                "t_std": float(t.float().std()) if t.numel() > 1 else 0.0, "w_mean": float(w.mean()), "w_max": float(w.max())}
+
+    def optimizer_step(self, idx: torch.Tensor, t: torch.Tensor, w: torch.Tensor):
+        """Backward of the weighted loss of items ``idx`` at ``t`` / ``w`` (each ``[B]``), gradient
+        clipping at 1.0, the LoRA optimizer's and LR schedule's step (under accelerate's gradient
+        accumulation). Returns the loss (scalar) and, detached, the per-sample ``lam * mse`` and ``lam``."""
         with self.acc.accumulate(self.unet), self.acc.autocast():
             loss, per_sample, lam = self.weighted_loss(idx, t, w)
             self.acc.backward(loss)
@@ -296,29 +302,36 @@ class Trainer:
             self.opt.step()
             self.lr_sched.step()
             self.opt.zero_grad(set_to_none=True)
+        return loss.detach(), per_sample.detach(), lam.detach()
+
+    def update_time_sampler(self, feats: Optional[torch.Tensor], t: torch.Tensor, per_sample: torch.Tensor,
+                            lam: torch.Tensor) -> None:
+        """Feed the micro-batch's per-sample losses at timesteps ``t`` into the loss profile (gathered
+        over processes, so every process keeps the same profile), count them in the diagnostics
+        histogram, and take one SVGD step of the Time Sampler network on ``feats``."""
+        T, dev = self.model.schedule.num_timesteps, self.acc.device
         u = (t.double() + 0.5) / T
-        if self.acc.num_processes > 1:      # every process keeps the same loss profile (and Time Sampler)
+        if self.acc.num_processes > 1:
             u = self.acc.gather(u.float().to(dev)).double().cpu()
-            per_sample = self.acc.gather(per_sample.detach()).cpu()
-        seen = per_sample.detach().cpu()
-        if cfg.time_sampler_target == "grad":   # sqrt(lam * l) = lam * sqrt(mse): the gradient norm's scale
-            seen = (lam.detach().cpu().reshape(-1) * seen).sqrt() if self.acc.num_processes == 1 else \
-                (self.acc.gather(lam.detach()).cpu() * seen).sqrt()
+            per_sample = self.acc.gather(per_sample).cpu()
+            lam = self.acc.gather(lam).cpu()
+        seen = per_sample.cpu()
+        if self.cfg.time_sampler_target == "grad":   # sqrt(lam * l) = lam * sqrt(mse): the gradient norm's scale
+            seen = (lam.cpu().reshape(-1) * seen).sqrt()
         self.profile.update(u, seen)
-        self._last_feats = feats.detach() if self.ts is not None else None
         self.t_hist += torch.histc(u.float(), DIAG_BINS, 0.0, 1.0).double()
-        stats = {"loss": float(loss.detach()), "t_mean": float(t.float().mean()), "t_std": float(t.float().std()) if t.numel() > 1 else 0.0,
-                 "w_mean": float(w.mean()), "w_max": float(w.max())}
-        if self.ts is not None:
-            ts_loss = self.ts.svgd_loss(feats, self.profile.score)
-            self.ts_opt.zero_grad(set_to_none=True)
-            ts_loss.backward()
-            if self.acc.num_processes > 1:  # data-parallel Time Sampler: average its gradients
-                for p in self.ts.parameters():
-                    if p.grad is not None:
-                        p.grad.copy_(self.acc.reduce(p.grad.to(dev), reduction="mean").to(p.grad.device))
-            self.ts_opt.step()
-        return stats
+        if self.ts is None:
+            self._last_feats = None
+            return
+        self._last_feats = feats.detach()
+        ts_loss = self.ts.svgd_loss(feats, self.profile.score)
+        self.ts_opt.zero_grad(set_to_none=True)
+        ts_loss.backward()
+        if self.acc.num_processes > 1:      # data-parallel Time Sampler: average its gradients
+            for p in self.ts.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.acc.reduce(p.grad.to(dev), reduction="mean").to(p.grad.device))
+        self.ts_opt.step()
 
     # ------------------------------------------------------------ loop
     def fit(self, progress: bool = True, snapshot=None) -> None:
@@ -414,7 +427,7 @@ class Trainer:
         sched, cfg = self.model.schedule, self.cfg
 
         def eps_model(x, t):
-            return self._denoise(unet, x, t, cond).float()
+            return self.predict(unet, x, t, cond).float()
 
         rows = {f"teacher {cfg.teacher_solver} {cfg.teacher_steps} steps": self.model.decode(self.cache.x0[pick].to(self.acc.device))}
         for k in (1, 2, 4):
