@@ -20,8 +20,7 @@ from .process import Alpha, RayProcess, compute_dtype, per_sample
 from .schedule import FLOW, Interpolation, RaySchedule
 from .validation import check_finite, check_int, check_same_shape, check_scalar
 
-# diffusers' / ComfyUI's FLUX resolution rule: mu = base + (max - base) (tokens - 256) / (4096 - 256)
-FLUX_SHIFT = {"base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096}
+
 
 
 def time_shift(u, shift: float) -> torch.Tensor:
@@ -35,15 +34,16 @@ def time_shift(u, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
-def flux_mu(width: int, height: int) -> float:
-    """FLUX's resolution-dependent ``mu`` (eq. 10.9) for an image of ``width x height`` pixels:
-    linear in the number of image tokens ``width height / 16^2`` (VAE factor 8, 2x2 patches),
-    0.5 at 256 tokens and 1.15 at 4096 (1024 x 1024), as diffusers' ``calculate_shift`` and ComfyUI's
+def flux_mu(width: int, height: int, base_shift: float = 0.5, max_shift: float = 1.15, base_seq_len: int = 256,
+            max_seq_len: int = 4096, pixels_per_token: int = 16) -> float:
+    """FLUX's resolution-dependent ``mu`` (eq. 10.9) for an image of ``width x height`` pixels: linear in
+    the number of image tokens ``width height / pixels_per_token^2`` (FLUX: VAE factor 8 times 2x2
+    patches = 16), ``base_shift`` at ``base_seq_len`` tokens and ``max_shift`` at ``max_seq_len`` (FLUX.1:
+    0.5 at 256, 1.15 at 4096 = 1024 x 1024), as diffusers' ``calculate_shift`` and ComfyUI's
     ``ModelSamplingFlux`` node compute it."""
-    c = FLUX_SHIFT
-    tokens = width * height / 256.0
-    slope = (c["max_shift"] - c["base_shift"]) / (c["max_seq_len"] - c["base_seq_len"])
-    return float(c["base_shift"] + slope * (tokens - c["base_seq_len"]))
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    tokens = width * height / float(pixels_per_token * pixels_per_token)
+    return float(base_shift + slope * (tokens - base_seq_len))
 
 
 @dataclass(frozen=True)
@@ -159,5 +159,5 @@ def denoiser_from_velocity(v_model):
     return model
 
 
-__all__ = ["FLUX_SHIFT", "FlowSchedule", "time_shift", "flux_mu", "x0_from_velocity", "noise_from_velocity",
+__all__ = ["FlowSchedule", "time_shift", "flux_mu", "x0_from_velocity", "noise_from_velocity",
            "flow_training_pair", "velocity_loss_weight", "denoiser_from_velocity"]

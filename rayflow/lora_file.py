@@ -56,7 +56,10 @@ class LoraFile:
                  f"of {self.declared} declared, weights {'/'.join(self.dtypes)}",
                  f"  sigma {m['sigma']}, path {m['path']}, recipe {m.get('recipe', 'ray')}, preset {m.get('preset', '-')}, "
                  f"schedule {m.get('schedule', '-')}, trained {m.get('train_steps', '?')} steps",
-                 f"  recommended: {m['recommended_steps']} steps, cfg {m['recommended_cfg']}, target mean {m.get('target_mean', 'noise')}"]
+                 f"  recommended: {m['recommended_steps']} steps, cfg {m['recommended_cfg']}, target mean {m.get('target_mean', 'noise')}"
+                 + (f", FluxGuidance {m['recommended_guidance']}" if "recommended_guidance" in m else "")]
+        if "shift" in m:
+            lines.append(f"  flow schedule: shift {m['shift']} at {m.get('resolution', '?')} px")
         if self.fitting is not None:
             lines.append(f"  patches {self.fitting} of the model's {self.model_layers} target layers "
                          f"({100 * self.coverage:.0f}% of the declared modules)")
