@@ -3,7 +3,8 @@
 A base model is a diffusers folder (``model_index.json`` with ``unet/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/`` and optionally ``vae/``; without ``vae/`` the model works in pixel
 space, like the proxy teacher) or a single-file SD1.5 / SDXL ``.safetensors`` checkpoint
-(``training/single_file.py``). The schedule is read from the scheduler config.
+(``training/single_file.py``). The schedule is read from the scheduler config. SD3 / SD3.5 and
+FLUX.1 folders are detected here and load as a ``flow_models.FlowModel`` (the same interface).
 """
 
 from __future__ import annotations
