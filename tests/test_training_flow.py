@@ -99,6 +99,21 @@ def test_an_option_of_the_other_kind_is_one_line_before_any_work(models, sd15, t
     assert not out.exists() and not (tmp_path / "o.work").exists()
 
 
+@pytest.mark.parametrize("key, name", [("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "SD3 / SD3.5"),
+                                       ("double_blocks.0.img_attn.qkv.weight", "FLUX.1")])
+def test_a_flow_single_file_is_one_line_pointing_to_the_diffusers_folder(models, tmp_path, capsys, key, name):
+    from safetensors.torch import save_file
+
+    _, prompts = models
+    path = str(tmp_path / "model.safetensors")
+    save_file({key: torch.zeros(2, 2)}, path)
+    out = tmp_path / "o.safetensors"
+    assert main(["--model", path, "--prompts", prompts, "--output", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is a {name} single file: the trainer distils {name} from its diffusers folder" in err[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arch, missing, what", [
     ("sd3", "text_encoder_3", "SD3 / SD3.5 needs its T5 text encoder (text_encoder_3/)"),
     ("sd3", "text_encoder_2", "SD3 / SD3.5 needs its text encoder 2 (text_encoder_2/)"),
