@@ -14,12 +14,12 @@ Both numbers are ratios measured in one run on the same machine. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 from rayflow import LossProfile, NoiseSchedule, RayProcess, TimeSampler, sample_ray_sigma
+from rayflow.atomic_write import write_json
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -134,8 +134,7 @@ def main(argv=None) -> int:
     print(f"| small UNet ({t['small_unet_params_M']:.2f} M params) training step, 16x16, batch 64 | {t['unet_train_step_s'] * 1e3:.0f} ms |")
     print(f"| Time Sampler update (sample + SVGD loss + step) | {t['time_sampler_update_s'] * 1e3:.1f} ms ({100 * t['ratio']:.1f}% of a training step) |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res, indent=2)
     return 0
 
 

@@ -1,8 +1,8 @@
 """LCM-style consistency-distilled LoRA: the few-step baseline ComfyUI users know (LCM-LoRA).
 
-The recipe of Luo et al. (LCM / LCM-LoRA, as in diffusers' ``train_lcm_distill_lora_sd_wds.py``),
-on the same phase-1 cache, LoRA shape and training budget as the RayFlow variants of
-``bench/quality.py``:
+The recipe of Luo et al. (LCM / LCM-LoRA) as diffusers' ``train_lcm_distill_lora_sd_wds.py``
+publishes it (``LCM_RECIPE``), on the same phase-1 cache, LoRA shape and training budget as the
+RayFlow variants of ``bench/variants.py``:
 
 * a DDIM skipping-step grid ``t_n in {k-1, 2k-1, ..., T-1}`` with ``k = 20`` (50 steps);
 * the consistency parametrisation ``f(x, t) = c_skip(t) x + c_out(t) x0_pred(x, t)`` with the
@@ -12,7 +12,11 @@ on the same phase-1 cache, LoRA shape and training budget as the RayFlow variant
   ``t_n -> t_n - k`` from ``x_{t_n} = sqrt(a) x0 + sqrt(1 - a) eps`` (``x0`` = the cached teacher
   samples, the data both methods see);
 * the target is the LoRA student itself at the teacher's point, without gradient (LCM-LoRA uses
-  no EMA copy); the loss is the pseudo-Huber distance ``sqrt(d^2 + c^2) - c`` with ``c = 0.001``.
+  no EMA copy; ``ema_target=0.95``, the LCM paper's target network, is an option);
+* the script's optimisation: AdamW at lr 1e-4 with weight decay 1e-2, gradient clipping at 1.0,
+  a constant learning rate (the script's ``--lr_scheduler constant``; diffusers' ``get_scheduler``
+  ignores the 500 warm-up steps it also names for that schedule), the L2 loss (``loss="huber"``:
+  the pseudo-Huber distance ``sqrt(d^2 + c^2) - c`` with ``c = 0.001``).
 
 Sampling uses diffusers' ``LCMScheduler`` (multistep consistency sampling with noise injection),
 one UNet evaluation per step.
@@ -20,15 +24,33 @@ one UNet evaluation per step.
 
 from __future__ import annotations
 
+import copy
+import shutil
 from types import SimpleNamespace
 from typing import Optional, Tuple
 
 import torch
+from diffusers import LCMScheduler
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from proxy.data import caption_of
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import DistillConfig
+from training.data import item_noise, load_cache
+from training.distill import snapshot_path
+from training.export import SAVE_DTYPES, kohya_unet_state_dict, save_atomic
+from training.models import load_base_model
+from training.trainer import add_lora, lora_state, phase2_generator, warmup_cosine
 
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0
 SKIP = 20                 # DDIM skipping step k (50-step grid over 1000 training timesteps)
 HUBER_C = 0.001
+# diffusers' train_lcm_distill_lora_sd_wds.py defaults (the learning rate of its README's LCM-LoRA example)
+LCM_RECIPE = dict(learning_rate=1e-4, weight_decay=1e-2, max_grad_norm=1.0, lr_schedule="constant", lr_warmup=500,
+                  loss="l2", ema_target=0.0)
+LOSSES = ("l2", "huber")
 
 
 def boundary_scalings(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -57,11 +79,12 @@ def consistency_fn(eps_fn, x: torch.Tensor, t: torch.Tensor, alphas_cumprod: tor
 
 def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
              alphas_cumprod: torch.Tensor, cfg_scale: float, t: torch.Tensor, noise: torch.Tensor,
-             skip: int = SKIP) -> torch.Tensor:
+             skip: int = SKIP, loss: str = "l2", target_net=None) -> torch.Tensor:
     """One LCM distillation loss on data ``x0`` ``[B, C, H, W]`` noised with ``noise`` (same shape)
     to grid timesteps ``t`` ``[B]`` (:func:`skipping_grid`), with text conditioning ``cond``
-    ``[B, L, D]`` and the negative prompt's ``uncond`` ``[B, L, D]``. ``student`` / ``teacher`` map
-    ``(x, t, ehs)`` to noise predictions; ``alphas_cumprod`` ``[T]`` float64."""
+    ``[B, L, D]`` and the negative prompt's ``uncond`` ``[B, L, D]``. ``student`` / ``teacher`` /
+    ``target_net`` (default: the student) map ``(x, t, ehs)`` to noise predictions; ``alphas_cumprod``
+    ``[T]`` float64; ``loss`` is ``l2`` (mean squared error) or ``huber`` (pseudo-Huber, ``HUBER_C``)."""
     s = (t - skip).clamp(min=0)
     a_t = alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = (a_t.sqrt() * x0.double() + (1 - a_t).sqrt() * noise.double()).float()
@@ -71,34 +94,45 @@ def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: tor
         eps = e_u + cfg_scale * (e_c - e_u)
         a_s = alphas_cumprod[s].view(-1, 1, 1, 1)
         x_s = (a_s.sqrt() * _x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()   # DDIM step
-        target = consistency_fn(lambda x, tt: student(x, tt, cond), x_s, s, alphas_cumprod)
+        target = consistency_fn(lambda x, tt: (target_net or student)(x, tt, cond), x_s, s, alphas_cumprod)
     d2 = (pred.float() - target.float()) ** 2
-    return (torch.sqrt(d2 + HUBER_C ** 2) - HUBER_C).mean()
+    if loss == "huber":
+        return (torch.sqrt(d2 + HUBER_C ** 2) - HUBER_C).mean()
+    if loss != "l2":
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return d2.mean()
+
+
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, total: int):
+    """The learning-rate schedule ``kind`` of diffusers' ``get_scheduler`` (``constant`` ignores
+    ``warmup``, as there) or ``warmup_cosine``, the RayFlow trainer's."""
+    if kind == "warmup_cosine":
+        return warmup_cosine(opt, warmup, total)
+    return get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: int, batch_size: int = 32,
-               lora_rank: int = 16, lora_alpha: float = 16.0, learning_rate: float = 1e-3, lr_warmup: int = 20,
-               cfg_scale: float = 3.0, seed: int = 0, resolution: int = 16, progress: bool = True,
-               checkpoint_dir: Optional[str] = None, checkpoint_every: int = 300) -> str:
+               lora_rank: int = 16, lora_alpha: float = 16.0, cfg_scale: float = 3.0, seed: int = 0,
+               resolution: int = 16, progress: bool = True, checkpoint_dir: Optional[str] = None,
+               checkpoint_every: int = 300, save_every: int = 0, save_precision: str = "fp32",
+               learning_rate: float = LCM_RECIPE["learning_rate"], weight_decay: float = LCM_RECIPE["weight_decay"],
+               max_grad_norm: float = LCM_RECIPE["max_grad_norm"], lr_schedule_kind: str = LCM_RECIPE["lr_schedule"],
+               lr_warmup: int = LCM_RECIPE["lr_warmup"], loss: str = LCM_RECIPE["loss"],
+               ema_target: float = LCM_RECIPE["ema_target"]) -> str:
     """Train an LCM-LoRA on the base model at ``teacher_path`` (a diffusers folder) from the
-    phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs) to ``output``.
+    phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs, weights in
+    ``save_precision``) to ``output``, and every ``save_every`` steps a snapshot
+    ``<output stem>-step<N>.safetensors`` (``training.distill.snapshot_path``). The optimisation
+    options default to ``LCM_RECIPE``; ``ema_target`` > 0 makes the target an EMA of the student's
+    LoRA with that decay.
 
-    With ``checkpoint_dir``, the LoRA, optimizer, LR schedule and generator states are saved there
-    every ``checkpoint_every`` steps (``training.checkpoint``: safetensors + JSON, atomic), and a
-    call that finds a checkpoint continues from it: a run killed at any point and called again
-    gives the LoRA of an uninterrupted run, bit for bit. The checkpoint is removed at the end."""
-    import copy
-    import shutil
-
-    from tqdm.auto import tqdm
-
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.config import DistillConfig
-    from training.data import load_cache
-    from training.export import kohya_unet_state_dict, save_atomic
-    from training.models import load_base_model
-    from training.trainer import add_lora, lora_state, phase2_generator, warmup_cosine
-
+    With ``checkpoint_dir``, the LoRA (and its EMA), optimizer, LR schedule and generator states are
+    saved there every ``checkpoint_every`` steps (``training.checkpoint``: safetensors + JSON,
+    atomic), and a call that finds a checkpoint continues from it: a run killed at any point and
+    called again gives the LoRA of an uninterrupted run, bit for bit. The checkpoint is removed at
+    the end."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     model = load_base_model(teacher_path)
     cache = load_cache(cache_folder)
     ac = model.schedule.alphas_cumprod.double()
@@ -109,20 +143,21 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     targets = DistillConfig.__dataclass_fields__["lora_targets"].default
     add_lora(student_unet, SimpleNamespace(lora_targets=targets, lora_rank=lora_rank, lora_alpha=lora_alpha))
     student_unet.train()
-    params = [p for p in student_unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    sched = warmup_cosine(opt, lr_warmup, train_steps)
+    named = {n: p for n, p in student_unet.named_parameters() if p.requires_grad}
+    params = list(named.values())
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    sched = lr_schedule(opt, lr_schedule_kind, lr_warmup, train_steps)
+    target_unet = None
+    if ema_target > 0:           # the LCM paper's target network: an EMA of the student's LoRA
+        target_unet = copy.deepcopy(student_unet).requires_grad_(False).eval()
+    ema_named = {} if target_unet is None else {n: p for n, p in target_unet.named_parameters() if n in named}
 
-    def student(x, t, ehs):
-        return student_unet(x, t, encoder_hidden_states=ehs).sample
-
-    def teacher(x, t, ehs):
-        return teacher_unet(x, t, encoder_hidden_states=ehs).sample
+    def net(unet):
+        return lambda x, t, ehs: unet(x, t, encoder_hidden_states=ehs).sample
 
     # the batches of the RayFlow trainer with the same seed (paired), then the LCM timesteps and noise
     g_data, g = phase2_generator(seed, "batches"), torch.Generator().manual_seed(seed)
     N, grid = cache.x0.shape[0], skipping_grid(len(ac))
-    named = {n: p for n, p in student_unet.named_parameters() if p.requires_grad}
     start = 0
     state = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
@@ -132,6 +167,8 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         with torch.no_grad():
             for n, p in named.items():
                 p.copy_(state["lora"][n])
+            for n, p in ema_named.items():
+                p.copy_(state["ema"][n])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         g_data.set_state(state["g_data"])
@@ -141,8 +178,16 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
     def save(step: int) -> None:
         save_checkpoint(checkpoint_dir, {"step": step, "train_steps": train_steps, "seed": seed,
                                          "lora": {n: p.detach().clone() for n, p in named.items()},
+                                         "ema": {n: p.detach().clone() for n, p in ema_named.items()},
                                          "opt": opt.state_dict(), "sched": sched.state_dict(),
                                          "g_data": g_data.get_state(), "g": g.get_state()})
+
+    def export(path: str, steps: int) -> None:
+        tensors = kohya_unet_state_dict(lora_state(student_unet), lora_rank, lora_alpha, SAVE_DTYPES[save_precision])
+        meta = {"lcm.baseline": "1", "lcm.train_steps": str(steps), "lcm.cfg": str(cfg_scale), "lcm.skip": str(SKIP),
+                "lcm.resolution": str(resolution), "lcm.learning_rate": str(learning_rate), "lcm.loss": loss,
+                "lcm.ema_target": str(ema_target)}
+        save_atomic(tensors, path, meta)        # no rayflow.format: not a RayFlow LoRA
 
     bar = tqdm(range(start, train_steps), desc="LCM-LoRA distillation", disable=not progress,
                initial=start, total=train_steps)
@@ -151,18 +196,24 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         t = grid[torch.randint(len(grid), (batch_size,), generator=g)]
         x0, cond = cache.x0[idx], cache.cond["cond"][idx]
         noise = torch.randn(x0.shape, generator=g)
-        loss = lcm_loss(student, teacher, x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t, noise)
+        value = lcm_loss(net(student_unet), net(teacher_unet), x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t,
+                         noise, loss=loss, target_net=None if target_unet is None else net(target_unet))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if checkpoint_dir and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0 and step + 1 < train_steps:
-            save(step + 1)
-    tensors = kohya_unet_state_dict(lora_state(student_unet), lora_rank, lora_alpha)
-    meta = {"lcm.baseline": "1", "lcm.train_steps": str(train_steps), "lcm.cfg": str(cfg_scale),
-            "lcm.skip": str(SKIP), "lcm.resolution": str(resolution)}
-    save_atomic(tensors, output, meta)        # no rayflow.format: not a RayFlow LoRA
+        with torch.no_grad():
+            for n, p in ema_named.items():
+                p.mul_(ema_target).add_(named[n].detach(), alpha=1 - ema_target)
+        bar.set_postfix(loss=f"{value.item():.4f}")
+        done = step + 1
+        if save_every and done % save_every == 0 and done < train_steps:
+            export(snapshot_path(output, done), done)
+        if checkpoint_dir and checkpoint_every > 0 and done % checkpoint_every == 0 and done < train_steps:
+            save(done)
+    export(output, train_steps)
     if checkpoint_dir:
         for folder in (checkpoint_dir, checkpoint_dir + ".prev"):
             shutil.rmtree(folder, ignore_errors=True)
@@ -171,8 +222,6 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
 
 def lcm_scheduler(model):
     """diffusers' ``LCMScheduler`` over the base model's schedule (the same betas as training)."""
-    from diffusers import LCMScheduler
-
     T = model.schedule.num_timesteps
     return LCMScheduler(num_train_timesteps=T, trained_betas=model.schedule.betas.float().tolist(),
                         original_inference_steps=T // SKIP, clip_sample=False, set_alpha_to_one=True,
@@ -184,9 +233,6 @@ def lcm_samples(model, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: i
     """Images ``[N, 3, H, W]`` of the LCM-LoRA ``unet`` in ``steps`` LCMScheduler steps for proxy
     captions ``labels`` ``[N, 4]`` and per-item initial-noise seeds ``seeds`` ``[N]`` (the same noise
     as every other method of the benchmark). Returns ``(images, NFE per image)``."""
-    from proxy.data import caption_of
-    from training.data import item_noise
-
     captions = [caption_of(l) for l in labels.tolist()]
     ehs = model.encode_prompts(captions, torch.device("cpu"))["cond"]
     x = item_noise(0, seeds, (model.latent_channels, 16, 16))

@@ -18,14 +18,24 @@ one-step map when nothing else competes for its capacity.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import torch
 
+from proxy.classifier import alignment, evaluate, load_classifier
+from proxy.data import all_labels, parse_caption
+from proxy.recipe import CLASSIFIER, TEACHER
+from proxy.sampling import evaluation_set, rayflow_samples
 from rayflow import RayProcess
+from rayflow.atomic_write import write_json
+from training.config import DistillConfig
+from training.data import load_cache
+from training.models import load_base_model
+from training.trainer import add_lora, warmup_cosine
+
+from .variants import process_of
 
 TRAIN_PROBE = 432       # training items whose one-step alignment is reported (evenly spaced through the cache)
 
@@ -52,20 +62,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from bench.quality import evaluation_set, process_of, rayflow_samples
-    from proxy.classifier import alignment, evaluate, load_classifier
-    from proxy.data import parse_caption
-    from proxy.demo import CLASSIFIER, TEACHER
-    from training.config import DistillConfig
-    from training.data import load_cache
-    from training.models import load_base_model
-    from training.trainer import add_lora, warmup_cosine
-
     os.makedirs(args.out, exist_ok=True)
     model = load_base_model(TEACHER)
     cache = load_cache(args.cache)
     classifier = load_classifier(CLASSIFIER)
-    eval_labels, eval_seeds, real = evaluation_set(args.eval_per_caption, args.seed)
+    eval_labels, eval_seeds, real = evaluation_set(all_labels(), args.eval_per_caption, args.seed)
     probe = torch.linspace(0, len(cache.x0) - 1, min(TRAIN_PROBE, len(cache.x0))).round().long()
     probe_labels = torch.tensor([parse_caption(cache.prompts[int(i)]) for i in probe])
 
@@ -91,9 +92,9 @@ def main(argv=None) -> int:
         rows.append({"step": step, **{k: m[k] for k in ("fd_proxy", "alignment", "acc_shape", "hf_ratio")},
                      "train_alignment": alignment(classifier, train_imgs, probe_labels), "seconds": time.time() - t0})
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"command": "python -m bench.onestep_ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
-                       "items": len(cache.x0), "parameters": sum(p.numel() for p in params), "rows": rows}, f, indent=2)
+        write_json(os.path.join(args.out, "results.json"),
+                   {"command": "python -m bench.onestep_ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "items": len(cache.x0), "parameters": sum(p.numel() for p in params), "rows": rows}, indent=2)
         unet.train()
 
     unet.train()

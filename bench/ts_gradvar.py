@@ -28,8 +28,16 @@ import sys
 from typing import Dict, List
 
 import torch
+from accelerate import Accelerator
+
+from proxy.recipe import TEACHER
+from rayflow.atomic_write import write_json
+from training.data import load_cache
+from training.models import load_base_model
+from training.trainer import Trainer
 
 from .stats import mean_ci, paired_difference, verdict
+from .variants import SNAPSHOT_EVERY, distil_config
 
 
 def flat_grad(params: List[torch.nn.Parameter]) -> torch.Tensor:
@@ -84,14 +92,6 @@ def measure(trainer, batches: int, draws: int, seed: int) -> Dict[str, float]:
 
 def load_trainer(out: str, seed: int, train_steps: int, seeds_per_prompt: int, data_seed: int):
     """The ``ray`` job of training seed ``seed`` in multi-seed folder ``out``, at its last checkpoint."""
-    from accelerate import Accelerator
-
-    from bench.quality import SNAPSHOT_EVERY, distil_config
-    from proxy.demo import TEACHER
-    from training.data import load_cache
-    from training.models import load_base_model
-    from training.trainer import Trainer
-
     folder = os.path.join(out, "runs", f"seed{seed}")
     cfg = distil_config("ray", folder, TEACHER, os.path.join(out, "prompts.txt"), train_steps, seeds_per_prompt,
                         data_seed, train_seed=seed, save_every=SNAPSHOT_EVERY)
@@ -133,8 +133,7 @@ def main(argv=None) -> int:
             "uniform": mean_ci([per_seed[s]["uniform"] for s in seeds]),
             "log_ratio_time_sampler_vs_uniform": {**diff, "verdict": verdict(diff)}}
     os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
-    with open(results, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
+    write_json(results, data)
     print(json.dumps({k: data[k] for k in ("time_sampler", "uniform", "log_ratio_time_sampler_vs_uniform")}, indent=1))
     return 0
 

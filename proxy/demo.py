@@ -21,17 +21,13 @@ import sys
 import time
 from typing import Dict, List
 
-import torch
+from training.distill import INPUT_ERRORS, run
 
-from rayflow import RayProcess, sample_ray
-
-from .data import all_labels, caption_of
+from .data import all_labels
+from .demo_eval import DemoEvaluation
 from .estimate import plan_line
+from .recipe import CLASSIFIER, TEACHER, TEACHER_CFG, TEACHER_STEPS, proxy_config, write_prompts
 from .workdir import config_key, prepare_work_dir
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TEACHER = os.path.join(HERE, "weights", "teacher")
-CLASSIFIER = os.path.join(HERE, "weights", "classifier.safetensors")
 
 SETTINGS = {
     # seeds per caption in the training cache, optimizer steps, eval captions (every k-th) x samples per caption;
@@ -42,41 +38,6 @@ SETTINGS = {
     "quick": dict(seeds_per_prompt=1, train_steps=120, batch_size=16, eval_caption_stride=2, eval_per_caption=2,
                   lora_rank=8, checkpoint_every=20, eval_every=60),
 }
-TEACHER_STEPS, TEACHER_CFG = 25, 3.0
-# Ray variance coefficient: the Theorem-1 spread of this teacher's trajectories is about 0.1 (what
-# --sigma auto picks); a single-seed sweep favoured it over 0.3 and 0.5 (docs/experiments.md)
-SIGMA = 0.1
-
-
-def load_lora_unet(teacher: str, lora_path: str):
-    """A fresh teacher UNet with the exported LoRA loaded through diffusers' LoRA loader."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
-    state, alphas = StableDiffusionPipeline.lora_state_dict(lora_path)
-    unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="rayflow")
-    return unet.eval()
-
-
-@torch.no_grad()
-def generate(model, unet, labels: torch.Tensor, seeds: torch.Tensor, method: str, steps: int) -> torch.Tensor:
-    """Images ``[N, 3, 16, 16]`` for captions ``labels`` ``[N, 4]`` and per-item seeds ``[N]``."""
-    from training.data import item_noise, teacher_trajectory
-
-    captions = [caption_of(l) for l in labels.tolist()]
-    cond = model.encode_prompts(captions, torch.device("cpu"))          # {"cond": [N, L, D]}
-    z = item_noise(0, seeds, (model.latent_channels, 16, 16))
-    if method == "rayflow":
-        ehs = cond["cond"]
-
-        def eps_model(x, t):
-            return unet(x, t, encoder_hidden_states=ehs).sample
-        x0 = sample_ray(eps_model, z, z, RayProcess(sigma=SIGMA), model.schedule, model.schedule.ray_timesteps(steps))
-    else:
-        empty = model.encode_prompts([""], torch.device("cpu"))
-        uncond = {k: v.expand(len(captions), *v.shape[1:]) for k, v in empty.items()}
-        x0, _, _ = teacher_trajectory(model, z, cond, uncond, method, steps, TEACHER_CFG, 16)
-    return model.decode(x0)
 
 
 def _remove_snapshots(lora_path: str, keep: str = "") -> None:
@@ -99,17 +60,14 @@ def _snapshot_hook(lora_path: str, every: int, write):
 
 
 def distil_config(args, s: Dict, prompts_path: str, lora_path: str):
-    """The ``DistillConfig`` of this demo run, its work folder not yet chosen."""
-    from training.config import DistillConfig
-
+    """The ``DistillConfig`` of this demo run (the proxy recipe at this mode's size), its work folder
+    not yet chosen."""
     every = s["checkpoint_every"]
-    return DistillConfig(model=args.teacher, prompts=prompts_path, output=lora_path, work_dir="",
-                         resolution=16, seeds_per_prompt=s["seeds_per_prompt"], seed=args.seed,
-                         teacher_solver="dpmsolver++", teacher_steps=TEACHER_STEPS, teacher_cfg=TEACHER_CFG,
-                         sigma=SIGMA, shard_size=64, train_steps=s["train_steps"], batch_size=s["batch_size"],
-                         learning_rate=1e-3, lr_warmup=20, lora_rank=s["lora_rank"], lora_alpha=float(s["lora_rank"]),
-                         checkpoint_every=every, save_every=every, log_every=min(20, every), recommended_steps=2,
-                         resume=False, overwrite=True)   # the demo owns its --out folder
+    return proxy_config(lora_path, "", prompts_path, model=args.teacher, seeds_per_prompt=s["seeds_per_prompt"],
+                        seed=args.seed, train_steps=s["train_steps"], batch_size=s["batch_size"],
+                        lora_rank=s["lora_rank"], lora_alpha=float(s["lora_rank"]), checkpoint_every=every,
+                        save_every=every, log_every=min(20, every), recommended_steps=2,
+                        resume=False, overwrite=True)   # the demo owns its --out folder
 
 
 def main(argv: List[str] = None) -> int:
@@ -142,15 +100,9 @@ def _demo(argv: List[str] = None) -> int:
             return 2
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
-    from training.distill import INPUT_ERRORS, run
-
-    from .demo_eval import DemoEvaluation
-
     # 1. prompts: every caption of the proxy data
     labels = all_labels()
-    prompts_path = os.path.join(args.out, "prompts.txt")
-    with open(prompts_path, "w", encoding="utf-8") as f:
-        f.writelines(caption_of(l) + "\n" for l in labels.tolist())
+    prompts_path = write_prompts(os.path.join(args.out, "prompts.txt"))
     # 2-3. distil through the same CLI code path as SD1.5 / SDXL / PixArt, in this configuration's own folder
     lora_path = os.path.join(args.out, "rayflow_proxy.safetensors")
     cfg = distil_config(args, s, prompts_path, lora_path)

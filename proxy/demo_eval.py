@@ -7,15 +7,20 @@ on (marked as a snapshot in the report) and the final LoRA at the end.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional
 
 import torch
 
+from rayflow import RayProcess
+from rayflow.atomic_write import write_json, write_text
 from training.grid import save_grid
+from training.models import load_base_model
 
+from .classifier import evaluate, load_classifier
 from .data import caption_of, render
+from .recipe import SIGMA
+from .sampling import evaluation_set, load_lora_unet, rayflow_samples, teacher_samples
 
 NOTE = ("FD-proxy: Frechet distance in the proxy classifier's features to real images of the same captions "
         "(lower is better). Alignment: all four caption attributes recognised. Diversity: within-caption "
@@ -30,26 +35,18 @@ class DemoEvaluation:
     def __init__(self, teacher: str, classifier: str, labels: torch.Tensor, stride: int, per_caption: int,
                  seed: int, teacher_steps: int, out: str):
         self.teacher, self.classifier_path, self.out, self.seed = teacher, classifier, out, seed
-        self.labels = labels[::stride].repeat_interleave(per_caption, 0)
-        self.seeds = 10_000_000 + torch.arange(len(self.labels))
-        self.real = render(self.labels, torch.Generator().manual_seed(seed + 99))
+        self.labels, self.seeds, self.real = evaluation_set(labels[::stride], per_caption, seed)
         self.runs = [(f"teacher DDIM {teacher_steps}", "ddim", teacher_steps)] \
             + [(f"RayFlow {n}", "rayflow", n) for n in (1, 2, 4)] + [(f"DDIM {n}", "ddim", n) for n in (1, 2, 4)]
         self.model = self.classifier = None
         self.fixed: Dict[str, tuple] = {}          # name -> (images, metrics) of the rows without the LoRA
 
     def _metrics(self, images: torch.Tensor) -> Dict[str, float]:
-        from .classifier import evaluate
-
         return evaluate(self.classifier, images, self.labels, self.real, self.labels)
 
     def _load(self) -> None:
         if self.model is not None:
             return
-        from training.models import load_base_model
-
-        from .classifier import evaluate, load_classifier
-
         self.model = load_base_model(self.teacher)
         self.classifier = load_classifier(self.classifier_path)
         reference = render(self.labels, torch.Generator().manual_seed(self.seed + 7))
@@ -57,18 +54,16 @@ class DemoEvaluation:
 
     def evaluate(self, lora_path: str):
         """``(metrics, images)`` per sampler row for the LoRA at ``lora_path`` (plus ``real data``)."""
-        from .demo import generate, load_lora_unet
-
         self._load()
         unet = load_lora_unet(self.teacher, lora_path)
         results, images = {}, {}
         for name, method, steps in self.runs:
             if method == "rayflow":
-                imgs = generate(self.model, unet, self.labels, self.seeds, method, steps)
+                imgs, _ = rayflow_samples(self.model, unet, self.labels, self.seeds, steps, RayProcess(sigma=SIGMA))
                 metrics = self._metrics(imgs)
             else:
                 if name not in self.fixed:
-                    imgs = generate(self.model, None, self.labels, self.seeds, method, steps)
+                    imgs = teacher_samples(self.model, self.labels, self.seeds, method, steps)
                     self.fixed[name] = (imgs, self._metrics(imgs))
                 imgs, metrics = self.fixed[name]
             images[name] = imgs
@@ -84,14 +79,13 @@ class DemoEvaluation:
         rows = {f"{name} step{'s' if r['steps'] > 1 else ''}": images[name][pick]
                 for name, r in results.items() if name in images}
         save_grid(rows, [caption_of(l) for l in self.labels[pick].tolist()], os.path.join(self.out, "samples.png"))
-        with open(os.path.join(self.out, "metrics.json"), "w") as f:
-            json.dump({**report, "snapshot_step": snapshot, "metrics": results}, f, indent=2)
+        write_json(os.path.join(self.out, "metrics.json"), {**report, "snapshot_step": snapshot, "metrics": results},
+                   indent=2)
         lines = [heading, "", f"Command: `{command}`; {status}", "",
                  "| sampler | steps | NFE / image | FD-proxy | alignment | diversity |", "|---|---|---|---|---|---|"]
         for name, r in results.items():
             lines.append(f"| {name} | {r.get('steps', '')} | {r.get('nfe_per_image', '')} | {r['fd_proxy']:.3f} | "
                          f"{r['alignment']:.3f} | {r['diversity']:.3f} |")
         lines += ["", NOTE]
-        with open(os.path.join(self.out, "report.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_text(os.path.join(self.out, "report.md"), "\n".join(lines) + "\n")
         return lines

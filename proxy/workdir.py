@@ -14,6 +14,8 @@ import json
 import os
 from typing import Callable, Dict
 
+from rayflow.atomic_write import write_text
+
 KEY_FILE = "demo-config.json"
 
 
@@ -59,6 +61,5 @@ def prepare_work_dir(folder: str, key: str, config: Dict, say: Callable[[str], N
     elif os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"--work-dir {folder} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, KEY_FILE), "w", encoding="utf-8") as f:
-        json.dump({"key": key, "config": config}, f, indent=2, sort_keys=True, default=str)
+    write_text(os.path.join(folder, KEY_FILE), json.dumps({"key": key, "config": config}, indent=2, sort_keys=True, default=str))
     return False

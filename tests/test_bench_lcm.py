@@ -3,9 +3,10 @@ distillation on the proxy teacher whose LoRA loads and samples like the benchmar
 
 import os
 
+import pytest
 import torch
 
-from bench.lcm_baseline import (SKIP, boundary_scalings, consistency_fn, distil_lcm, lcm_loss, lcm_samples,
+from bench.lcm_baseline import (LCM_RECIPE, SKIP, boundary_scalings, consistency_fn, distil_lcm, lcm_loss, lcm_samples,
                                 lcm_scheduler, skipping_grid)
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,8 @@ def test_loss_matches_a_diffusers_ddim_reference():
     def teacher(x, tt, e):
         return 0.7 * x + e.sum((1, 2)).view(-1, 1, 1, 1) * 0.1
 
-    got = lcm_loss(student, teacher, x0, cond, uncond, ac, 3.0, t, noise)
+    got = lcm_loss(student, teacher, x0, cond, uncond, ac, 3.0, t, noise, loss="huber")
+    l2 = lcm_loss(student, teacher, x0, cond, uncond, ac, 3.0, t, noise)         # the recipe's default
 
     ddim = DDIMScheduler(trained_betas=sched_.betas.tolist(), set_alpha_to_one=False, clip_sample=False,
                          timestep_spacing="trailing", prediction_type="epsilon")
@@ -82,15 +84,69 @@ def test_loss_matches_a_diffusers_ddim_reference():
             return cs * x.double() + co * (x.double() - (1 - a).sqrt() * e) / a.sqrt()
 
         d2 = (f(xt, ti) - f(xs, si)) ** 2
-        losses.append(torch.sqrt(d2 + 1e-6) - 1e-3)
-    want = torch.cat(losses).mean()
-    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-7)
+        losses.append(torch.stack([(torch.sqrt(d2 + 1e-6) - 1e-3).mean(), d2.mean()]))
+    want = torch.stack(losses).mean(0)
+    assert torch.allclose(got.double(), want[0], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(l2.double(), want[1], rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="loss must be"):
+        lcm_loss(student, teacher, x0, cond, uncond, ac, 3.0, t, noise, loss="l1")
+
+
+def test_the_published_recipe_reaches_the_training_loop(small_cache, tmp_path, monkeypatch):
+    """LCM_RECIPE (diffusers' LCM-LoRA script): AdamW lr 1e-4 and weight decay 1e-2, a constant
+    learning rate from the first step, clipping at 1.0, the L2 loss; snapshots every save_every steps."""
+    import bench.lcm_baseline as lcm
+
+    out, _ = small_cache
+    seen = {"lr": [], "clip": [], "loss": []}
+    real_adamw, real_clip, real_loss = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_, lcm.lcm_loss
+
+    class SpyAdamW(real_adamw):
+        def __init__(self, params, **kw):
+            seen["opt"] = kw
+            super().__init__(params, **kw)
+
+        def step(self, *a, **k):
+            seen["lr"].append(self.param_groups[0]["lr"])
+            return super().step(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "AdamW", SpyAdamW)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n, *a, **k: seen["clip"].append(n) or real_clip(p, n))
+    monkeypatch.setattr(lcm, "lcm_loss", lambda *a, **k: seen["loss"].append(k["loss"]) or real_loss(*a, **k))
+    target = tmp_path / "lcm.safetensors"
+    distil_lcm(TEACHER, str(out / "w" / "cache"), str(target), train_steps=4, batch_size=2, lora_rank=2, lora_alpha=2.0,
+               progress=False, save_every=2)
+    assert seen["opt"] == {"lr": LCM_RECIPE["learning_rate"], "weight_decay": LCM_RECIPE["weight_decay"]} \
+        == {"lr": 1e-4, "weight_decay": 1e-2}
+    assert seen["lr"] == [1e-4] * 4                      # constant from the first step (no warm-up, no decay)
+    assert seen["clip"] == [1.0] * 4 and seen["loss"] == ["l2"] * 4
+    assert (tmp_path / "lcm-step000002.safetensors").is_file() and target.is_file()
+    # the options override the recipe: the sweep's learning rate, Huber, the trainer's warm-up + cosine
+    seen.update(lr=[], clip=[], loss=[])
+    distil_lcm(TEACHER, str(out / "w" / "cache"), str(tmp_path / "b.safetensors"), train_steps=4, batch_size=2,
+               lora_rank=2, lora_alpha=2.0, progress=False, learning_rate=1e-3, loss="huber",
+               lr_schedule_kind="warmup_cosine", lr_warmup=2)
+    assert seen["opt"]["lr"] == 1e-3 and seen["loss"] == ["huber"] * 4
+    assert seen["lr"][0] < seen["lr"][1] and seen["lr"][3] < seen["lr"][1]
+
+
+def test_an_ema_target_changes_what_the_student_learns(small_cache, tmp_path):
+    """With the LCM paper's EMA target (0.95) the same seed trains another LoRA than with the online
+    student as its own target."""
+    from safetensors.torch import load_file
+
+    out, _ = small_cache
+    kw = dict(train_steps=4, batch_size=2, lora_rank=2, lora_alpha=2.0, progress=False, ema_target=0.95)
+    plain = load_file(distil_lcm(TEACHER, str(out / "w" / "cache"), str(tmp_path / "a.safetensors"),
+                                 **{**kw, "ema_target": 0.0}))
+    ema = load_file(distil_lcm(TEACHER, str(out / "w" / "cache"), str(tmp_path / "b.safetensors"), **kw))
+    assert sorted(plain) == sorted(ema) and any(not torch.equal(plain[k], ema[k]) for k in plain)
 
 
 def test_distilled_lora_loads_and_samples_with_the_trained_parametrisation(small_cache):
     from safetensors import safe_open
 
-    from proxy.demo import load_lora_unet
+    from proxy.sampling import load_lora_unet
     from training.data import item_noise
     from training.models import load_base_model
 

@@ -1,4 +1,4 @@
-"""bench/stats.py and bench/multiseed.py: intervals over training seeds, pairing, resumable jobs."""
+"""bench/stats.py and the multi-seed benchmark (bench/multiseed.py, jobs.py, archive.py, summary.py): intervals over training seeds, pairing, resumable jobs."""
 
 import argparse
 import json
@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
-from bench import multiseed
+from bench import archive as job_archive
+from bench import jobs, multiseed, summary
+from bench.evaluation import STEPS
+from rayflow.atomic_write import write_json
 from bench.stats import mean_ci, paired_difference, t_quantile, verdict
 
 
@@ -44,13 +47,13 @@ def test_pairing_cancels_what_the_seeds_share():
 
 def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(tmp_path):
     lock = str(tmp_path / "runs" / "seed0" / "ray.lock")
-    assert multiseed.claim(lock) and open(lock).read() == str(os.getpid())
-    assert not multiseed.claim(lock)                      # ours, alive
+    assert jobs.claim(lock) and open(lock).read() == str(os.getpid())
+    assert not jobs.claim(lock)                      # ours, alive
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with open(lock, "w") as f:
         f.write(str(dead.pid))
-    assert multiseed.claim(lock) and open(lock).read() == str(os.getpid())
+    assert jobs.claim(lock) and open(lock).read() == str(os.getpid())
 
 
 def _args(out, seeds, variants, steps=10):
@@ -61,7 +64,7 @@ def _args(out, seeds, variants, steps=10):
 
 def _result(seed, variant, fd):
     rows = {variant: {str(n): {"fd": fd + n, "fd_data": 2 * fd, "rmse": 0.1, "alignment": 0.5, "diversity": 1.0,
-                               "hf_ratio": 1.0, "nfe": n} for n in multiseed.STEPS}}
+                               "hf_ratio": 1.0, "nfe": n} for n in STEPS}}
     return {"variant": variant, "train_seed": seed, "train_steps": 10, "distill_seconds": 1.0, "rows": rows,
             "curve": {"5": {n: {"fd": fd + 50} for n in ("1", "2", "4")}, "10": {n: rows[variant][n] for n in ("1", "2", "4")}}}
 
@@ -73,20 +76,20 @@ def test_interrupted_runs_continue_with_the_jobs_not_done_and_summaries_pair_by_
     def fake_job(args, ev, seed, variant):
         if (seed, variant) == (1, "no_ts"):
             raise KeyboardInterrupt           # the run is stopped in the middle of a job
-        folder, result, _ = multiseed.job_paths(args.out, seed, variant)
-        multiseed.write_json(result, _result(seed, variant, {"ray": 10.0, "no_ts": 20.0}[variant] + seed))
+        folder, result, _ = job_archive.job_paths(args.out, seed, variant)
+        write_json(result, _result(seed, variant, {"ray": 10.0, "no_ts": 20.0}[variant] + seed))
         done.append((seed, variant))
 
-    monkeypatch.setattr(multiseed, "run_job", fake_job)
+    monkeypatch.setattr(jobs, "run_job", fake_job)
     args = _args(tmp_path, [0, 1, 2], ["ray", "no_ts"])
     with pytest.raises(KeyboardInterrupt):
-        multiseed.work(args, ev=None)
+        jobs.work(args, None, multiseed.summarise)
     assert done == [(0, "ray"), (0, "no_ts"), (1, "ray")]
     assert not os.path.exists(tmp_path / "runs" / "seed1" / "no_ts.lock")      # the interrupted job's lock is freed
     partial = json.loads((tmp_path / "summary.json").read_text())            # written after every job
     assert partial["train_seeds"] == [0, 1] and partial["variants"]["no_ts"]["fd"]["2"]["per_seed"] == [22.0, None]
-    monkeypatch.setattr(multiseed, "run_job", lambda *a: _finish(*a, done))
-    multiseed.work(args, ev=None)
+    monkeypatch.setattr(jobs, "run_job", lambda *a: _finish(*a, done))
+    jobs.work(args, None, multiseed.summarise)
     assert done[3:] == [(1, "no_ts"), (2, "ray"), (2, "no_ts")]            # nothing done twice
     data = json.loads((tmp_path / "summary.json").read_text())
     fd2 = data["variants"]["no_ts"]["fd"]["2"]
@@ -103,15 +106,15 @@ def test_interrupted_runs_continue_with_the_jobs_not_done_and_summaries_pair_by_
 
 
 def _finish(args, ev, seed, variant, done):
-    folder, result, _ = multiseed.job_paths(args.out, seed, variant)
-    multiseed.write_json(result, _result(seed, variant, {"ray": 10.0, "no_ts": 20.0}[variant] + seed))
+    folder, result, _ = job_archive.job_paths(args.out, seed, variant)
+    write_json(result, _result(seed, variant, {"ray": 10.0, "no_ts": 20.0}[variant] + seed))
     done.append((seed, variant))
 
 
 def test_steps_to_reach():
     curve = {"300": {"2": 90.0}, "600": {"2": 60.0}, "1200": {"2": 50.0}}
-    assert multiseed.steps_to_reach(curve, 60.0, "2") == 600
-    assert multiseed.steps_to_reach(curve, 10.0, "2") is None
+    assert summary.steps_to_reach(curve, 60.0, "2") == 600
+    assert summary.steps_to_reach(curve, 10.0, "2") is None
 
 
 def test_time_sampler_records_are_gathered_per_seed_with_the_last_record_of_a_step(tmp_path):
@@ -122,7 +125,7 @@ def test_time_sampler_records_are_gathered_per_seed_with_the_last_record_of_a_st
                    {"step": 5, "t_hist": [2.0, 2.0], "profile": [0.0, 2.0], "density": [0.25, 0.75]},   # resumed: repeats step 5
                    {"step": 10, "t_hist": [0.0, 4.0 + seed], "profile": [1.0, 1.0], "density": [0.1, 0.9]}]
         (work / "time_sampler.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    diag = multiseed.time_sampler_diagnostics(_args(tmp_path, [0, 1, 2], ["ray"]), [0, 1, 2])
+    diag = summary.time_sampler_diagnostics(_args(tmp_path, [0, 1, 2], ["ray"]), [0, 1, 2])
     assert set(diag) == {"ray"} and set(diag["ray"]) == {"5", "10"}
     assert diag["ray"]["5"]["t_hist"] == {"0": [0.5, 0.5], "2": [0.5, 0.5]}        # shares, the later record
     assert diag["ray"]["5"]["density"]["2"] == [0.25, 0.75] and diag["ray"]["10"]["profile"]["0"] == [1.0, 1.0]
@@ -133,9 +136,9 @@ def test_the_one_step_recipe_pairs_with_lcm_and_the_report_redraws_from_the_json
     (tmp_path / "teacher.json").write_text(json.dumps({"teacher floor": {"25": {"fd": 1.0, "alignment": 1.0}}}))
     for seed in (0, 1, 2):
         for variant, fd in (("one_step", 10.0), ("lcm", 30.0), ("one_step_no_ts", 12.0)):
-            folder, result, _ = multiseed.job_paths(str(tmp_path), seed, variant)
+            folder, result, _ = job_archive.job_paths(str(tmp_path), seed, variant)
             os.makedirs(folder, exist_ok=True)
-            multiseed.write_json(result, _result(seed, variant, fd + seed * seed))
+            write_json(result, _result(seed, variant, fd + seed * seed))
     args = _args(tmp_path, [0, 1, 2], ["one_step", "lcm", "one_step_no_ts"])
     data = multiseed.summarise(args)
     diff = data["variants"]["one_step"]["paired_vs_lcm"]["fd"]["1"]
@@ -160,7 +163,7 @@ def test_the_archive_keeps_finished_jobs_so_a_fresh_out_continues_and_a_summary_
     out.mkdir()
     (out / "teacher.json").write_text(json.dumps({"teacher floor": {"25": {"fd": 1.0, "alignment": 1.0}}}))
     done = []
-    monkeypatch.setattr(multiseed, "run_job", lambda *a: _finish(*a, done))
+    monkeypatch.setattr(jobs, "run_job", lambda *a: _finish(*a, done))
     args = _args(out, [0, 1], ["ray", "no_ts"])
     args.results = str(tmp_path / "docs" / "summary.json")
     os.makedirs(tmp_path / "docs")
@@ -168,7 +171,7 @@ def test_the_archive_keeps_finished_jobs_so_a_fresh_out_continues_and_a_summary_
     work.mkdir(parents=True)
     (work / "time_sampler.jsonl").write_text(json.dumps({"step": 5, "t_hist": [1.0, 3.0], "profile": [0.0, 1.0],
                                                          "density": [0.5, 0.5]}) + "\n")
-    multiseed.work(args, ev=None)
+    jobs.work(args, None, multiseed.summarise)
     first = json.loads((tmp_path / "docs" / "summary.json").read_text())
     archive = tmp_path / "docs" / "summary_runs"
     assert sorted(p.name for p in (archive / "seed1").iterdir()) == ["no_ts.json", "ray.json", "ray.time_sampler.jsonl"]
@@ -177,14 +180,14 @@ def test_the_archive_keeps_finished_jobs_so_a_fresh_out_continues_and_a_summary_
     shutil.rmtree(out / "runs")             # a fresh machine: only the committed summary and archive
     fresh = _args(out, [0, 1, 2], ["ray", "no_ts"])
     fresh.results = args.results
-    multiseed.work(fresh, ev=None)
+    jobs.work(fresh, None, multiseed.summarise)
     assert done[4:] == [(2, "ray"), (2, "no_ts")]               # the archived seeds are not trained again
     grown = json.loads((tmp_path / "docs" / "summary.json").read_text())
     assert grown["variants"]["no_ts"]["fd"]["2"]["per_seed"] == [22.0, 23.0, 24.0]
     assert grown["time_sampler_diagnostics"]["ray"]["5"]["t_hist"] == {"1": [0.25, 0.75]}
     # an archive written back from the summary alone rebuilds the same summary
     restored = tmp_path / "restored"
-    written = multiseed.restore_archive(first, str(restored))
+    written = job_archive.restore_archive(first, str(restored))
     assert len(written) == 5 and json.loads((restored / "seed0" / "ray.json").read_text())["restored_from_summary"]
     shutil.rmtree(out / "runs")
     again = _args(out, [0, 1], ["ray", "no_ts"])
@@ -193,3 +196,51 @@ def test_the_archive_keeps_finished_jobs_so_a_fresh_out_continues_and_a_summary_
     for key in ("train_seeds", "variants", "curves", "convergence_2step_last_quarter",
                 "fraction_of_budget_to_reach_uniform_final_fd", "time_sampler_diagnostics", "distill_seconds"):
         assert rebuilt[key] == first[key], key
+
+
+def test_holm_adjustment_of_known_p_values():
+    from bench.stats import holm, holm_verdict, paired_p_value
+
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> made monotone: 0.06
+    adjusted = holm([0.01, 0.04, 0.03, None, 0.005])
+    assert adjusted[3] is None
+    assert [adjusted[i] for i in (0, 1, 2, 4)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    # a paired t-test: differences 1, 2, 3 -> t = 2 / (1 / sqrt 3), 2 dof
+    from scipy.stats import t as t_dist
+
+    p = paired_p_value(paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
+    assert p == pytest.approx(2 * t_dist.sf(2 * math.sqrt(3), 2))
+    assert paired_p_value(paired_difference([1.0], [0.0])) is None
+    assert holm_verdict(-3.0, 0.01) == "better" and holm_verdict(3.0, 0.01) == "worse"
+    assert holm_verdict(-3.0, 0.2) == "no difference shown"
+    assert holm_verdict(0.2, 0.01, lower_is_better=False) == "better"
+
+
+def test_the_headline_family_is_judged_after_holm(tmp_path):
+    from bench.summary import headline
+
+    # ray beats a by 5 in every seed (p tiny), b by a noisy 1 (p large): 2 baselines x 4 steps = 8 comparisons
+    per = {"ray": {"fd_indep": {str(n): [10.0, 11.0, 12.0, 13.0] for n in STEPS}},
+           "a": {"fd_indep": {str(n): [15.0, 16.1, 16.9, 18.0] for n in STEPS}},
+           "b": {"fd_indep": {str(n): [12.0, 10.0, 14.0, 13.5] for n in STEPS}}}
+    fam = headline(per, "ray:a,b")
+    assert fam["family_size"] == 8 and fam["arm"] == "ray"
+    by = {(c["baseline"], c["steps"]): c for c in fam["comparisons"]}
+    assert all(by[("a", n)]["verdict"] == "better" for n in STEPS)
+    assert all(by[("b", n)]["verdict"] == "no difference shown" for n in STEPS)
+    assert all(c["p_holm"] >= c["p"] for c in fam["comparisons"])
+    assert headline(per, None) is None
+
+
+def test_learning_rates_are_chosen_on_the_held_out_set():
+    from bench.summary import lr_selection
+
+    low, high = [10.0, 12.0, None], [20.0, 22.0, 21.0]
+    heldout = {"lcm": {"fd_indep": {str(n): high for n in STEPS}},
+               "lcm_lr3e-4": {"fd_indep": {str(n): low for n in STEPS}},
+               "ray": {"fd_indep": {str(n): low for n in STEPS}}}
+    sel = lr_selection(heldout, [0, 1, 2])
+    assert sel["lcm"]["chosen"] == "lcm_lr3e-4" and sel["lcm"]["seeds"] == [0, 1]     # the seeds both have
+    assert sel["lcm"]["score"] == {"lcm": 21.0, "lcm_lr3e-4": 11.0}
+    assert "ray" not in sel                               # one setting: nothing to choose

@@ -1,21 +1,29 @@
-"""bench/quality.py: variant recipes and redrawing the report from a saved results.json."""
+"""bench/variants.py and bench/quality.py: variant recipes and redrawing the report from a saved results.json."""
 
 import json
+import os
 
-from bench.quality import COMBINED, RECIPE, VARIANTS, main, options, process_of
+from bench.quality import main
+from bench.variants import COMBINED, VARIANTS, process_of
+from proxy.recipe import PHASE2, proxy_config
+
+
+def options(variant):
+    """The proxy recipe's options as the variant changes them."""
+    return {**PHASE2, **VARIANTS[variant]}
 
 
 def test_each_variant_changes_one_thing_of_the_recipe():
-    assert options("ray") == RECIPE
+    assert VARIANTS["ray"] == {} and proxy_config("o.safetensors", "w", "p.txt").sigma == PHASE2["sigma"] == 0.1
     for name in set(VARIANTS) - set(COMBINED) - {"one_step"}:
-        changed = {k for k, v in options(name).items() if RECIPE.get(k, None) != v}
+        changed = {k for k, v in options(name).items() if PHASE2.get(k, None) != v}
         changed -= {"lora_alpha"} if "lora_rank" in changed else set()      # the LoRA's size: rank and alpha together
         changed -= {"anchor_taper"} if "start_anchor" in changed else set()  # the taper is a form of anchoring
         assert len(changed) <= 1, (name, changed)
     for name, parts in COMBINED.items():       # a combined variant is exactly the union of its parts
-        assert options(name) == {**options(parts[0]), **options(parts[1])} != options(parts[0])
+        assert VARIANTS[name] == {**VARIANTS[parts[0]], **VARIANTS[parts[1]]} != VARIANTS[parts[0]]
     assert options("rank64")["lora_rank"] == 64 and options("rank64_anchor0.5")["start_anchor"] == 0.5
-    assert options("top50_taper_anchor0.5") == {**RECIPE, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
+    assert options("top50_taper_anchor0.5") == {**PHASE2, "start_anchor": 0.5, "anchor_taper": True, "top_share": 0.5}
     assert options("top75_taper_anchor0.5") == {**options("top50_taper_anchor0.5"), "top_share": 0.75}
     assert options("one_step") == options("top75_taper_anchor0.5")      # the CLI's --preset one-step
     assert options("one_step_no_ts") == {**options("one_step"), "no_time_sampler": True}
@@ -47,9 +55,9 @@ def test_onestep_ceiling_trains_the_whole_unet_on_the_one_step_map(small_cache, 
     import torch
 
     from bench.onestep_ceiling import main as ceiling, one_step_x0
-    from bench.quality import rayflow_samples
     from proxy.data import caption_of
-    from proxy.demo import TEACHER, load_lora_unet
+    from proxy.recipe import TEACHER
+    from proxy.sampling import load_lora_unet, rayflow_samples
     from training.data import item_noise
     from training.models import load_base_model
 
@@ -81,12 +89,44 @@ def test_onestep_ceiling_trains_the_whole_unet_on_the_one_step_map(small_cache, 
 
 
 def test_an_interrupted_variant_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    import training.distill
-    from bench.quality import distil
+    import bench.variants
+    from bench.variants import distil
 
     seen = []
-    monkeypatch.setattr(training.distill, "run", lambda cfg, progress=True: seen.append(cfg))
+    monkeypatch.setattr(bench.variants, "run", lambda cfg, progress=True: seen.append(cfg))
     distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
     (tmp_path / "work_anchor0.5" / "checkpoint").mkdir(parents=True)
     distil("anchor0.5", str(tmp_path), "teacher", "prompts.txt", 100, 8, 0)
     assert [c.resume for c in seen] == [False, True] and seen[0].checkpoint_every <= 200
+
+
+def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, tmp_path, monkeypatch):
+    """A job's archived LoRA evaluated again (``--reevaluate``: no training) gives the archived
+    metrics exactly, on both sets, and a metric added later is merged into the record."""
+    import argparse
+    import shutil
+
+    import bench.evaluation as evaluation
+    from bench import jobs
+    from bench.archive import archive_paths, archived_lora
+    from rayflow.atomic_write import write_json
+
+    out, labels = small_cache
+    monkeypatch.setattr(evaluation, "REFERENCE", ("ddim", 2))           # cheap references
+    monkeypatch.setattr(evaluation, "all_labels", lambda: labels)       # 3 captions
+    monkeypatch.setattr(jobs, "STEPS", (1, 2))
+    ev = evaluation.Evaluation(str(tmp_path / "bench"), 2, 0)
+    args = argparse.Namespace(out=str(tmp_path / "bench"), results=str(tmp_path / "docs" / "s.json"), archive=None,
+                              seeds=[0], variants=["ray"], train_steps=1)
+    record, _ = archive_paths(args, 0, "ray")
+    os.makedirs(os.path.dirname(record))
+    shutil.copyfile(out / "ray.safetensors", archived_lora(args, 0, "ray"))
+    metrics = jobs.evaluate_lora(ev, "ray", archived_lora(args, 0, "ray"))
+    assert set(metrics["rows"]) == {"ray", "ray [noise, eta 1]", "ray [probe4, eta 1]"} and set(metrics["heldout"]) == {"ray"}
+    assert metrics["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
+    del metrics["rows"]["ray"]["1"]["fd_indep"]                          # a metric the archive does not have yet
+    write_json(record, {"variant": "ray", "train_seed": 0, "train_steps": 1, "distill_seconds": 1.0, **metrics})
+    [(seed, variant, change)] = jobs.reevaluate(args, ev)
+    assert (seed, variant, change) == (0, "ray", 0.0)
+    with open(record) as f:
+        assert "fd_indep" in json.load(f)["rows"]["ray"]["1"]                # merged in

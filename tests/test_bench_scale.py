@@ -12,7 +12,9 @@ import sys
 import pytest
 import torch
 
-from bench import scale
+from bench.scale import cli, families, keys, runs, table, watchdog
+from bench.scale.cost import cpu_estimates
+from bench.scale.recipe import GIB
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,12 +30,12 @@ def test_help_lists_the_options():
         assert flag in out.stdout
 
 
-@pytest.mark.parametrize("family", scale.FAMILIES)
+@pytest.mark.parametrize("family", families.FAMILIES)
 def test_tiny_family_trains_with_a_memory_option_and_its_lora_matches_every_key(family, tmp_path):
     model = str(tmp_path / "model")
-    built = scale.build_family(family, model, tiny=True)
+    built = families.build_family(family, model, tiny=True)
     assert built["params"]["transformer" if family == "pixart" else "unet"] > 0
-    res = scale.run_variant(family, model, "bf16-gc", str(tmp_path / "run"), steps=2, teacher_steps=2, prompts=1,
+    res = runs.run_variant(family, model, "bf16-gc", str(tmp_path / "run"), steps=2, teacher_steps=2, prompts=1,
                             batch_size=1, tiny=True)
     for key in ("phase1_s_per_trajectory", "phase1_s_per_teacher_step", "phase2_s_per_step", "peak_rss_bytes",
                 "peak_rss_phase1_bytes", "lora_params", "lora_file_bytes", "export_s"):
@@ -45,23 +47,23 @@ def test_tiny_family_trains_with_a_memory_option_and_its_lora_matches_every_key(
         meta = f.metadata()
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
     assert meta["rayflow.base_precision"] == "bf16" and meta["rayflow.optimizer"] == "adamw"
-    est = scale.estimates(res)
+    est = cpu_estimates(res)
     assert _finite_positive(est["phase2_hours_default_recipe"]) and _finite_positive(est["phase1_hours_per_1000_prompts"])
 
-    km = scale.keymatch_diffusers(family, model, res["lora"])
+    km = keys.keymatch_diffusers(family, model, res["lora"])
     assert km["matched"] == km["total"] == res["lora_modules"] > 0
     # the file bench.scale maps with ComfyUI without training (--keys-first; tests/test_training_comfyui.py
     # maps it there) has exactly the trained file's modules
     from safetensors.torch import load_file
 
-    untrained = scale.export_untrained_lora(family, model, str(tmp_path / "untrained.safetensors"))
-    assert scale._lora_modules(load_file(untrained["lora"])) == scale._lora_modules(load_file(res["lora"]))
+    untrained = runs.export_untrained_lora(family, model, str(tmp_path / "untrained.safetensors"))
+    assert keys.lora_modules(load_file(untrained["lora"])) == keys.lora_modules(load_file(res["lora"]))
     assert untrained["lora_modules"] == res["lora_modules"]
 
 
 def test_cli_writes_the_results_schema_and_the_tables(tmp_path):
     out = tmp_path / "scale.json"
-    rc = scale.main(["--tiny", "--families", "sd15", "--variants", "fp32", "--threads", "1", "--no-keymatch",
+    rc = cli.main(["--tiny", "--families", "sd15", "--variants", "fp32", "--threads", "1", "--no-keymatch",
                      "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
@@ -75,7 +77,7 @@ def test_cli_writes_the_results_schema_and_the_tables(tmp_path):
     assert v["status"] == "measured", v
     assert _finite_positive(v["peak_rss_gib"]) and _finite_positive(v["phase2_s_per_step"])
     assert _finite_positive(v["phase1_s_per_trajectory"]) and "lora" not in v
-    rc = scale.main(["--tiny", "--families", "sd15", "--variants", "bf16-gc-adamw8bit", "--threads", "1",
+    rc = cli.main(["--tiny", "--families", "sd15", "--variants", "bf16-gc-adamw8bit", "--threads", "1",
                      "--no-keymatch", "--out", str(out)])   # a second run adds its variant, keeps the first's
     data = json.loads(out.read_text())
     assert rc == 0 and set(data["sd15"]["variants"]) == {"fp32", "bf16-gc-adamw8bit"}
@@ -84,44 +86,52 @@ def test_cli_writes_the_results_schema_and_the_tables(tmp_path):
     assert "bitsandbytes" in second and "bitsandbytes" not in first and set(data) == {"recipe", "sd15"}
     eight = data["sd15"]["variants"]["bf16-gc-adamw8bit"]   # measured where bitsandbytes is installed, else said why
     assert eight["status"] == "measured" or eight["status"] == "not run: bitsandbytes is not installed", eight
-    text = scale.table(data)
+    text = table.table(data)
     assert "| `fp32` |" in text and "| `bf16-gc-adamw8bit` |" in text and "not measured on a GPU" in text
 
 
 def test_a_run_above_the_memory_limit_is_stopped_and_recorded(tmp_path):
     model = str(tmp_path / "model")
-    scale.build_family("sd15", model, tiny=True)
+    families.build_family("sd15", model, tiny=True)
     work = tmp_path / "run"
     work.mkdir()
-    res = scale._child(["run", "sd15", model, "--variant", "fp32", "--work", str(work), "--steps", "2",
-                        "--teacher-steps", "2", "--prompts", "1", "--batch-size", "1", "--tiny"],
-                       str(work / "result.json"), max_rss=0.05 * scale.GIB, timeout=120)
+    res = watchdog.run_child(["run", "sd15", model, "--variant", "fp32", "--work", str(work), "--steps", "2",
+                               "--teacher-steps", "2", "--prompts", "1", "--batch-size", "1", "--tiny"],
+                              str(work / "result.json"), max_rss=0.05 * GIB, timeout=120)
     assert res["status"].startswith("stopped: RSS passed"), res
     assert res["watchdog_peak_rss_gib"] > 0.04
 
 
 def test_comfy_unet_config_follows_the_diffusers_layout():
     """ComfyUI builds its UNet from these keys: SD1.5's transformer depths per block, SDXL's head width."""
-    with open(os.path.join(scale.CONFIGS, "sd15", "unet", "config.json")) as f:
-        sd15 = scale.comfy_unet_config("sd15", json.load(f))
+    with open(os.path.join(families.CONFIGS, "sd15", "unet", "config.json")) as f:
+        sd15 = keys.comfy_unet_config("sd15", json.load(f))
     assert sd15["transformer_depth"] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert sd15["transformer_depth_output"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]     # ComfyUI's own SD15 entry
     assert sd15["model_channels"] == 320 and sd15["context_dim"] == 768 and sd15["num_heads"] == 8
-    with open(os.path.join(scale.CONFIGS, "sdxl", "unet", "config.json")) as f:
-        sdxl = scale.comfy_unet_config("sdxl", json.load(f))
+    with open(os.path.join(families.CONFIGS, "sdxl", "unet", "config.json")) as f:
+        sdxl = keys.comfy_unet_config("sdxl", json.load(f))
     assert sdxl["transformer_depth"] == [0, 0, 2, 2, 10, 10] and sdxl["transformer_depth_middle"] == 10
     assert sdxl["transformer_depth_output"] == [0, 0, 0, 2, 2, 2, 10, 10, 10]
     assert sdxl["num_head_channels"] == 64 and sdxl["adm_in_channels"] == 2816 and sdxl["context_dim"] == 2048
-    pix = scale.comfy_unet_config("pixart_sigma", scale.PIXART_SIGMA_XL)
+    pix = keys.comfy_unet_config("pixart_sigma", families.PIXART_SIGMA_XL)
     assert (pix["hidden_size"], pix["depth"], pix["num_heads"], pix["caption_channels"]) == (1152, 28, 16, 4096)
 
 
+def _results(name):
+    path = os.path.join(REPO, "docs", "results", name)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def test_the_readme_tables_are_the_committed_results():
-    """README "Hardware and cost" carries ``python -m bench.scale --table docs/results/scale_cpu.json``
-    verbatim, so every figure there is the results file's, next to the command that made it."""
-    with open(os.path.join(REPO, "docs", "results", "scale_cpu.json"), encoding="utf-8") as f:
-        results = json.load(f)
-    for family in scale.FAMILIES:          # the acceptance: peak memory and both phases' speed per family
+    """README "Hardware and cost" carries ``python -m bench.scale --table docs/results/scale_cpu.json
+    docs/results/scale_flops.json`` (and ``scale_gpu.json`` once a GPU has measured) verbatim, so
+    every figure there is a results file's, next to the command that made it."""
+    results, counted, gpu = _results("scale_cpu.json"), _results("scale_flops.json"), _results("scale_gpu.json")
+    for family in families.FAMILIES:          # the acceptance: peak memory and both phases' speed per family
         measured = [v for v in results[family]["variants"].values() if v.get("status") == "measured"]
         assert measured and all(_finite_positive(v[k]) for v in measured
                                 for k in ("peak_rss_gib", "phase1_s_per_trajectory", "phase2_s_per_step")), family
@@ -129,4 +139,9 @@ def test_the_readme_tables_are_the_committed_results():
         assert km["diffusers"]["matched"] == km["diffusers"]["total"] == km["comfyui"]["matched"] == km["comfyui"]["total"] > 0
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    assert scale.table(results).strip() in readme
+    text = table.table(results, counted, gpu).strip()
+    assert text in readme
+    # every family's table has GPU columns, labelled as estimates; a measurement, once there, is shown as one
+    assert text.count("(estimated from counted FLOPs, not measured) |") == len(families.FAMILIES)
+    assert set(counted["families"]) == set(families.FAMILIES)
+    assert gpu is None or "**measured on" in text

@@ -70,7 +70,10 @@ def tiny_demo(monkeypatch):
         pytest.skip("the committed proxy teacher is missing (proxy/weights/teacher)")
     monkeypatch.setitem(demo.SETTINGS, "full", TINY)
     monkeypatch.setitem(demo.SETTINGS, "quick", {**TINY, "train_steps": 2})
-    monkeypatch.setattr(demo, "TEACHER_STEPS", 2)
+    from proxy import recipe
+
+    monkeypatch.setattr(recipe, "TEACHER_STEPS", 2)       # the distillation's (proxy_config reads it)
+    monkeypatch.setattr(demo, "TEACHER_STEPS", 2)         # the demo's reference row and plan line
     return demo
 
 

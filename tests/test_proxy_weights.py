@@ -32,18 +32,21 @@ def classifier():
 
 
 def test_teacher_is_an_sd15_family_model_and_samples(teacher):
-    from proxy.demo import generate
+    from proxy.recipe import SIGMA
+    from proxy.sampling import rayflow_samples, teacher_samples
+    from rayflow import RayProcess
 
     assert teacher.architecture == "sd15"
     assert teacher.schedule.alphas_cumprod.shape == (1000,)
     labels, seeds = all_labels()[:4], torch.arange(4)
-    ddim = generate(teacher, None, labels, seeds, "ddim", 2)
-    ray = generate(teacher, teacher.unet, labels, seeds, "rayflow", 1)
+    ddim = teacher_samples(teacher, labels, seeds, "ddim", 2)
+    ray, nfe = rayflow_samples(teacher, teacher.unet, labels, seeds, 1, RayProcess(sigma=SIGMA))
+    assert nfe == 1
     for imgs in (ddim, ray):
         assert imgs.shape == (4, 3, 16, 16) and torch.isfinite(imgs).all()
         assert float(imgs.min()) >= -1 and float(imgs.max()) <= 1
     # same seeds and captions -> same images (the grid compares samplers on identical inputs)
-    assert torch.equal(ddim, generate(teacher, None, labels, seeds, "ddim", 2))
+    assert torch.equal(ddim, teacher_samples(teacher, labels, seeds, "ddim", 2))
 
 
 def test_classifier_recognises_real_data_and_metrics_order_corruption(classifier):

@@ -104,12 +104,14 @@ def test_bench_scale_comfyui_key_match_counts_every_module(tmp_path, family):
     """``bench.scale``'s ComfyUI key match (the family's ComfyUI model on the meta device, built from
     ``comfy_unet_config`` of the diffusers config) on the tiny models: every module of the exported
     file maps and patches. At full size the benchmark runs the same function (README, Hardware and cost)."""
-    from bench import scale
+    from bench.scale.families import build_family
+    from bench.scale.keys import keymatch_comfyui
+    from bench.scale.runs import export_untrained_lora
 
     model = str(tmp_path / "model")
-    scale.build_family(family, model, tiny=True)
-    lora = scale.export_untrained_lora(family, model, str(tmp_path / "lora.safetensors"))
-    km = scale.keymatch_comfyui(family, model, lora["lora"])
+    build_family(family, model, tiny=True)
+    lora = export_untrained_lora(family, model, str(tmp_path / "lora.safetensors"))
+    km = keymatch_comfyui(family, model, lora["lora"])
     assert km["matched"] == km["total"] == km["patches"] == lora["lora_modules"] > 0, km
     # a module ComfyUI has no key for is counted as unmatched, not silently dropped
     tensors = load_file(lora["lora"])
@@ -119,5 +121,5 @@ def test_bench_scale_comfyui_key_match_counts_every_module(tmp_path, family):
     from safetensors.torch import save_file
 
     save_file({**tensors, **extra}, str(tmp_path / "extra.safetensors"))
-    km2 = scale.keymatch_comfyui(family, model, str(tmp_path / "extra.safetensors"))
+    km2 = keymatch_comfyui(family, model, str(tmp_path / "extra.safetensors"))
     assert km2["total"] == km["total"] + 1 and km2["matched"] == km["matched"], km2

@@ -153,7 +153,8 @@ def test_templates_menu_lists_exactly_the_ui_workflows_with_thumbnails():
     assert listed == sorted(os.path.join("workflows", n) for n in GEN.WORKFLOWS)
     stems = {n[:-5] for n in GEN.WORKFLOWS}
     files = {f for f in os.listdir(WORKFLOWS) if os.path.isfile(os.path.join(WORKFLOWS, f))}
-    assert files == {f"{s}.json" for s in stems} | {f"{s}.jpg" for s in stems} | {"make_workflows.py", "thumbnails.py"}
+    assert files == {f"{s}.json" for s in stems} | {f"{s}.jpg" for s in stems} | {"make_workflows.py", "thumbnails.py",
+                                                                                      "ui_format.py"}
     assert {d for d in os.listdir(WORKFLOWS) if os.path.isdir(os.path.join(WORKFLOWS, d))} <= {"api", "specs", "__pycache__"}
     for path in UI_FILES:                            # UI format: the frontend refuses a file without a version
         wf = json.load(open(path))

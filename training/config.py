@@ -97,6 +97,7 @@ class DistillConfig:
     time_sampler_biased: bool = field(default=False, metadata={"help": "use the Time Sampler's timesteps with weight 1 (changes the objective toward the sampled timesteps) instead of unbiased importance weights"})
     time_sampler_input: str = field(default="data", metadata={"help": "the Time Sampler network's input: data (pooled latent and text features) or none (one density for every sample)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
+    compile: bool = field(default=False, metadata={"help": "run phase 2's forward and backward through torch.compile (inductor): the first steps compile the denoiser (minutes on a CPU); on the proxy's 2-core CPU step it is 1.15x faster (docs/benchmarks.md, 'Proxy step time')"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
     base_precision: str = field(default="fp32", metadata={"help": "dtype the frozen base weights (denoiser, text encoders, VAE) are loaded in: fp32, fp16 or bf16 (half the memory); SD3 / FLUX also nf4 or int8 (QLoRA: the transformer's linear layers quantized by bitsandbytes, computing in bf16); the LoRA weights and the optimizer state stay fp32"})
     optimizer: str = field(default="adamw", metadata={"help": f"one of {OPTIMIZERS}: adamw (torch) or adamw8bit (bitsandbytes' 8-bit AdamW, the optimizer state in 2 bytes per LoRA weight instead of 8; needs pip install bitsandbytes)"})

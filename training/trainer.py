@@ -20,22 +20,25 @@ killed one stopped.
 
 from __future__ import annotations
 
-import csv
+import importlib.util
 import math
 import os
 import time
 from typing import Dict, Optional, Tuple
 
 import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from tqdm.auto import tqdm
 
 from rayflow import LossProfile, TimeSampler
-from rayflow.atomic_write import atomic_path
 from rayflow.process import per_sample as per_sample_coef   # the loss below has a local per_sample
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, DistillConfig
 from .data import Cache
+from .grid import save_grid
 from .models import BaseModel
+from .run_log import RunLog
 
 DIAG_BINS = 20      # timestep bins of the Time Sampler diagnostics (``time_sampler.jsonl``)
 
@@ -52,8 +55,6 @@ def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False, bl
     inside the modules named by the prefixes ``blocks`` when given (the model's ``lora_blocks``: the
     transformer blocks of PixArt, SD3 and FLUX; ``pixart=True`` is PixArt's), except the modules named
     in ``exclude`` (the model's ``lora_exclude``: layers whose output the model never uses)."""
-    from peft import LoraConfig
-
     blocks = tuple(blocks) or (("transformer_blocks.",) if pixart else ())
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
@@ -61,8 +62,6 @@ def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False, bl
              and (not blocks or n.startswith(blocks)) and n not in exclude]
     if not names:
         raise ConfigError(f"--lora-targets {cfg.lora_targets!r} matches no Linear/Conv2d module of the denoiser")
-    from peft import inject_adapter_in_model
-
     # inject_adapter_in_model works for every denoiser class (PixArtTransformer2DModel has no add_adapter)
     inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
                                        target_modules=names), unet)
@@ -70,8 +69,6 @@ def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False, bl
 
 def check_optimizer(cfg: DistillConfig) -> None:
     """Refuse ``--optimizer adamw8bit`` before any work when bitsandbytes is not installed."""
-    import importlib.util
-
     if cfg.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("--optimizer adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes")
 
@@ -93,8 +90,6 @@ def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.
 
 
 def lora_state(unet: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
 
 
@@ -125,6 +120,9 @@ class Trainer:
         self.opt = make_optimizer(self.params, cfg)
         self.lr_sched = warmup_cosine(self.opt, cfg.lr_warmup, cfg.train_steps)
         self.unet, self.opt, self.lr_sched = accelerator.prepare(unet, self.opt, self.lr_sched)
+        self.denoiser = accelerator.unwrap_model(self.unet)     # the plain module: LoRA state, validation grid
+        if cfg.compile:          # the training forward and backward through torch.compile (inductor)
+            self.unet = torch.compile(self.unet)
         feat_dim = cache.cond["cond"].shape[-1] + 4 * cache.x0.shape[1]
         self.ts = None if cfg.no_time_sampler else TimeSampler(feat_dim, num_particles=cfg.time_sampler_particles,
                                                                uniform_mix=cfg.time_sampler_uniform)
@@ -137,12 +135,11 @@ class Trainer:
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)     # timesteps drawn since the last diagnostics record
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self.ckpt_dir = os.path.join(cfg.work_dir, "checkpoint")
-        self.log_path = os.path.join(cfg.work_dir, "log.csv")
-        self.diagnostics_path = os.path.join(cfg.work_dir, "time_sampler.jsonl")
+        self.log = RunLog(cfg.work_dir, accelerator.is_main_process)
 
     # ------------------------------------------------------------ checkpointing
     def state(self) -> Dict:
-        unwrapped = self.acc.unwrap_model(self.unet)
+        unwrapped = self.denoiser
         return {"step": self.step, "lora": lora_state(unwrapped), "opt": self.opt.state_dict(),
                 "lr_sched": self.lr_sched.state_dict(), "gen": self.gen.get_state(),
                 "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
@@ -159,15 +156,12 @@ class Trainer:
     def try_resume(self) -> bool:
         state = load_checkpoint(self.ckpt_dir)
         if state is None:                  # killed before the first checkpoint: the run starts over,
-            if self.acc.is_main_process:   # and so do the rows it had logged
-                self._drop_records_after(0)
+            self.log.truncate_after(0)     # and so do the rows it had logged
             return False
         if not self.cfg.matches_fingerprint(state["fingerprint"]):
             raise ConfigError(f"the checkpoint in {self.ckpt_dir} was made with a different configuration; "
                               f"resume with the same options or use another --work-dir")
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.acc.unwrap_model(self.unet), state["lora"])
+        set_peft_model_state_dict(self.denoiser, state["lora"])
         self.opt.load_state_dict(state["opt"])
         self.lr_sched.load_state_dict(state["lr_sched"])
         if "gen_t" not in state:
@@ -183,32 +177,8 @@ class Trainer:
         self.t_hist = state.get("t_hist", torch.zeros(DIAG_BINS, dtype=torch.float64)).to(torch.float64)
         self.ema = state["ema"]
         self.step = int(state["step"])
-        if self.acc.is_main_process:
-            self._drop_records_after(self.step)
+        self.log.truncate_after(self.step)
         return True
-
-    def _drop_records_after(self, step: int) -> None:
-        """Cut ``log.csv`` and ``time_sampler.jsonl`` back to the rows of steps <= ``step`` (the
-        resumed checkpoint's), so that the steps trained again after a kill appear once."""
-        import json
-
-        if os.path.isfile(self.log_path):
-            with open(self.log_path, newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-            keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
-            _rewrite(self.log_path, keep, csv_rows=True)
-        path = self.diagnostics_path
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                lines = [line for line in f if line.strip()]
-            keep_lines = []
-            for line in lines:
-                try:
-                    if json.loads(line)["step"] <= step:
-                        keep_lines.append(line)
-                except (ValueError, KeyError):
-                    pass                                  # a line cut short by a kill
-            _rewrite(path, keep_lines)
 
     def predict(self, net, x, t, cond):
         """The denoiser's prediction at ``x`` / ``t`` / ``cond`` through ``net``: the accelerate-wrapped
@@ -221,7 +191,7 @@ class Trainer:
         for _ in range(self.cfg.grad_accum):
             stats = self._micro_step()
         if self.cfg.ema_decay > 0:
-            cur = lora_state(self.acc.unwrap_model(self.unet))
+            cur = lora_state(self.denoiser)
             if self.ema is None:
                 self.ema = cur
             else:
@@ -343,51 +313,35 @@ class Trainer:
     def fit(self, progress: bool = True, snapshot=None) -> None:
         """Train to ``cfg.train_steps``; every ``cfg.save_every`` steps call ``snapshot(step)`` (the
         main process exports an intermediate LoRA)."""
-        from tqdm.auto import tqdm
-
-        cfg = self.cfg
-        new_log = not (cfg.resume and os.path.isfile(self.log_path))
+        cfg, main = self.cfg, self.acc.is_main_process
         bar = tqdm(total=cfg.train_steps, initial=self.step, desc="phase 2: LoRA training", unit="step",
-                   disable=not (progress and self.acc.is_main_process))
-        writer = _tensorboard(cfg.work_dir) if self.acc.is_main_process else None
-        import contextlib
-
-        main_proc = self.acc.is_main_process      # only the main process touches the log file
-        with (open(self.log_path, "a" if not new_log else "w", newline="", encoding="utf-8") if main_proc
-              else contextlib.nullcontext(None)) as f:
-            log = csv.writer(f) if main_proc else None
-            if new_log and self.acc.is_main_process:
-                log.writerow(["step", "loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"])
-            if snapshot is not None and cfg.save_every and 0 < self.step < cfg.train_steps \
-                    and self.step % cfg.save_every == 0 and self.acc.is_main_process:
-                snapshot(self.step, missing_only=True)    # a kill between this checkpoint and its snapshot
-            t0 = time.perf_counter()
+                   disable=not (progress and main))
+        self.log.open(continuing=cfg.resume)
+        if snapshot is not None and cfg.save_every and 0 < self.step < cfg.train_steps \
+                and self.step % cfg.save_every == 0 and main:
+            snapshot(self.step, missing_only=True)    # a kill between this checkpoint and its snapshot
+        t0 = time.perf_counter()
+        try:
             while self.step < cfg.train_steps:
                 stats = self.train_step()
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
-                if self.acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.train_steps):
+                if self.step % cfg.log_every == 0 or self.step == cfg.train_steps:
                     rate = cfg.batch_size * cfg.grad_accum * self.acc.num_processes * cfg.log_every / max(1e-9, time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    row = [self.step, stats["loss"], self.lr_sched.get_last_lr()[0], stats["t_mean"], stats["t_std"],
-                           stats["w_mean"], stats["w_max"], rate]
-                    log.writerow(row)
-                    f.flush()
-                    if writer is not None:
-                        for name, v in zip(["loss", "lr", "t_mean", "t_std", "w_mean", "w_max", "samples_per_s"], row[1:]):
-                            writer.add_scalar(name, v, self.step)
+                    self.log.row(self.step, {**stats, "lr": self.lr_sched.get_last_lr()[0], "samples_per_s": rate})
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.train_steps:
                     self.record_diagnostics()
                     self.save()
                 if snapshot is not None and cfg.save_every and self.step % cfg.save_every == 0 \
-                        and self.step < cfg.train_steps and self.acc.is_main_process:
+                        and self.step < cfg.train_steps and main:
                     snapshot(self.step)
                 if cfg.validate_every and self.step % cfg.validate_every == 0:
                     self.validation_grid(os.path.join(cfg.work_dir, f"validation_{self.step:06d}.png"))
-        bar.close()
-        if writer is not None:
-            writer.close()
+        finally:
+            bar.close()
+            self.log.close()
         self.record_diagnostics()
         self.save()
 
@@ -398,8 +352,6 @@ class Trainer:
         (the loss profile's ``log sqrt E[l^2]`` on its bins) and ``density`` (the proposal's mass per
         bin, mean over the last batch; absent with uniform timesteps). A resumed run may repeat a
         step: read the last record of each step."""
-        import json
-
         T = self.model.schedule.num_timesteps
         rec = {"step": self.step, "t_hist": self.t_hist.tolist(), "profile": self.profile.log_grid().tolist()}
         if self.ts is not None and getattr(self, "_last_feats", None) is not None:
@@ -407,12 +359,10 @@ class Trainer:
             rec["density"] = torch.zeros(DIAG_BINS, dtype=torch.float64).index_add_(
                 0, torch.arange(T) * DIAG_BINS // T, q).tolist()
         self.t_hist = torch.zeros(DIAG_BINS, dtype=torch.float64)
-        if self.acc.is_main_process:
-            with open(self.diagnostics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+        self.log.diagnostics(rec)
 
     def final_lora(self) -> Dict[str, torch.Tensor]:
-        return self.ema if self.ema is not None else lora_state(self.acc.unwrap_model(self.unet))
+        return self.ema if self.ema is not None else lora_state(self.denoiser)
 
     @torch.no_grad()
     def validation_grid(self, path: str, n: int = 4) -> None:
@@ -422,9 +372,7 @@ class Trainer:
         written under each column."""
         if not self.acc.is_main_process:
             return
-        from .grid import save_grid
-
-        unet = self.acc.unwrap_model(self.unet)
+        unet = self.denoiser
         was_training = unet.training
         unet.eval()
         pick = torch.linspace(0, len(self.cache.prompts) - 1, min(n, len(self.cache.prompts))).round().long()
@@ -439,21 +387,3 @@ class Trainer:
         save_grid(rows, [self.cache.prompts[i] for i in pick.tolist()], path, scale=max(1, 96 // height))
         if was_training:
             unet.train()
-
-
-def _rewrite(path: str, content, csv_rows: bool = False) -> None:
-    """Replace ``path`` atomically with ``content`` (lines, or CSV rows with ``csv_rows``)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="" if csv_rows else None, encoding="utf-8") as f:
-            if csv_rows:
-                csv.writer(f).writerows(content)
-            else:
-                f.writelines(content)
-
-
-def _tensorboard(work_dir: str):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(os.path.join(work_dir, "tensorboard"))

@@ -1,0 +1,123 @@
+"""The fixed evaluation of the multi-seed proxy benchmark: captions, noise seeds, references, metrics.
+
+Two sets of ``eval_per_caption`` images of each of the 72 proxy captions, from noise seeds no LoRA
+trains on: the **evaluation** set (every table) and the **held-out** set (choosing learning rates;
+its seeds are disjoint from the evaluation's, so a choice made on it is not fitted to the noise the
+tables are measured on). Each set has its own references: the teacher's samples from the same
+noise, the teacher's samples from independent noise, and rendered real images of the same captions.
+
+Metrics at 1, 2, 4 and 8 sampling steps:
+
+* ``fd_indep`` (headline): FD-proxy to the teacher's samples from **independent** noise (DPM-Solver++,
+  25 steps, CFG 3: the solver and settings that built the cache): how close the student's
+  distribution is to the teacher's, whatever noise-to-image map it follows; its floor is the FD
+  between two teacher sets of independent noise (``teacher floor``);
+* ``fd``: FD-proxy to the teacher's samples from the **same** noise (fidelity to the teacher's map;
+  the earlier headline), ``rmse``: per-image RMS pixel error to the same-noise teacher sample;
+* ``fd_data``: FD-proxy to real images of the same captions;
+* ``alignment``, ``diversity``, ``hf_ratio`` as in ``proxy/classifier.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from proxy.classifier import evaluate, frechet_distance, load_classifier
+from proxy.data import all_labels
+from proxy.recipe import CLASSIFIER, TEACHER, TEACHER_SOLVER, TEACHER_STEPS
+from proxy.sampling import evaluation_set, teacher_samples
+from rayflow.atomic_write import atomic_path, write_json
+from training.models import load_base_model
+
+STEPS = (1, 2, 4, 8)
+METRICS = ("fd_indep", "fd", "fd_data", "rmse", "alignment", "diversity", "hf_ratio")
+LOWER_IS_BETTER = {"fd_indep": True, "fd": True, "fd_data": True, "rmse": True, "alignment": False}
+HEADLINE = "fd_indep"
+# the target-mean modes and eta of the Ray Target Mean comparison (README: when to use the node), on "ray"
+# (at eta 0 the probe changes nothing on the sigma path, docs/method.md 6.3, as the earlier 5-seed runs measured)
+RAY_MODES = (("noise", 0.0), ("noise", 1.0), ("probe4", 1.0))
+# the teacher at 1/2/4/8/25 steps; DPM-Solver++ also at 6 (12 model evaluations with CFG: the cost of a
+# 4-step student with a 4-step probe of the target mean)
+TEACHER_ROWS = [("teacher DDIM", "ddim", n) for n in STEPS + (25,)] + \
+               [("teacher DPM-Solver++", "dpmsolver++", n) for n in STEPS + (6, 25)]
+HELDOUT_SEED_BASE = 30_000_000      # the held-out set's noise seeds (the evaluation's start at 10_000_000)
+REFERENCE = (TEACHER_SOLVER, TEACHER_STEPS)      # the solver and steps of the phase-1 cache: the distillation target
+
+
+def mode_name(variant: str, mode: str, eta: float) -> str:
+    """Row name of a variant sampled with target-mean ``mode`` and ``eta`` (plain name for the default)."""
+    if (mode, eta) == ("noise", 0.0):
+        return variant
+    return f"{variant} [{mode}{'' if eta == 0 else f', eta {eta:g}'}]"
+
+
+
+class EvalSet:
+    """One set of evaluation images: captions ``labels`` ``[N, 4]``, noise ``seeds`` ``[N]``, real
+    images, and the teacher's samples from the same and from independent noise (with their features)."""
+
+    def __init__(self, name: str, labels, seeds, real, teacher, teacher_other, classifier):
+        self.name, self.labels, self.seeds, self.real = name, labels, seeds, real
+        self.teacher, self.teacher_other, self.classifier = teacher, teacher_other, classifier
+        with torch.no_grad():
+            self.f_teacher = classifier.features(teacher)
+            self.f_other = classifier.features(teacher_other)
+
+    @torch.no_grad()
+    def metrics(self, images: torch.Tensor) -> Dict[str, float]:
+        """Every metric of ``METRICS`` for ``images`` ``[N, 3, 16, 16]`` (same order as ``labels``)."""
+        base = evaluate(self.classifier, images, self.labels, self.real, self.labels)
+        features = self.classifier.features(images)
+        rmse = float((images - self.teacher).pow(2).flatten(1).mean(1).sqrt().mean())
+        return {"fd_indep": frechet_distance(features, self.f_other), "fd": frechet_distance(features, self.f_teacher),
+                "fd_data": base.pop("fd_proxy"), "rmse": rmse, **base}
+
+
+class Evaluation:
+    """The fixed evaluation of every job: teacher, classifier and the two sets (``eval`` and
+    ``heldout``), their references cached in ``<out>/reference.safetensors``."""
+
+    def __init__(self, out: str, eval_per_caption: int, data_seed: int):
+        self.model = load_base_model(TEACHER)
+        self.classifier = load_classifier(CLASSIFIER)
+        labels, seeds, real = evaluation_set(all_labels(), eval_per_caption, data_seed)
+        n = len(seeds)
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, "reference.safetensors")
+        ref = load_file(path) if os.path.isfile(path) else {}
+        solver, steps = REFERENCE
+        # independent noise: seeds disjoint from the set's own (and from the other set's)
+        wanted = {"teacher": seeds, "teacher_other": seeds + n,
+                  "heldout_teacher": HELDOUT_SEED_BASE + (seeds - seeds[0]),
+                  "heldout_teacher_other": HELDOUT_SEED_BASE + n + (seeds - seeds[0])}
+        missing = {k: v for k, v in wanted.items() if k not in ref}
+        for key, noise_seeds in missing.items():
+            ref[key] = teacher_samples(self.model, labels, noise_seeds, solver, steps)
+        if missing:
+            with atomic_path(path) as tmp:
+                save_file(ref, tmp)
+        # the held-out set's real images: another draw of the renderer (another data seed)
+        heldout_real = evaluation_set(all_labels(), eval_per_caption, data_seed + 1000)[2]
+        self.sets = {"eval": EvalSet("eval", labels, seeds, real, ref["teacher"], ref["teacher_other"], self.classifier),
+                     "heldout": EvalSet("heldout", labels, wanted["heldout_teacher"], heldout_real,
+                                        ref["heldout_teacher"], ref["heldout_teacher_other"], self.classifier)}
+
+def teacher_table(out: str, ev: Evaluation) -> Dict:
+    """The teacher's rows (no training seed: one value each), cached in ``<out>/teacher.json``."""
+    path = os.path.join(out, "teacher.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    es = ev.sets["eval"]
+    floor = es.metrics(es.teacher_other)     # the teacher vs the teacher from independent noise
+    rows: Dict[str, Dict] = {"teacher floor": {"25": {**floor, "fd_indep": floor["fd"], "nfe": 50}}}
+    for name, solver, n in TEACHER_ROWS:
+        rows.setdefault(name, {})[str(n)] = {**es.metrics(teacher_samples(ev.model, es.labels, es.seeds, solver, n)),
+                                            "nfe": 2 * n}
+    write_json(path, rows)
+    return rows

@@ -1,0 +1,163 @@
+"""The jobs of the multi-seed benchmark: one (training seed, variant) each, claimed with lock files.
+
+Each job trains its variant on the shared phase-1 cache (``bench.variants.distil``; its LoRA,
+snapshots and checkpoints lie in ``<out>/runs/seed<k>/``, so an interrupted job resumes from its
+checkpoint), evaluates it (``bench.evaluation``) and writes its record. Several processes on one
+``--out`` share the work: a job is claimed by creating its lock file, and a lock whose owner died is
+taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+from proxy.recipe import TEACHER
+from proxy.sampling import load_lora_unet
+from rayflow.atomic_write import write_json
+from training.distill import snapshot_path
+
+from .archive import archive_paths, archived_lora, finished, job_paths
+from .evaluation import RAY_MODES, STEPS, Evaluation, mode_name
+from .variants import PROXY_STEP, SNAPSHOT_EVERY, distil, is_lcm, lora_samples
+
+def claim(lock: str) -> bool:
+    """Take ``lock`` (a file holding the owner's pid); a lock whose owner is gone is taken over."""
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    pid = int(f.read().strip() or 0)
+                os.kill(pid, 0)
+                return False            # alive: someone else's job
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                try:
+                    os.remove(lock)     # stale: its owner died
+                except FileNotFoundError:
+                    pass
+            except PermissionError:
+                return False
+    return False
+
+
+def device_info() -> str:
+    """What a job ran on: the GPU's name, or the CPU's with torch's thread count."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+def sampling_modes(variant: str) -> Tuple[Tuple[str, float], ...]:
+    """The (target-mean mode, eta) pairs a variant's LoRA is evaluated with: every Ray arm at eta 0
+    and 1, ``ray`` also with the 4-step Theorem-1 probe; LCM-LoRA with its own sampler."""
+    if is_lcm(variant):
+        return (("noise", 0.0),)
+    return RAY_MODES if variant == "ray" else (("noise", 0.0), ("noise", 1.0))
+
+
+def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
+    """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set, every sampling
+    mode, 1/2/4/8 steps) and ``heldout`` (held-out set, the default mode), each
+    ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
+    unet = load_lora_unet(TEACHER, lora)
+    out: Dict[str, Dict] = {"rows": {}, "heldout": {}}
+    for key, modes in (("rows", sampling_modes(variant)), ("heldout", (("noise", 0.0),))):
+        es = ev.sets["eval" if key == "rows" else "heldout"]
+        for mode, eta in modes:
+            for n in STEPS:
+                imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta)
+                out[key].setdefault(mode_name(variant, mode, eta), {})[str(n)] = {**es.metrics(imgs), "nfe": nfe}
+    return out
+
+
+def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, final: Dict) -> Dict:
+    """Evaluation-set metrics at 1/2/4 steps of every snapshot of ``lora`` (every ``SNAPSHOT_EVERY``
+    training steps), and of the final LoRA (``final``: its rows at ``train_steps``)."""
+    es, curve = ev.sets["eval"], {}
+    for k in range(SNAPSHOT_EVERY, train_steps, SNAPSHOT_EVERY):
+        snap = snapshot_path(lora, k)
+        if os.path.isfile(snap):
+            unet = load_lora_unet(TEACHER, snap)
+            curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n)[0])
+                             for n in (1, 2, 4)}
+    curve[str(train_steps)] = {n: final[variant][n] for n in ("1", "2", "4")}
+    return curve
+
+
+def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
+    """Train ``variant`` with training seed ``seed`` (resuming its checkpoint), evaluate it and its
+    snapshots, and write its record ``<out>/runs/seed<k>/<variant>.json``."""
+    folder, result, _ = job_paths(args.out, seed, variant)
+    t0 = time.time()
+    path = distil(variant, folder, TEACHER, os.path.join(args.out, "prompts.txt"), args.train_steps,
+                  args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"))
+    seconds = time.time() - t0
+    metrics = evaluate_lora(ev, variant, path)
+    curve = training_curve(ev, variant, path, args.train_steps, metrics["rows"])
+    write_json(result, {"variant": variant, "train_seed": seed, "train_steps": args.train_steps,
+                        "distill_seconds": seconds, **metrics, "curve": curve, "device": device_info(),
+                        "proxy_step": PROXY_STEP, "lora": os.path.basename(path)})
+    print(f"[seed {seed}] {variant}: trained in {seconds:.0f} s; " + ", ".join(
+        f"{n} steps fd_indep {metrics['rows'][variant][str(n)]['fd_indep']:.1f}" for n in STEPS), flush=True)
+
+
+def jobs(args) -> List[tuple]:
+    """All (seed, variant) jobs, seed-major, so an interrupted run has whole seeds to pair."""
+    return [(s, v) for s in args.seeds for v in args.variants]
+
+
+def work(args, ev: Evaluation, summarise: Callable) -> None:
+    """Run every job not yet done and not claimed by another process, calling ``summarise(args)``
+    after each."""
+    for seed, variant in jobs(args):
+        _, result, lock = job_paths(args.out, seed, variant)
+        if finished(args, seed, variant) or not claim(lock):
+            continue
+        try:
+            if not finished(args, seed, variant):
+                run_job(args, ev, seed, variant)
+        finally:
+            os.remove(lock)
+        try:
+            summarise(args)
+        except Exception as exc:      # a summary that fails must not stop the jobs: their records are kept
+            print(f"warning: the summary failed after job (seed {seed}, {variant}): {type(exc).__name__}: {exc}",
+                  flush=True)
+
+
+def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
+    """Evaluate every archived job of ``args.seeds`` x ``args.variants`` at ``args.train_steps`` again
+    from its archived LoRA (no training), merge the metrics into its archived record (new metrics
+    are added, the curve is kept) and return ``(seed, variant, largest change of a metric that was
+    already archived)`` per job: 0.0 when the archive reproduces exactly."""
+    changes = []
+    for seed, variant in jobs(args):
+        record, _ = archive_paths(args, seed, variant)
+        lora = archived_lora(args, seed, variant)
+        if not (os.path.isfile(record) and os.path.isfile(lora)):
+            continue
+        with open(record, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("train_steps") != args.train_steps:
+            continue
+        new = evaluate_lora(ev, variant, lora)
+        change = max((abs(cell[m] - old[key][row][n][m]) for key in ("rows", "heldout") for row, cells in new[key].items()
+                      for n, cell in cells.items() for m in cell if m in old.get(key, {}).get(row, {}).get(n, {})),
+                     default=0.0)
+        write_json(record, {**old, **new, "reevaluated_on": device_info()})
+        changes.append((seed, variant, change))
+        print(f"[seed {seed}] {variant}: re-evaluated from {lora}; largest change of an archived metric {change:.3g}",
+              flush=True)
+    return changes
