@@ -58,9 +58,10 @@ def _index(out_dir: str, entries: dict) -> None:
         json.dump(entries, f, indent=2)
 
 
-def build_tiny_sd3(out_dir: str, seed: int = 0, layers: int = 2, qk_norm: bool = True) -> str:
-    """A tiny SD3-shaped folder (``qk_norm`` as in SD3.5): ``layers`` joint blocks of ``layers`` 64-wide
-    heads, CLIP-L + CLIP-G (with projections) + T5, shift 3."""
+def build_tiny_sd3(out_dir: str, seed: int = 0, layers: int = 2, qk_norm: bool = True, dual_attention: bool = False) -> str:
+    """A tiny SD3-shaped folder (``qk_norm`` as in SD3.5; ``dual_attention``: SD3.5 Medium's MMDiT-X
+    second attention in the first block): ``layers`` joint blocks of ``layers`` 64-wide heads, CLIP-L +
+    CLIP-G (with projections) + T5, shift 3."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     os.makedirs(out_dir, exist_ok=True)
@@ -71,7 +72,8 @@ def build_tiny_sd3(out_dir: str, seed: int = 0, layers: int = 2, qk_norm: bool =
     SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=layers, attention_head_dim=64,
                           num_attention_heads=layers, joint_attention_dim=T5, caption_projection_dim=64 * layers,
                           pooled_projection_dim=CLIP_L + CLIP_G, out_channels=16, pos_embed_max_size=16,
-                          qk_norm="rms_norm" if qk_norm else None).save_pretrained(os.path.join(out_dir, "transformer"))
+                          qk_norm="rms_norm" if qk_norm else None, dual_attention_layers=(0,) if dual_attention else ()
+                          ).save_pretrained(os.path.join(out_dir, "transformer"))
     _vae(out_dir, 0.0609, 1.5305)
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(os.path.join(out_dir, "scheduler"))
     _index(out_dir, {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"],

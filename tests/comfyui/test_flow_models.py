@@ -24,18 +24,20 @@ from extension import comfy_nodes, load_extension  # noqa: E402
 import tiny_flow  # noqa: E402
 from tiny_checkpoint import build_vae_state_dict  # noqa: E402
 
-FAMILIES = {"sd3": {}, "flux_dev": {"guidance": 3.5}, "flux_schnell": {}}
+FAMILIES = {"sd3": {}, "sd35_medium": {}, "flux_dev": {"guidance": 3.5}, "flux_schnell": {}}
+ARCH = {"sd35_medium": "sd3"}          # SD3.5 Medium (MMDiT-X dual attention) is an SD3-family LoRA
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """``{arch: (diffusers folder, LoRA path)}``: tiny SD3 / FLUX.1-dev / -schnell folders and a LoRA
+    """``{key: (diffusers folder, LoRA path)}``: tiny SD3 / SD3.5 Medium / FLUX.1-dev / -schnell folders and a LoRA
     that ``python -m training.distill`` made from each (2 prompts, 3 teacher steps, 2 LoRA steps)."""
     from training.tiny_flow import build_tiny_flux, build_tiny_sd3
 
     root = tmp_path_factory.mktemp("flow")
     (root / "prompts.txt").write_text("a red cat\na blue house\n")
-    builds = {"sd3": build_tiny_sd3, "flux_dev": build_tiny_flux, "flux_schnell": lambda d: build_tiny_flux(d, schnell=True)}
+    builds = {"sd3": build_tiny_sd3, "sd35_medium": lambda d: build_tiny_sd3(d, dual_attention=True),
+              "flux_dev": build_tiny_flux, "flux_schnell": lambda d: build_tiny_flux(d, schnell=True)}
     out = {}
     for arch, build in builds.items():
         folder, lora = build(str(root / arch)), str(root / f"rayflow-{arch}.safetensors")
@@ -102,6 +104,8 @@ def test_distilled_lora_applies_every_module_in_both_loaders_and_samples_an_imag
 
     with safe_open(path, "pt") as f:
         assert len(modules) == int(f.metadata()["rayflow.lora_modules"])
+    if arch == "sd35_medium":                     # the MMDiT-X second attention is adapted and mapped too
+        assert any(".attn2." in m for m in modules)
     # the stock LoraLoader's path (comfy.sd.load_lora_for_models) patches every module
     stock, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 1.0)
     assert _adapters(stock) - _adapters(model) == len(modules) > 0
@@ -109,7 +113,7 @@ def test_distilled_lora_applies_every_module_in_both_loaders_and_samples_an_imag
     (ray,) = _lora_loader(monkeypatch, path).execute(model, os.path.basename(path), 1.0)
     assert _adapters(ray) - _adapters(model) == len(modules)
     settings = ray.model_options["rayflow"]
-    assert settings["path"] == "flow" and settings["architecture"] == arch
+    assert settings["path"] == "flow" and settings["architecture"] == ARCH.get(arch, arch)
     assert settings["guidance"] == (3.5 if arch == "flux_dev" else None)
     # the RayFlow Sampler on the LoRA'd model, FLUX.1-dev's guidance through the stock FluxGuidance node
     cond = tiny_flow.conditioning(ray, seed=3)
