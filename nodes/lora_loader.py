@@ -14,7 +14,8 @@ import logging
 import os
 from typing import Optional
 
-from ..rayflow.lora_file import validate_lora
+from ..rayflow.lora_file import FORMS, validate_lora
+from ..rayflow.lora_header import FAMILIES
 from .lora_meta import LoraFileError, check_architecture, read_rayflow_metadata, sampler_settings
 
 
@@ -25,11 +26,12 @@ def lora_names():
     return [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
 
 
-def model_targets(model, key_map, pixart: bool):
-    """The weight shape of every model layer a RayFlow file may name (``lora_unet_*`` for the UNet,
-    ``transformer.*`` for PixArt), from ComfyUI's LoRA key map; None where the shape is unknown."""
+def model_targets(model, key_map, form: str):
+    """The weight shape of every model layer a RayFlow file of key ``form`` may name (kohya:
+    ``lora_unet_*`` for the UNets; diffusers: ``transformer.*`` for PixArt, SD3 and FLUX), from
+    ComfyUI's LoRA key map; None where the shape is unknown."""
     weights = model.state_dict()
-    prefix = "transformer." if pixart else "lora_unet_"
+    prefix = FORMS[form][0]
     targets = {}
     for key, to in key_map.items():
         if not key.startswith(prefix):
@@ -71,7 +73,7 @@ def load_lora(model, lora_name, strength, min_coverage=1.0):
     config_class = type(getattr(model.model, "model_config", None)).__name__
     check_architecture(name, meta["architecture"], config_class)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    info = validate_lora(path, model_targets(model.model, key_map, meta["architecture"].startswith("pixart")),
+    info = validate_lora(path, model_targets(model.model, key_map, FAMILIES[meta["architecture"]][1]),
                          min_coverage=min_coverage)
     try:
         patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(dict(info.tensors)), key_map)
@@ -84,7 +86,8 @@ def load_lora(model, lora_name, strength, min_coverage=1.0):
     out.add_patches(patches, strength)
     settings = sampler_settings(meta)
     out.model_options["rayflow"] = settings
-    logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s; %d of %d layers",
-                 name, settings["architecture"], settings["sigma"], settings["path"],
-                 settings["steps"], settings["cfg"], info.fitting, info.declared)
+    logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s%s; %d of %d layers",
+                 name, settings["architecture"], settings["sigma"], settings["path"], settings["steps"], settings["cfg"],
+                 "" if settings.get("guidance") is None else f", FluxGuidance {settings['guidance']:g}",
+                 info.fitting, info.declared)
     return out

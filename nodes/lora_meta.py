@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 # the file checks live in the torch-only kernels, shared with the trainer and training.check_lora
-from ..rayflow.lora_header import ARCH_NAMES, LoraFileError, read_header, read_metadata
+from ..rayflow.lora_header import ARCH_NAMES, DIFFUSION_NAMES, FAMILIES, LoraFileError, read_header, read_metadata
 
 # ComfyUI model-config class names (comfy.supported_models) -> our architecture ids
 COMFY_ARCH = {"SD15": "sd15", "SD20": "sd20", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner",
-              "PixArtAlpha": "pixart_alpha", "PixArtSigma": "pixart_sigma"}
+              "PixArtAlpha": "pixart_alpha", "PixArtSigma": "pixart_sigma", "SD3": "sd3", "Flux": "flux_dev",
+              "FluxSchnell": "flux_schnell"}
 
 __all__ = ["ARCH_NAMES", "COMFY_ARCH", "LoraFileError", "read_header", "read_rayflow_metadata",
            "check_architecture", "sampler_settings"]
@@ -30,12 +31,18 @@ def check_architecture(lora_name: str, lora_arch: str, model_config_class: Optio
     if model_arch == lora_arch:
         return
     model_label = ARCH_NAMES.get(model_arch or "", model_config_class or "an unknown model type")
-    raise LoraFileError(f"{lora_name} is a RayFlow LoRA for {ARCH_NAMES[lora_arch]}, but the loaded model is "
-                        f"{model_label}; load a {ARCH_NAMES[lora_arch]} checkpoint or a LoRA trained for {model_label}")
+    lora_kind = FAMILIES[lora_arch][2]
+    model_kind = FAMILIES[model_arch][2] if model_arch in FAMILIES else None
+    kinds = ("", "") if model_kind in (None, lora_kind) else \
+        (f" ({DIFFUSION_NAMES[lora_kind]})", f" ({DIFFUSION_NAMES[model_kind]})")
+    raise LoraFileError(f"{lora_name} is a RayFlow LoRA for {ARCH_NAMES[lora_arch]}{kinds[0]}, but the loaded model is "
+                        f"{model_label}{kinds[1]}; load a {ARCH_NAMES[lora_arch]} model or a LoRA trained for {model_label}")
 
 
 def sampler_settings(meta: Dict[str, str]) -> Dict:
-    """The settings the RayFlow Sampler takes from a loaded LoRA."""
+    """The settings the RayFlow Sampler takes from a loaded LoRA (``guidance``: FLUX.1-dev's
+    FluxGuidance value the LoRA was trained at, else None)."""
+    guidance = meta.get("recommended_guidance")
     return {"sigma": float(meta.get("sigma", "0.3")), "path": meta.get("path", "sigma"),
             "steps": int(meta.get("recommended_steps", "4")), "cfg": float(meta.get("recommended_cfg", "1.0")),
-            "architecture": meta["architecture"]}
+            "architecture": meta["architecture"], "guidance": None if guidance is None else float(guidance)}

@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..rayflow import RayProcess, estimate_target_mean, sample_ray_sigma
+from ..rayflow import EPS, FLOW, Interpolation, RayProcess, estimate_target_mean, sample_ray_sigma
 from .schedule import ray_sigmas_for
 
 DEFAULT_SIGMA = 0.3
@@ -24,15 +24,39 @@ def rayflow_settings(model_options: Optional[Dict]) -> Dict:
     return dict((model_options or {}).get("rayflow", {}))
 
 
-def resolve_process(model_options: Optional[Dict], sigma: float) -> RayProcess:
-    """``sigma = 0`` means: the LoRA's value (0.3 without a RayFlow LoRA). The path follows the LoRA."""
+def resolve_process(model_options: Optional[Dict], sigma: float, interpolation: Interpolation = EPS) -> RayProcess:
+    """``sigma = 0`` means: the LoRA's value (0.3 without a RayFlow LoRA). The path follows the LoRA; a
+    flow LoRA's path ("flow") is the Ray sigma path on the flow interpolation (docs/method.md eq. 10.2),
+    and it must meet a flow model (and a VP LoRA's path a VP model)."""
     settings = rayflow_settings(model_options)
     s = sigma if sigma > 0 else settings.get("sigma", DEFAULT_SIGMA)
-    return RayProcess(sigma=s, path=settings.get("path", "sigma"))
+    path = settings.get("path", "flow" if interpolation.name == "flow" else "sigma")
+    if (path == "flow") != (interpolation.name == "flow"):
+        raise ValueError(f"the RayFlow LoRA on this model was trained on the {path} path, but the model samples as "
+                         f"{'a flow-matching' if interpolation.name == 'flow' else 'an epsilon-prediction'} model; "
+                         f"use a RayFlow LoRA made for this model")
+    return RayProcess(sigma=s, path="sigma" if path == "flow" else path)
 
 
-def model_sigmas(model) -> torch.Tensor:
-    return model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+def interpolation_of(model_sampling) -> Interpolation:
+    """``FLOW`` for ComfyUI's CONST (rectified-flow) model sampling, ``EPS`` for the sigma-form ones."""
+    import comfy.model_sampling
+
+    return FLOW if isinstance(model_sampling, comfy.model_sampling.CONST) else EPS
+
+
+def _denoiser_interpolation(model) -> Interpolation:
+    """The interpolation of a k-diffusion sampler's model (``model.inner_model.inner_model.model_sampling``,
+    as ComfyUI's own samplers read it); ``EPS`` for a bare denoiser function."""
+    inner = getattr(getattr(model, "inner_model", None), "inner_model", None)
+    sampling = getattr(inner, "model_sampling", None)
+    return EPS if sampling is None else interpolation_of(sampling)
+
+
+def model_schedule(model):
+    """``(sigmas [T] float32 CPU, Interpolation)`` of a MODEL's own ``model_sampling``."""
+    sampling = model.get_model_object("model_sampling")
+    return sampling.sigmas.detach().float().cpu(), interpolation_of(sampling)
 
 
 def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, process=None, sigma=0.0,
@@ -45,8 +69,9 @@ def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     against the run's seed and latent shape and moved to the latent's device.
     """
     extra_args = {} if extra_args is None else extra_args
+    interpolation = _denoiser_interpolation(model)
     if process is None:
-        process = resolve_process(extra_args.get("model_options"), sigma)
+        process = resolve_process(extra_args.get("model_options"), sigma, interpolation)
     eps_mu = _target_tensor(ray_target, extra_args.get("seed"))
     if eps_mu is not None:
         if tuple(eps_mu.shape) != tuple(x.shape):
@@ -54,7 +79,7 @@ def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                              f"sampler's latents have shape {list(x.shape)}; run Ray Target Mean on the same latent")
         eps_mu = eps_mu.to(device=x.device, dtype=x.dtype)
     return sample_ray_sigma(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                            process=process, eps_mu=eps_mu, eta=eta)
+                            process=process, eps_mu=eps_mu, eta=eta, interpolation=interpolation)
 
 
 def ray_ksampler(sigma: float, eta: float, ray_target: Optional[Dict] = None):
@@ -85,7 +110,7 @@ def sample(model, seed, steps, cfg, positive, negative, latent_image, denoise, s
     latent = latent_image.copy()
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    sigmas = ray_sigmas_for(model_sigmas(model), steps, denoise)
+    sigmas = ray_sigmas(model, steps, denoise)
     if sigmas.numel() == 0:
         return latent
     _target_tensor(ray_target, seed)            # fail before sampling when the seeds differ
@@ -100,7 +125,8 @@ def sample(model, seed, steps, cfg, positive, negative, latent_image, denoise, s
 
 def ray_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
     """RayFlow Scheduler: Ray SIGMAS (trailing timesteps from the model's own schedule)."""
-    return ray_sigmas_for(model_sigmas(model), steps, denoise)
+    table, interpolation = model_schedule(model)
+    return ray_sigmas_for(table, steps, denoise, interpolation)
 
 
 def target_mean(model, seed, probe_steps, cfg, positive, negative, latent_image):
@@ -114,12 +140,14 @@ def target_mean(model, seed, probe_steps, cfg, positive, negative, latent_image)
     latent = latent_image.copy()
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    sigmas = ray_sigmas_for(model_sigmas(model), probe_steps, 1.0)
-    process = resolve_process(model.model_options, 0.0)
+    table, interpolation = model_schedule(model)
+    sigmas = ray_sigmas_for(table, probe_steps, 1.0, interpolation)
+    process = resolve_process(model.model_options, 0.0, interpolation)
     result = {}
 
     def probe(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None):
-        res = estimate_target_mean(model_k, x, sigmas_k, process, extra_args=extra_args, callback=callback)
+        res = estimate_target_mean(model_k, x, sigmas_k, process, extra_args=extra_args, callback=callback,
+                                   interpolation=interpolation)
         result["res"] = res
         return res.sample
 

@@ -158,7 +158,7 @@ LORA_LOADER = Node(
     "and cfg) to the RayFlow nodes. Refuses LoRAs made for another model family, and damaged, "
     "partial or no-op files.",
     inputs=(
-        Input("model", "MODEL", "The SD1.5 / SDXL / PixArt model the RayFlow LoRA was trained for."),
+        Input("model", "MODEL", "The SD1.5 / SDXL / PixArt / SD3.5 / FLUX.1 model the RayFlow LoRA was trained for."),
         Input("lora_name", "COMBO", "A RayFlow LoRA (.safetensors) from models/loras, as written by "
                                     "python -m training.distill.", choices=lora_names),
         Input("strength", "FLOAT", "LoRA strength. RayFlow LoRAs are trained for 1.0.",

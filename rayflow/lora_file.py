@@ -3,7 +3,8 @@ trainer's readers and ``python -m training.check_lora``.
 
 :func:`validate_lora` checks the header and metadata (:mod:`rayflow.lora_header`), that every LoRA
 module is complete (``lora_down``/``lora_up`` plus ``alpha`` in the kohya form, ``lora_A``/``lora_B``
-in the PixArt form) with no other tensor, floating dtypes, shapes consistent with each other and,
+in the diffusers form of PixArt, SD3 and FLUX) with no other tensor, floating dtypes, shapes
+consistent with each other and,
 given the model's layer shapes, with the target layer, finite values of sane magnitude, a positive
 scalar alpha, and that the file changes the model: it is refused when it patches nothing, or less
 than ``min_coverage`` of the layers it declares. Tensors are read only through ``safetensors``
@@ -19,7 +20,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
-from .lora_header import ARCH_NAMES, WEIGHT_DTYPES, LoraFileError, read_header, read_metadata
+from .lora_header import ARCH_NAMES, FAMILIES, WEIGHT_DTYPES, LoraFileError, read_header, read_metadata
 
 MAX_ABS = 1e4            # no trained LoRA weight comes near this; 1e38 or inf would wreck the model
 FORMS = {"kohya": ("lora_unet_", ".lora_down.weight", ".lora_up.weight"),
@@ -55,7 +56,10 @@ class LoraFile:
                  f"of {self.declared} declared, weights {'/'.join(self.dtypes)}",
                  f"  sigma {m['sigma']}, path {m['path']}, recipe {m.get('recipe', 'ray')}, preset {m.get('preset', '-')}, "
                  f"schedule {m.get('schedule', '-')}, trained {m.get('train_steps', '?')} steps",
-                 f"  recommended: {m['recommended_steps']} steps, cfg {m['recommended_cfg']}, target mean {m.get('target_mean', 'noise')}"]
+                 f"  recommended: {m['recommended_steps']} steps, cfg {m['recommended_cfg']}, target mean {m.get('target_mean', 'noise')}"
+                 + (f", FluxGuidance {m['recommended_guidance']}" if "recommended_guidance" in m else "")]
+        if "shift" in m:
+            lines.append(f"  flow schedule: shift {m['shift']} at {m.get('resolution', '?')} px")
         if self.fitting is not None:
             lines.append(f"  patches {self.fitting} of the model's {self.model_layers} target layers "
                          f"({100 * self.coverage:.0f}% of the declared modules)")
@@ -163,7 +167,7 @@ def validate_lora(path: str, targets: Optional[Mapping[str, Sequence[int]]] = No
     header = read_header(path)
     meta = read_metadata(path, header) if require_rayflow or _is_rayflow(header) else {}
     index = {k: v for k, v in header.items() if k != "__metadata__"}
-    form = "diffusers" if meta.get("architecture", "").startswith("pixart") else "kohya"
+    form = FAMILIES[meta["architecture"]][1]
     modules = _group(name, index, form)
     for key, entry in index.items():
         if entry["dtype"] not in WEIGHT_DTYPES:

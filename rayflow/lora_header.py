@@ -18,7 +18,14 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024     # a rank-128 SDXL LoRA's index is well u
 MAX_METADATA_KEYS = 256
 MAX_VALUE_CHARS = 1024
 FORMAT_VERSIONS = ("1",)
-ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "pixart_alpha": "PixArt-alpha", "pixart_sigma": "PixArt-sigma"}
+# architecture id -> (display name, LoRA key form of docs/lora-format.md, diffusion: "vp" epsilon models or
+# "flow" rectified-flow models, docs/method.md section 10)
+FAMILIES = {"sd15": ("SD1.5", "kohya", "vp"), "sdxl": ("SDXL", "kohya", "vp"),
+            "pixart_alpha": ("PixArt-alpha", "diffusers", "vp"), "pixart_sigma": ("PixArt-sigma", "diffusers", "vp"),
+            "sd3": ("SD3 / SD3.5", "diffusers", "flow"), "flux_dev": ("FLUX.1-dev", "diffusers", "flow"),
+            "flux_schnell": ("FLUX.1-schnell", "diffusers", "flow")}
+ARCH_NAMES = {arch: name for arch, (name, _, _) in FAMILIES.items()}
+DIFFUSION_NAMES = {"vp": "an epsilon-prediction (VP) model", "flow": "a flow-matching model"}
 # safetensors dtype names -> bytes per element; only the first four are LoRA weight dtypes (ComfyUI
 # casts every LoRA weight to float32 before patching, so float64 applies like the others)
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
@@ -61,8 +68,11 @@ SCHEMA: Dict[str, Callable[[str], object]] = {
     "format": _choice(*FORMAT_VERSIONS),
     "architecture": _choice(*ARCH_NAMES),
     "sigma": _number(0, 10, low_open=True),
-    "path": _choice("sigma", "linear"),
-    "schedule": _choice("scaled_linear", "linear"),
+    "path": _choice("sigma", "linear", "flow"),
+    "schedule": _choice("scaled_linear", "linear", "flow"),
+    "shift": _number(0, 1e4, low_open=True),
+    "resolution": _number(8, 100_000, integer=True),
+    "recommended_guidance": _number(0, 100),
     "num_train_timesteps": _number(2, 100_000, integer=True),
     "target_mean": _target_mean,
     "recommended_steps": _number(*STEPS_RANGE, integer=True),
@@ -182,4 +192,10 @@ def read_metadata(path: str, header: Dict = None) -> Dict[str, str]:
             except ValueError as exc:
                 raise LoraFileError(f"{name} has malformed RayFlow metadata: rayflow.{key} = {out[key]!r} "
                                     f"{str(exc) if str(exc).startswith('must') else 'is not a number'}") from None
+    flow_arch = FAMILIES[out["architecture"]][2] == "flow"
+    if flow_arch and "rayflow.path" not in meta:
+        out["path"] = "flow"                     # a flow family's only Ray path (docs/method.md eq. 10.2)
+    if (out["path"] == "flow") != flow_arch:
+        raise LoraFileError(f"{name} has malformed RayFlow metadata: rayflow.path = {out['path']!r} does not fit "
+                            f"{ARCH_NAMES[out['architecture']]}, {DIFFUSION_NAMES[FAMILIES[out['architecture']][2]]}")
     return out

@@ -57,12 +57,15 @@ def per_sample(c: Alpha, like: torch.Tensor) -> torch.Tensor:
     return c.to(like.device)
 
 
-def _check_alpha(name: str, a: Alpha, allow_one: bool = False) -> torch.Tensor:
+def _check_alpha(name: str, a: Alpha, allow_one: bool = False, allow_zero: bool = True) -> torch.Tensor:
+    """``a`` as float64 after checking its range. ``a = 0`` (pure noise: the flow path's ``t = 1``,
+    eq. 10.3) is a level of every form that does not divide by ``sqrt(a)``; ``allow_zero=False`` where
+    one does (eq. 4.3, 7.2)."""
     t = torch.as_tensor(a).detach().to("cpu", torch.float64)
     check_finite(name, t)
-    ok = (t > 0) & ((t <= 1) if allow_one else (t < 1))
+    ok = ((t >= 0) if allow_zero else (t > 0)) & ((t <= 1) if allow_one else (t < 1))
     if not bool(ok.all()):
-        rng = "(0, 1]" if allow_one else "(0, 1)"
+        rng = ("[0" if allow_zero else "(0") + (", 1]" if allow_one else ", 1)")
         raise ValueError(f"{name} (alpha_bar) must be in {rng}, got values in [{float(t.min())}, {float(t.max())}]")
     return t
 
@@ -249,7 +252,7 @@ class RayProcess:
         makes the prediction at the last timestep, the whole of a one-step sample, count at its
         image-space size.
         """
-        a = _check_alpha("a", a)
+        a = _check_alpha("a", a, allow_zero=False)
         if weighting == "eps":
             return torch.ones_like(a)
         if weighting == "truncated-snr":
@@ -261,7 +264,7 @@ class RayProcess:
         """``x0 = (x_t - sqrt(1 - a) n) / sqrt(a)`` (eq. 4.3), the same formula the base model's
         epsilon parameterisation (and ComfyUI's EPS wrapper) uses."""
         check_same_shape(("x_t", "eps_pred"), x_t, eps_pred)
-        a = _check_alpha("a", a)
+        a = _check_alpha("a", a, allow_zero=False)
         dt = compute_dtype(x_t)
         out = (x_t.to(dt) - per_sample((1.0 - a).sqrt(), x_t) * eps_pred.to(dt)) / per_sample(a.sqrt(), x_t)
         return out.to(x_t.dtype)

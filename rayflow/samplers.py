@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from .process import RayProcess, compute_dtype, per_sample
-from .schedule import NoiseSchedule, alpha_bar_from_sigma
+from .schedule import EPS, Interpolation, NoiseSchedule, alpha_bar_from_sigma
 from .validation import check_finite, check_same_shape, check_scalar
 
 try:  # a progress bar where tqdm exists (ComfyUI and diffusers both ship it)
@@ -107,37 +107,40 @@ def sample_ray_onestep(eps_model: EpsModel, x: torch.Tensor, schedule: NoiseSche
 
 
 # ----------------------------------------------------------------------------- sigma form
-def vp_start_mean(x: torch.Tensor, sigma0: torch.Tensor) -> torch.Tensor:
-    """The VP point ``x / sqrt(1 + sigma0^2)`` of a sigma-space start: for ComfyUI text-to-image
-    this is exactly the seeded noise. Used as the zero-cost target mean ("noise" mode)."""
-    a0 = alpha_bar_from_sigma(torch.as_tensor(sigma0).detach().cpu())
-    return (x.to(compute_dtype(x)) * float(a0.sqrt())).to(x.dtype)
+def vp_start_mean(x: torch.Tensor, sigma0: torch.Tensor, interpolation: Interpolation = EPS) -> torch.Tensor:
+    """The VP point ``x / vp_scale(sigma0)`` of a start in ``interpolation``'s space: for ComfyUI
+    text-to-image this is exactly the seeded noise (``x / sqrt(1 + sigma0^2)`` for eps models, ``x``
+    itself at ``t = 1`` for flow models). Used as the zero-cost target mean ("noise" mode)."""
+    scale = interpolation.vp_scale(torch.as_tensor(sigma0).detach().cpu())
+    return (x.to(compute_dtype(x)) / float(scale)).to(x.dtype)
 
 
 @torch.no_grad()
 def sample_ray_sigma(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
                      callback=None, disable: Optional[bool] = None, process: Optional[RayProcess] = None,
                      eps_mu: Optional[torch.Tensor] = None, eta: float = 0.0,
-                     noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
-    """Algorithm 2 in sigma form, with a k-diffusion sampler's signature (``KSAMPLER``-ready).
+                     noise_sampler: Optional[NoiseSampler] = None,
+                     interpolation: Interpolation = EPS) -> torch.Tensor:
+    """Algorithm 2 over a denoiser, with a k-diffusion sampler's signature (``KSAMPLER``-ready).
 
-    With ``m(s)`` the ray offset of :meth:`RayProcess.sigma_offset` each step is (eq. 6.3)::
-
-        x0   = model(x, s_i)
-        e    = (x - x0 - m(s_i) eps_mu) / s_i          # sigma * eps currently in x
-        x'   = x0 + m(s_{i+1}) eps_mu + s_down e + sigma * s_up * noise
-
-    where ``(s_down, s_up)`` split ``s_{i+1}`` as in ancestral sampling (``eta = 0``: ``s_down =
-    s_{i+1}``, no noise). Sampling with one step (``sigmas = [s_max, 0]``) is Algorithm 3.
+    ``x`` and ``sigmas`` live in ``interpolation``'s space (``EPS``: ``x = x0 + s n``, eq. 1.2;
+    ``FLOW``: ``x = (1 - t) x0 + t n``, eq. 10.1), which is the VP point scaled by ``vp_scale(s)``.
+    Each step maps ``x`` to the VP point, takes the Ray backward step (eq. 3.3,
+    :meth:`RayProcess.backward_step`) from ``a(s_i)`` to ``a(s_{i+1})`` with ``x0 = model(x, s_i)``,
+    and maps back (eq. 6.3, 10.5); the final step to ``s = 0`` returns the denoised sample. In the
+    eps space this is eq. 6.3's sigma-form step; ``eta = 0`` on the sigma path is DDIM / flow Euler
+    ``x' = x0 + (s_{i+1} / s_i)(x - x0)`` (``mu`` cancels). Sampling with one step (``sigmas =
+    [s_max, 0]``) is Algorithm 3.
 
     Args:
         model: ``(x [B, ...], sigma [B], **extra_args) -> x0 [B, ...]``.
-        x: start point in sigma space ``[B, ...]``.
-        sigmas: ``[N + 1]`` decreasing, ``> 0`` except a final ``0``.
+        x: start point ``[B, ...]`` in ``interpolation``'s space.
+        sigmas: ``[N + 1]`` decreasing, ``> 0`` except a final ``0`` (flow: at most 1).
         process: the Ray process (variance coefficient and path); default ``RayProcess()``.
         eps_mu: target mean ``[B, ...]`` in VP noise units; ``None`` uses :func:`vp_start_mean`.
         eta: stochasticity in [0, 1]. noise_sampler: ``(s, s_next) -> noise``; default seeded
             from ``extra_args["seed"]``.
+        interpolation: :data:`rayflow.schedule.EPS` or :data:`rayflow.schedule.FLOW`.
     """
     extra_args = {} if extra_args is None else extra_args
     process = RayProcess() if process is None else process
@@ -151,28 +154,26 @@ def sample_ray_sigma(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: O
         raise ValueError("sigmas must be > 0 except the last entry, which must be >= 0")
     if not bool((sig[1:] < sig[:-1]).all()):
         raise ValueError("sigmas must be strictly decreasing")
+    if interpolation.name == "flow" and float(sig[0]) > 1:
+        raise ValueError(f"flow noise levels must be at most 1, got sigmas[0] = {float(sig[0]):.6g}")
     if eps_mu is None:
-        eps_mu = vp_start_mean(x, sig[0])
+        eps_mu = vp_start_mean(x, sig[0], interpolation)
     if eta > 0 and noise_sampler is None:
         noise_sampler = seeded_noise_sampler(x, extra_args.get("seed"))
     dt = compute_dtype(x)
-    mu = eps_mu.to(dt)
+    a_all, scale = interpolation.alpha_bar(sig), interpolation.vp_scale(sig)
     s_in = x.new_ones([x.shape[0]])
     for i in trange(sig.numel() - 1, disable=disable):
-        s, s_next = sig[i], sig[i + 1]
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        if float(s_next) == 0.0:
+        if float(sig[i + 1]) == 0.0:
             x = denoised
             continue
-        s_up = (eta * (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2).sqrt()).clamp(max=s_next)
-        s_down = (s_next ** 2 - s_up ** 2).sqrt()
-        e = (x.to(dt) - denoised.to(dt) - float(process.sigma_offset(s)) * mu) / float(s)
-        x_next = denoised.to(dt) + float(process.sigma_offset(s_next)) * mu + float(s_down) * e
-        if eta > 0:
-            x_next = x_next + float(process.sigma * s_up) * noise_sampler(sigmas[i], sigmas[i + 1]).to(dt)
-        x = x_next.to(x.dtype)
+        noise = noise_sampler(sigmas[i], sigmas[i + 1]) if eta > 0 else None
+        x_vp = (x.to(dt) / float(scale[i])).to(x.dtype)
+        x_vp = process.backward_step(x_vp, denoised.to(x.dtype), eps_mu.to(x.dtype), a_all[i], a_all[i + 1], eta, noise)
+        x = (x_vp.to(dt) * float(scale[i + 1])).to(x.dtype)
     return x
 
 

@@ -1,15 +1,18 @@
-"""Noise schedules: the base model's ``alpha_bar`` table and the Ray timestep schedules.
+"""Noise schedules: the base model's noise levels and the Ray timestep schedules.
 
 A :class:`NoiseSchedule` wraps the cumulative product ``alpha_bar[t]`` (t = 0..T-1) of a pretrained
 epsilon-prediction model. It is built from the model itself (betas, an ``alphas_cumprod`` table or
 ComfyUI's ``model_sampling.sigmas``), never hard-coded. All schedule math runs in float64 and
-results are cast to the caller's dtype at the end.
+results are cast to the caller's dtype at the end. The flow-matching counterpart,
+:class:`rayflow.flow.FlowSchedule`, shares the Ray timesteps and the :class:`Interpolation` interface.
 
-Conventions (see ``docs/method.md``, section 1):
+Conventions (see ``docs/method.md``, sections 1 and 10):
 
 * VP form: ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) n`` with ``a_t = alpha_bar[t]``.
 * sigma form (ComfyUI / k-diffusion): ``x = x_t / sqrt(a_t)``, ``sigma_t = sqrt((1 - a_t) / a_t)``,
   so ``a = 1 / (1 + sigma^2)``.
+* flow form (ComfyUI's CONST models, SD3 / FLUX): ``x = (1 - t) x0 + t n`` with the noise level
+  ``t`` in (0, 1].
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import check_finite, check_int, check_scalar
+from .validation import check_finite, check_int
 
 
 def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
@@ -34,7 +37,96 @@ def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class NoiseSchedule:
+class Interpolation:
+    """How a ComfyUI / k-diffusion noise level ``s`` places a point: ``x = alpha(s) x0 + beta(s) n``.
+
+    ``"eps"``: the sigma form, ``alpha = 1, beta = s`` (eq. 1.2; ComfyUI's EPS models).
+    ``"flow"``: the rectified-flow form, ``alpha = 1 - s, beta = s`` (eq. 10.1; ComfyUI's CONST models).
+    Both are rescalings of the VP point ``x_vp = sqrt(a) x0 + sqrt(1 - a) n`` (eq. 1.1, 10.3):
+    ``x = vp_scale(s) x_vp`` with ``a = alpha_bar(s)``, which is how the samplers share the VP kernels.
+    Coefficients are float64 tensors of ``s``'s shape.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in ("eps", "flow"):
+            raise ValueError(f"interpolation must be 'eps' or 'flow', got {self.name!r}")
+
+    def coefficients(self, s) -> "tuple[torch.Tensor, torch.Tensor]":
+        """``(alpha(s), beta(s))``: the weights of ``x0`` and of the noise in ``x`` (float64)."""
+        s = torch.as_tensor(s).detach().to("cpu", torch.float64)
+        return (torch.ones_like(s), s) if self.name == "eps" else (1.0 - s, s)
+
+    def alpha_bar(self, s) -> torch.Tensor:
+        """The VP level ``a = alpha^2 / (alpha^2 + beta^2)`` of noise level ``s`` (eq. 1.2, 10.3):
+        ``1 / (1 + s^2)`` for eps, ``(1 - t)^2 / ((1 - t)^2 + t^2)`` for flow (0 at ``t = 1``)."""
+        al, be = self.coefficients(s)
+        return al * al / (al * al + be * be)
+
+    def vp_scale(self, s) -> torch.Tensor:
+        """``sqrt(alpha^2 + beta^2)``: ``x = vp_scale(s) * x_vp`` (eq. 10.3); 1 at ``s = 0``."""
+        al, be = self.coefficients(s)
+        return (al * al + be * be).sqrt()
+
+
+EPS = Interpolation("eps")
+FLOW = Interpolation("flow")
+
+
+def trailing_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """Integer timesteps ``[steps]``, descending, of an N-step Ray sampler over a table of ``T`` levels.
+
+    "Trailing" spacing: ``t_i = round(T - i T / N) - 1`` for i = 0..N-1, so every schedule starts at
+    the last timestep ``T - 1`` (Algorithm 3's one-step case is ``[T - 1]``).
+    """
+    n = check_int("steps", steps, 1, num_timesteps)
+    T = float(num_timesteps)
+    # the increment is formed as (T - T/n) - T, as numpy.arange does, so that ties at .5 round
+    # exactly as diffusers' ``timestep_spacing="trailing"`` (and the LCM/TCD schedulers) do
+    delta = torch.tensor(T - T / n, dtype=torch.float64) - T
+    i = torch.arange(n, dtype=torch.float64)
+    return (torch.round(T + i * delta) - 1).long()
+
+
+class RaySchedule:
+    """What the VP and the flow schedules share: a table ``sigmas[t]`` (t = 0..T-1, increasing) of the
+    model's noise levels in the space of ``interpolation``, a ``sigma_at`` lookup, and from these the
+    Ray timesteps, the Ray SIGMAS and the VP level ``alpha_bar(t)`` that the Ray process uses."""
+
+    interpolation: Interpolation = EPS
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.sigmas.numel())
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """The VP level ``alpha_bar`` at integer or fractional timesteps ``t`` (any shape), float64.
+        Raises ``ValueError`` when ``t`` lies outside ``[0, T-1]``."""
+        return self.interpolation.alpha_bar(self.sigma_at(t))
+
+    def ray_timesteps(self, steps: int) -> torch.Tensor:
+        """Integer timesteps ``[steps]`` for an N-step Ray sampler, descending (:func:`trailing_timesteps`)."""
+        return trailing_timesteps(self.num_timesteps, steps)
+
+    def ray_sigmas(self, steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Noise-level schedule ``[steps + 1]`` for the ComfyUI sampler: the levels of
+        :meth:`ray_timesteps` followed by a final ``0`` (the clean sample)."""
+        s = self.sigmas[self.ray_timesteps(steps)]
+        return torch.cat([s, s.new_zeros(1)]).to(dtype)
+
+    def _check_t(self, t) -> torch.Tensor:
+        tt = torch.as_tensor(t).detach().to("cpu", torch.float64)
+        check_finite("t", tt)
+        T = self.num_timesteps
+        if bool(((tt < 0) | (tt > T - 1)).any()):
+            raise ValueError(f"timestep t must be in [0, {T - 1}], got values in "
+                             f"[{float(tt.min())}, {float(tt.max())}]")
+        return tt
+
+
+@dataclass(frozen=True)
+class NoiseSchedule(RaySchedule):
     """The discrete VP schedule of a pretrained model.
 
     Attributes:
@@ -101,10 +193,6 @@ class NoiseSchedule:
 
     # ----------------------------------------------------------------- lookups
     @property
-    def num_timesteps(self) -> int:
-        return int(self.alphas_cumprod.numel())
-
-    @property
     def betas(self) -> torch.Tensor:
         """Per-step ``beta_t = 1 - alpha_bar[t] / alpha_bar[t - 1]`` ``[T]`` (float64), the inverse of
         :meth:`from_betas` (what diffusers schedulers take as ``trained_betas``)."""
@@ -116,22 +204,10 @@ class NoiseSchedule:
         """Sigma-space noise levels ``[T]`` (float64), increasing with t."""
         return sigma_from_alpha_bar(self.alphas_cumprod)
 
-    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        """``alpha_bar`` at integer or fractional timesteps ``t`` (any shape), float64.
-
-        Fractional timesteps interpolate linearly in log-sigma, as k-diffusion does. Raises
-        ``ValueError`` when ``t`` lies outside ``[0, T-1]``.
-        """
-        return alpha_bar_from_sigma(self.sigma_at(t))
-
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
         """Sigma-space noise level at timesteps ``t`` (float64 on the CPU, shape of ``t``)."""
-        tt = torch.as_tensor(t).detach().to("cpu", torch.float64)
-        check_finite("t", tt)
+        tt = self._check_t(t)
         T = self.num_timesteps
-        if bool(((tt < 0) | (tt > T - 1)).any()):
-            raise ValueError(f"timestep t must be in [0, {T - 1}], got values in "
-                             f"[{float(tt.min())}, {float(tt.max())}]")
         log_sigmas = self.sigmas.log()
         lo = tt.floor().long().clamp(0, T - 2)
         w = tt - lo
@@ -160,24 +236,3 @@ class NoiseSchedule:
         t = lo.to(torch.float64) + w
         # sigmas taken from the table map back to exact integer timesteps
         return torch.where((t - t.round()).abs() < 1e-6, t.round(), t)
-
-    # ----------------------------------------------------------------- Ray schedules
-    def ray_timesteps(self, steps: int) -> torch.Tensor:
-        """Integer timesteps ``[steps]`` for an N-step Ray sampler, descending.
-
-        "Trailing" spacing: ``t_i = round(T - i T / N) - 1`` for i = 0..N-1, so every schedule
-        starts at the last timestep ``T - 1`` (Algorithm 3's one-step case is ``[T - 1]``).
-        """
-        n = check_int("steps", steps, 1, self.num_timesteps)
-        T = float(self.num_timesteps)
-        # the increment is formed as (T - T/n) - T, as numpy.arange does, so that ties at .5 round
-        # exactly as diffusers' ``timestep_spacing="trailing"`` (and the LCM/TCD schedulers) do
-        delta = torch.tensor(T - T / n, dtype=torch.float64) - T
-        i = torch.arange(n, dtype=torch.float64)
-        return (torch.round(T + i * delta) - 1).long()
-
-    def ray_sigmas(self, steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Sigma-space schedule ``[steps + 1]`` for the ComfyUI sampler: the noise levels of
-        :meth:`ray_timesteps` followed by a final ``0`` (the clean sample)."""
-        s = self.sigmas[self.ray_timesteps(steps)]
-        return torch.cat([s, s.new_zeros(1)]).to(dtype)

@@ -15,7 +15,7 @@ import torch
 
 from .process import RayProcess, compute_dtype
 from .samplers import denoiser_from_eps
-from .schedule import NoiseSchedule, alpha_bar_from_sigma
+from .schedule import EPS, Interpolation, NoiseSchedule, alpha_bar_from_sigma
 from .validation import check_finite, check_int
 
 
@@ -40,14 +40,20 @@ class TargetMean:
 @torch.no_grad()
 def estimate_target_mean(model, x: torch.Tensor, sigmas: torch.Tensor, process: Optional[RayProcess] = None,
                          extra_args: Optional[dict] = None,
-                         callback: Optional[Callable[[dict], None]] = None) -> TargetMean:
-    """Probe the trajectory from ``x`` over ``sigmas`` and apply Theorem 1 (sigma form).
+                         callback: Optional[Callable[[dict], None]] = None,
+                         interpolation: Interpolation = EPS) -> TargetMean:
+    """Probe the trajectory from ``x`` over ``sigmas`` and apply Theorem 1.
+
+    At every probe point the attributed noise is ``n = (x - alpha(s) x0) / beta(s)`` in
+    ``interpolation``'s space (eq. 1.3; flow: ``x + (1 - t) v``, eq. 10.4, 10.6), and the next point is
+    the deterministic step ``alpha(s') x0 + beta(s') n`` (DDIM / flow Euler).
 
     Args:
-        model: sigma-space denoiser ``(x [B, ...], sigma [B], **extra_args) -> x0``.
-        x: start point in sigma space ``[B, ...]`` (ComfyUI: the scaled seeded noise).
+        model: denoiser ``(x [B, ...], sigma [B], **extra_args) -> x0``.
+        x: start point ``[B, ...]`` in ``interpolation``'s space (ComfyUI: the scaled seeded noise).
         sigmas: probe schedule ``[P + 1]``, decreasing, ending in 0 (P probe evaluations).
         process: supplies the path coefficients ``c(a)``; default ``RayProcess()``.
+        interpolation: :data:`rayflow.schedule.EPS` (sigma form) or :data:`rayflow.schedule.FLOW`.
     Returns:
         :class:`TargetMean` with ``eps_mu`` in ``x``'s dtype.
     """
@@ -60,14 +66,15 @@ def estimate_target_mean(model, x: torch.Tensor, sigmas: torch.Tensor, process: 
     dt = compute_dtype(x)
     s_in = x.new_ones([x.shape[0]])
     preds, alphas = [], []
+    al, be = interpolation.coefficients(sig)
     for i in range(sig.numel() - 1):
         denoised = model(x, torch.as_tensor(sigmas)[i] * s_in, **extra_args)
-        eps = (x.to(dt) - denoised.to(dt)) / float(sig[i])          # VP noise prediction (eq. 1.3)
+        eps = (x.to(dt) - float(al[i]) * denoised.to(dt)) / float(be[i])     # attributed noise (eq. 1.3, 10.4)
         preds.append(eps)
-        alphas.append(alpha_bar_from_sigma(sig[i]))
+        alphas.append(interpolation.alpha_bar(sig[i]))
         if callback is not None:
             callback({"i": i, "x": x, "denoised": denoised})
-        x = (denoised.to(dt) + float(sig[i + 1]) * eps).to(x.dtype)  # DDIM / Euler step
+        x = (float(al[i + 1]) * denoised.to(dt) + float(be[i + 1]) * eps).to(x.dtype)  # DDIM / Euler step
     eps_mu, spread = process.theorem1(torch.stack(preds), torch.stack(alphas))
     return TargetMean(eps_mu=eps_mu.to(x.dtype), sigma=spread, nfe=len(preds), sample=x)
 

@@ -3,6 +3,7 @@
 import torch
 
 from training.config import DistillConfig
+from training.flow_family import FAMILIES as FLOW_FAMILIES
 from training.models import load_base_model
 from training.trainer import add_lora
 
@@ -15,8 +16,10 @@ def random_lora_model(path: str, arch: str, seed: int):
     from peft import get_peft_model_state_dict
 
     cfg = DistillConfig(model=path, prompts="p.txt", output="o.safetensors", lora_rank=RANK, lora_alpha=ALPHA)
-    model = load_base_model(path)
-    add_lora(model.unet, cfg, pixart=arch.startswith("pixart"))
+    model = load_base_model(path, resolution=64)         # a flow schedule needs a size; the tiny SD ones ignore it
+    if arch in FLOW_FAMILIES:
+        cfg.lora_targets = FLOW_FAMILIES[arch].defaults["lora_targets"]
+    add_lora(model.unet, cfg, blocks=model.lora_blocks, exclude=model.lora_exclude)
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.unet.named_parameters():

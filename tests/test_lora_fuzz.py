@@ -115,8 +115,10 @@ def mutants(base: bytes, rng: random.Random):
         h["__metadata__"] = meta_value
         yield f"metadata-table={meta_value}", REFUSE, _join(h, body)
     bad_values = {
-        "rayflow.format": ["99", "", "1.0", "2"], "rayflow.architecture": ["sd3", "", "SD15"],
-        "rayflow.sigma": ["nan", "inf", "-1", "0", "abc", "", "11"], "rayflow.path": ["ray", ""],
+        "rayflow.format": ["99", "", "1.0", "2"], "rayflow.architecture": ["flux2", "", "SD15"],
+        "rayflow.sigma": ["nan", "inf", "-1", "0", "abc", "", "11"], "rayflow.path": ["ray", "", "flow"],
+        "rayflow.shift": ["0", "-1", "nan", "x"], "rayflow.recommended_guidance": ["-1", "nan", "1e9"],
+        "rayflow.resolution": ["4", "x", "512.5"],
         "rayflow.recommended_steps": ["0", "100", "4.5", "-1", "nan"],
         "rayflow.recommended_cfg": ["nan", "inf", "-5", "abc", "1e9"],
         "rayflow.schedule": ["cosine", ""], "rayflow.recipe": ["magic"], "rayflow.target_mean": ["probe:0", "mean", "probe:x"],

@@ -3,6 +3,7 @@ LoRA metadata and name checks, schedules, sampler glue."""
 
 import ast
 import inspect
+import math
 import os
 
 import pytest
@@ -130,7 +131,19 @@ def test_metadata_round_trip_and_sampler_settings(tmp_path):
     meta = lora_meta.read_rayflow_metadata(_lora(tmp_path / "a.safetensors", GOOD))
     assert meta["architecture"] == "sd15"
     assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0,
-                                                "architecture": "sd15"}
+                                                "architecture": "sd15", "guidance": None}
+    flux = {**GOOD, "rayflow.architecture": "flux_dev", "rayflow.recommended_guidance": "3.5", "rayflow.shift": "3.16"}
+    del flux["rayflow.path"]                  # a flow family's path defaults to "flow"
+    meta = lora_meta.read_rayflow_metadata(_lora(tmp_path / "f.safetensors", flux))
+    assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "flow", "steps": 4, "cfg": 1.0,
+                                                "architecture": "flux_dev", "guidance": 3.5}
+
+
+@pytest.mark.parametrize("arch, path", [("sd3", "sigma"), ("flux_schnell", "linear"), ("sdxl", "flow")])
+def test_a_path_that_does_not_fit_the_family_is_malformed_metadata(tmp_path, arch, path):
+    meta = {**GOOD, "rayflow.architecture": arch, "rayflow.path": path}
+    with pytest.raises(lora_meta.LoraFileError, match=f"rayflow.path = '{path}' does not fit"):
+        lora_meta.read_rayflow_metadata(_lora(tmp_path / "x.safetensors", meta))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -138,7 +151,7 @@ def test_metadata_round_trip_and_sampler_settings(tmp_path):
     (lambda p: _lora(p, GOOD, keys=("model.diffusion_model.w",)), "is not a LoRA (no LoRA weights inside)"),
     (lambda p: _raw(p, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}12345678"), "is corrupt or not a safetensors file"),
     (lambda p: _raw(p, b"abc"), "is corrupt or not a safetensors file"),
-    (lambda p: _lora(p, {**GOOD, "rayflow.architecture": "sd3"}), "names an unknown architecture 'sd3'"),
+    (lambda p: _lora(p, {**GOOD, "rayflow.architecture": "flux2"}), "names an unknown architecture 'flux2'"),
     (lambda p: _lora(p, {**GOOD, "rayflow.sigma": "abc"}), "malformed RayFlow metadata"),
     (lambda p: str(p.parent / "missing.safetensors"), "LoRA file not found"),
     (lambda p: _lora(p, {k: v for k, v in GOOD.items() if k != "rayflow.architecture"}),
@@ -167,6 +180,25 @@ def test_architecture_mismatch_names_both_sides():
         lora_meta.check_architecture("p.safetensors", "pixart_alpha", "SD15")
 
 
+@pytest.mark.parametrize("lora_arch, comfy_class, message", [
+    # flow families: each ComfyUI class is its own family; VP <-> flow also names each side's kind
+    ("sd3", "Flux", "s.safetensors is a RayFlow LoRA for SD3 / SD3.5, but the loaded model is FLUX.1-dev; "
+                    "load a SD3 / SD3.5 model"),
+    ("flux_dev", "FluxSchnell", "for FLUX.1-dev, but the loaded model is FLUX.1-schnell;"),
+    ("sd15", "Flux", "for SD1.5 (an epsilon-prediction (VP) model), but the loaded model is FLUX.1-dev "
+                     "(a flow-matching model)"),
+    ("sd3", "SDXL", "for SD3 / SD3.5 (a flow-matching model), but the loaded model is SDXL "
+                    "(an epsilon-prediction (VP) model)"),
+    ("flux_dev", "QwenImage", "for FLUX.1-dev, but the loaded model is QwenImage;"),
+])
+def test_a_flow_lora_on_another_family_is_one_sentence(lora_arch, comfy_class, message):
+    for arch, cls in (("sd3", "SD3"), ("flux_dev", "Flux"), ("flux_schnell", "FluxSchnell")):
+        lora_meta.check_architecture("s.safetensors", arch, cls)
+    with pytest.raises(lora_meta.LoraFileError) as err:
+        lora_meta.check_architecture("s.safetensors", lora_arch, comfy_class)
+    assert message in str(err.value) and str(err.value).count(";") == 1
+
+
 def test_ray_sigmas_follow_the_model_table_and_denoise():
     sd = rayflow.NoiseSchedule.scaled_linear()
     table = sd.sigmas.float()
@@ -180,6 +212,25 @@ def test_ray_sigmas_follow_the_model_table_and_denoise():
         schedule.ray_sigmas_for(table, 4, denoise=1.5)
 
 
+def test_flow_ray_sigmas_follow_the_model_table_and_denoise():
+    """A CONST model's table (SD3: shift 3 on 1000 levels, as ComfyUI keeps it in float32; FLUX:
+    10000 levels) gives the trailing levels of eq. 10.9, starting at t = 1."""
+    sd3 = rayflow.FlowSchedule.shifted(3.0)
+    table = sd3.sigmas.float()
+    flow = rayflow.FLOW
+    torch.testing.assert_close(schedule.ray_sigmas_for(table, 4, interpolation=flow), sd3.ray_sigmas(4),
+                               rtol=1e-6, atol=1e-7)
+    assert float(schedule.ray_sigmas_for(table, 1, interpolation=flow)[0]) == 1.0
+    torch.testing.assert_close(schedule.ray_sigmas_for(table, 4, denoise=0.5, interpolation=flow),
+                               sd3.ray_sigmas(8)[-5:], rtol=1e-6, atol=1e-7)
+    flux = rayflow.FlowSchedule.shifted(math.exp(1.15), num_timesteps=10000)
+    expected = torch.cat([rayflow.time_shift(torch.tensor([1.0, 0.75, 0.5, 0.25]), math.exp(1.15)), torch.zeros(1)])
+    torch.testing.assert_close(schedule.ray_sigmas_for(flux.sigmas.float(), 4, interpolation=flow),
+                               expected.float(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="must end at noise level 1"):       # an eps table is not a flow table
+        schedule.ray_sigmas_for(table[:-1], 4, interpolation=flow)
+
+
 def test_process_defaults_follow_the_lora_settings():
     def fields(p):
         return (p.sigma, p.path)
@@ -189,6 +240,14 @@ def test_process_defaults_follow_the_lora_settings():
     opts = {"rayflow": {"sigma": 0.1, "path": "linear"}}
     assert fields(sampling.resolve_process(opts, 0.0)) == (0.1, "linear")
     assert fields(sampling.resolve_process(opts, 0.5)) == (0.5, "linear")
+    # flow models: the flow path is the Ray sigma path on the flow interpolation (eq. 10.2)
+    assert fields(sampling.resolve_process({}, 0.0, rayflow.FLOW)) == (0.3, "sigma")
+    flow = {"rayflow": {"sigma": 0.2, "path": "flow"}}
+    assert fields(sampling.resolve_process(flow, 0.0, rayflow.FLOW)) == (0.2, "sigma")
+    with pytest.raises(ValueError, match="trained on the flow path, but the model samples as an epsilon-prediction"):
+        sampling.resolve_process(flow, 0.0)
+    with pytest.raises(ValueError, match="trained on the linear path, but the model samples as a flow-matching"):
+        sampling.resolve_process(opts, 0.0, rayflow.FLOW)
 
 
 def _toy():

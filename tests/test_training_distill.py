@@ -320,7 +320,7 @@ def _bad_input_cases(tiny, tmp_path):
     return [
         (["--model", tmp_path / "nowhere", "--prompts", prompts], "base model not found", None),
         (["--model", corrupt, "--prompts", prompts], "cannot load the UNet", None),
-        (["--model", model, "--prompts", prompts, "--architecture", "sd3"], "--architecture must be one of", None),
+        (["--model", model, "--prompts", prompts, "--architecture", "kandinsky"], "--architecture must be one of", None),
         (["--model", model, "--prompts", empty], "prompts file has no prompts", None),
         (["--model", model, "--prompts", binary], "prompts file is not UTF-8 text", None),
         (["--model", model, "--prompts", tmp_path / "missing.txt"], "prompts file not found", None),

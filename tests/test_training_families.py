@@ -10,13 +10,17 @@ from safetensors import safe_open
 from training.distill import main
 from training.models import detect_architecture, load_base_model
 from training.tiny import build_tiny_pixart, build_tiny_sd15, build_tiny_sdxl
+from training.tiny_flow import build_tiny_flux, build_tiny_sd3
 
 from lora_models import ALPHA, RANK, random_lora_model
 
 FAST = ["--resolution", "16", "--teacher-steps", "3", "--batch-size", "2", "--lora-rank", "4", "--lora-alpha", "8",
         "--shard-size", "2", "--log-every", "2", "--train-steps", "4"]
 BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl, "pixart_alpha": build_tiny_pixart,
-            "pixart_sigma": lambda d: build_tiny_pixart(d, sigma=True)}
+            "pixart_sigma": lambda d: build_tiny_pixart(d, sigma=True), "sd3": build_tiny_sd3, "flux_dev": build_tiny_flux}
+# the diffusers pipelines whose load_lora_weights reads the exported files (PixArt has none: peft)
+PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
+             "flux_dev": "FluxPipeline"}
 
 
 @pytest.fixture(scope="module")
@@ -70,32 +74,31 @@ def test_both_phases_end_to_end(models, tmp_path, arch):
     assert (tmp_path / "lora.work" / "validation_final.png").is_file()
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sdxl", "pixart_alpha", "pixart_sigma"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "pixart_alpha", "pixart_sigma", "sd3", "flux_dev"])
 def test_exported_file_reproduces_the_trained_model_in_diffusers(models, tmp_path, arch):
+    import diffusers
+
     from training.export import export_state_dict, load_transformer_lora, write_lora
 
     paths, _ = models
     model, sd = random_lora_model(paths[arch], arch, seed=1)
-    x, t = torch.randn(2, 4, 8, 8), torch.tensor([999, 400])
+    x, t = torch.randn(2, model.latent_channels, 8, 8), torch.tensor([999, 400])
     cond = model.encode_prompts(["a red cat", "a dog"], torch.device("cpu"))
     with torch.no_grad():
         want = model.denoise(x, t, cond, 64)
     path = str(tmp_path / "l.safetensors")
     write_lora(path, export_state_dict(arch, sd, RANK, ALPHA), {"rayflow.architecture": arch})
 
-    fresh = load_base_model(paths[arch])
+    fresh = load_base_model(paths[arch], resolution=64)
     if arch.startswith("pixart"):
         load_transformer_lora(fresh.unet, path)
     else:
-        import diffusers
-
-        cls = diffusers.StableDiffusionXLPipeline if arch == "sdxl" else diffusers.StableDiffusionPipeline
-        pipe = cls.from_pretrained(paths[arch], **({} if arch == "sdxl" else dict(
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)))
+        extra = {} if arch != "sd15" else dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = getattr(diffusers, PIPELINES[arch]).from_pretrained(paths[arch], **extra)
         with torch.no_grad():
             base = fresh.denoise(x, t, cond, 64)
         pipe.load_lora_weights(path)
-        fresh.unet = pipe.unet
+        fresh.unet = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
     with torch.no_grad():
         got = fresh.denoise(x, t, cond, 64)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

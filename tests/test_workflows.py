@@ -21,7 +21,8 @@ from extension import load_extension
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 WORKFLOWS = os.path.join(REPO, "workflows")
-FILE_INPUTS = {"ckpt_name", "lora_name", "unet_name", "clip_name", "vae_name", "image"}
+FILE_INPUTS = {"ckpt_name", "lora_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "vae_name",
+               "image"}
 
 
 def _generator():
@@ -58,7 +59,7 @@ FILES = sorted(glob.glob(os.path.join(WORKFLOWS, "api", "*.json")))
 def test_the_issue_s_workflows_exist():
     names = {os.path.basename(f) for f in FILES}
     assert {"sd15_1step.json", "sd15_4step.json", "sdxl_4step.json", "pixart_4step.json", "sd15_img2img.json",
-            "sd15_custom_advanced.json", "sd15_vs_stock.json"} <= names
+            "sd15_custom_advanced.json", "sd15_vs_stock.json", "sd35_4step.json", "flux_dev_4step.json"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
@@ -152,7 +153,8 @@ def test_templates_menu_lists_exactly_the_ui_workflows_with_thumbnails():
     assert listed == sorted(os.path.join("workflows", n) for n in GEN.WORKFLOWS)
     stems = {n[:-5] for n in GEN.WORKFLOWS}
     files = {f for f in os.listdir(WORKFLOWS) if os.path.isfile(os.path.join(WORKFLOWS, f))}
-    assert files == {f"{s}.json" for s in stems} | {f"{s}.jpg" for s in stems} | {"make_workflows.py"}
+    assert files == {f"{s}.json" for s in stems} | {f"{s}.jpg" for s in stems} | {"make_workflows.py", "thumbnails.py",
+                                                                                      "ui_format.py"}
     assert {d for d in os.listdir(WORKFLOWS) if os.path.isdir(os.path.join(WORKFLOWS, d))} <= {"api", "specs", "__pycache__"}
     for path in UI_FILES:                            # UI format: the frontend refuses a file without a version
         wf = json.load(open(path))
@@ -184,11 +186,14 @@ def test_ui_workflow_has_a_note_naming_its_models_and_the_training_command(name)
     assert args.preset in PRESETS and args.preset == ("one-step" if name == "sd15_1step.json" else "few-step")
     assert args.output == "../../models/loras/" + files["lora_name"]     # from ComfyUI/custom_nodes/<pack>
     assert args.model and args.prompts and args.resolution == GEN.FAMILIES[GEN.TEMPLATES[name][0]]["resolution"]
-    if "ckpt_name" in files:                          # trains on the checkpoint the workflow loads
-        assert args.model == "../../models/checkpoints/" + files["ckpt_name"]
+    if "ckpt_name" in files and "model_note" not in GEN.FAMILIES[GEN.TEMPLATES[name][0]]:
+        assert args.model == "../../models/checkpoints/" + files["ckpt_name"]   # trains on the checkpoint it loads
+    elif "ckpt_name" in files:                        # SD3.5: the trainer reads the model's diffusers folder
+        assert args.model == GEN.FAMILIES[GEN.TEMPLATES[name][0]]["model_arg"] and "diffusers" in args.model
 
 
-LOADER_DIRS = {"ckpt_name": "checkpoints", "clip_name": "text_encoders", "vae_name": "vae", "unet_name": "diffusion_models"}
+LOADER_DIRS = {"ckpt_name": "checkpoints", "clip_name": "text_encoders", "vae_name": "vae", "unet_name": "diffusion_models",
+               **{f"clip_name{i}": "text_encoders" for i in (1, 2, 3)}}
 
 
 @pytest.mark.parametrize("name", list(GEN.WORKFLOWS))

@@ -14,13 +14,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from rayflow.lora_header import STEPS_RANGE
+from rayflow.lora_header import ARCH_NAMES, STEPS_RANGE
 from rayflow.process import LOSS_WEIGHTINGS, PATHS
 
 from .export import SAVE_DTYPES
+from .flow_family import FAMILIES as FLOW_FAMILIES
+from .quantize import QUANTIZED
 
-ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma")
-SOLVERS = ("ddim", "dpmsolver++")
+ARCHITECTURES = ("auto", "sd15", "sdxl", "pixart_alpha", "pixart_sigma", *FLOW_FAMILIES)
+SOLVERS = ("ddim", "dpmsolver++", "euler")      # ddim: VP models only; euler: flow models only
+BASE_PRECISIONS = (*SAVE_DTYPES, *QUANTIZED)
 OPTIMIZERS = ("adamw", "adamw8bit")
 # LoRA targets: LCM-LoRA's set (attention, feed-forward, ResNet convs and time projections, resamplers)
 # plus the UNet's first and last convolution; in PixArt only the transformer blocks' projections match.
@@ -59,10 +62,11 @@ class DistillConfig:
     seeds_per_prompt: int = field(default=1, metadata={"help": "noise seeds per prompt (training pairs = prompts x seeds)"})
     seed: int = field(default=0, metadata={"help": "global seed: the teacher trajectories' noise, and phase 2 unless --train-seed is given"})
     train_seed: int = field(default=-1, metadata={"help": "seed of phase 2 alone (LoRA init, batch order, timesteps, Ray noise) on the same phase-1 data; -1 = --seed"})
-    teacher_solver: str = field(default="dpmsolver++", metadata={"help": f"teacher ODE solver, one of {SOLVERS}"})
+    teacher_solver: str = field(default="dpmsolver++", metadata={"help": f"teacher ODE solver, one of {SOLVERS}: ddim or dpmsolver++ for SD1.5/SDXL/PixArt, euler (the SD3 / FLUX default) or dpmsolver++ (2nd order) for SD3 / FLUX"})
     teacher_steps: int = field(default=25, metadata={"help": "teacher solver steps"})
     teacher_cfg: float = field(default=4.5, metadata={"help": "classifier-free guidance scale baked into the pairs (1 = off)"})
     negative_prompt: str = field(default="", metadata={"help": "negative prompt for the teacher's CFG"})
+    guidance: float = field(default=0.0, metadata={"help": "FLUX.1-dev only: the guidance embedding of the teacher and the student (0 = FLUX's 3.5; recorded in the LoRA as the FluxGuidance value to sample with)"})
     resolution: int = field(default=512, metadata={"help": "image resolution in pixels, a multiple of 8 (of the model's sample size for pixel-space models)"})
     shard_size: int = field(default=64, metadata={"help": "training pairs per cache shard"})
     # ---- phase 2: LoRA training
@@ -95,7 +99,7 @@ class DistillConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)"})
     compile: bool = field(default=False, metadata={"help": "run phase 2's forward and backward through torch.compile (inductor): the first steps compile the denoiser (minutes on a CPU); on the proxy's 2-core CPU step it is 1.15x faster (docs/benchmarks.md, 'Proxy step time')"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass to save memory"})
-    base_precision: str = field(default="fp32", metadata={"help": "dtype the frozen base weights (denoiser, text encoders, VAE) are loaded in: fp32, fp16 or bf16 (half the memory); the LoRA weights and the optimizer state stay fp32"})
+    base_precision: str = field(default="fp32", metadata={"help": "dtype the frozen base weights (denoiser, text encoders, VAE) are loaded in: fp32, fp16 or bf16 (half the memory); SD3 / FLUX also nf4 or int8 (QLoRA: the transformer's linear layers quantized by bitsandbytes, computing in bf16); the LoRA weights and the optimizer state stay fp32"})
     optimizer: str = field(default="adamw", metadata={"help": f"one of {OPTIMIZERS}: adamw (torch) or adamw8bit (bitsandbytes' 8-bit AdamW, the optimizer state in 2 bytes per LoRA weight instead of 8; needs pip install bitsandbytes)"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the LoRA weights exported (0 = off)"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps"})
@@ -184,8 +188,8 @@ class DistillConfig:
             raise ConfigError(f"--time-sampler-warmup must be >= 0, got {self.time_sampler_warmup}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.base_precision not in SAVE_DTYPES:
-            raise ConfigError(f"--base-precision must be one of {', '.join(SAVE_DTYPES)}, got {self.base_precision!r}")
+        if self.base_precision not in BASE_PRECISIONS:
+            raise ConfigError(f"--base-precision must be one of {', '.join(BASE_PRECISIONS)}, got {self.base_precision!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.save_precision not in SAVE_DTYPES:
@@ -213,7 +217,7 @@ class DistillConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= high):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in (0, {high:g}], got {v!r}")
-        for name, high in (("weight_decay", 10.0), ("teacher_cfg", 100.0)):
+        for name, high in (("weight_decay", 10.0), ("teacher_cfg", 100.0), ("guidance", 100.0)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= high):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in [0, {high:g}], got {v!r}")
@@ -231,7 +235,7 @@ class DistillConfig:
                 "learning_rate", "lr_warmup", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "sigma",
                 "ray_path", "no_ray", "loss_weighting", "start_anchor", "anchor_taper", "top_share", "no_time_sampler", "time_sampler_particles", "time_sampler_lr",
                 "time_sampler_target", "time_sampler_uniform", "time_sampler_warmup", "time_sampler_biased", "time_sampler_input",
-                "mixed_precision", "ema_decay", "base_precision", "optimizer")
+                "mixed_precision", "ema_decay", "base_precision", "optimizer", "guidance")
         d = {k: getattr(self, k) for k in keep}
         d["model"] = os.path.abspath(d["model"])
         d["prompts"] = os.path.abspath(d["prompts"])
@@ -319,7 +323,9 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
     if preset not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     given = dict(values)
-    values = {**PRESETS[preset], **values}        # the preset's values, then the file's and the flags
+    arch = family_of(str(values.get("model", "")), str(values.get("architecture", "auto")))
+    family = FLOW_FAMILIES[arch].defaults if arch in FLOW_FAMILIES else {}
+    values = {**family, **PRESETS[preset], **values}   # the family's defaults, the preset's values, then the file's and the flags
     try:
         cfg = DistillConfig(**values)
     except TypeError as exc:
@@ -327,6 +333,49 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
     cfg.validate()
     cfg.notices = ignored_options(cfg, given)
     return cfg
+
+
+def family_of(model: str, architecture: str = "auto") -> Optional[str]:
+    """The architecture of ``model`` as far as it can be told before loading: ``--architecture`` when
+    given, else a diffusers folder's (``training.models.detect_architecture``); None for a single file
+    (SD1.5 / SDXL only) or a folder that does not read (the load reports that)."""
+    from .models import ModelError, detect_architecture
+
+    if architecture != "auto":
+        return architecture
+    if not os.path.isdir(model):
+        return None
+    try:
+        return detect_architecture(model)
+    except ModelError:
+        return None
+
+
+def check_family(cfg: DistillConfig) -> Optional[str]:
+    """Before any work: refuse, in one sentence, an option the model's family cannot use (a VP-only
+    option on SD3 / FLUX and the reverse, ``docs/method.md`` section 10), a family the trainer does not
+    distil, or an nf4 / int8 base without bitsandbytes. Returns the architecture (None when unknown
+    before loading); the flow families' LoRA targets replace the UNet default list."""
+    from .flow_family import FLOW_LORA_TARGETS, option_errors
+    from .models import ModelError, detect_architecture
+    from .quantize import bitsandbytes_missing
+
+    arch = family_of(cfg.model, cfg.architecture)
+    if arch is None and os.path.isdir(cfg.model) and os.path.isfile(os.path.join(cfg.model, "model_index.json")):
+        try:
+            detect_architecture(cfg.model)          # an unsupported family: its one sentence
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
+    flow = arch in FLOW_FAMILIES
+    errors = option_errors(arch or "", dataclasses.asdict(cfg), flow, ARCH_NAMES.get(arch or "", "this model"))
+    if errors:
+        raise ConfigError(errors[0])
+    missing = bitsandbytes_missing(cfg.base_precision)
+    if missing:
+        raise ConfigError(missing)
+    if flow and cfg.lora_targets == ",".join(LORA_TARGETS):
+        cfg.lora_targets = ",".join(FLOW_LORA_TARGETS)
+    return arch
 
 
 def _flag(name: str) -> str:

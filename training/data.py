@@ -17,26 +17,28 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from safetensors import safe_open
 
-from rayflow import RayProcess
+from rayflow import FLOW, RayProcess
 from rayflow.atomic_write import write_json
 
 from .config import ConfigError, DistillConfig
 from .export import save_atomic
+from .flow_teacher import flow_teacher_trajectory
 from .models import BaseModel
 
 CACHE_VERSION = 2
 
 
-def phase1_fingerprint(cfg: DistillConfig, num_prompts: int) -> Dict:
+def phase1_fingerprint(cfg: DistillConfig, num_prompts: int, model_metadata: Optional[Dict] = None) -> Dict:
+    """What the cache depends on; ``model_metadata`` (a flow model's shift and guidance) joins it when given."""
     keys = ("seeds_per_prompt", "seed", "teacher_solver", "teacher_steps", "teacher_cfg", "negative_prompt",
             "resolution", "shard_size", "ray_path")
     fp = {k: getattr(cfg, k) for k in keys}
-    fp.update(model=os.path.abspath(cfg.model), num_prompts=num_prompts, version=CACHE_VERSION)
+    fp.update(model=os.path.abspath(cfg.model), num_prompts=num_prompts, version=CACHE_VERSION, **(model_metadata or {}))
     return fp
 
 
@@ -69,7 +71,10 @@ def teacher_trajectory(model: BaseModel, z: torch.Tensor, cond: Dict[str, torch.
                        uncond: Dict[str, torch.Tensor], solver: str, steps: int, cfg_scale: float, resolution: int):
     """Run the teacher from ``z`` ``[n, C, H, W]`` with conditioning ``cond`` / ``uncond`` (dicts of
     ``[n, ...]`` tensors, :meth:`BaseModel.encode_prompts`). Returns ``x0_hat``, the guided noise
-    predictions ``[K, n, C, H, W]`` and ``alpha_bar`` at each prediction ``[K]``."""
+    predictions ``[K, n, C, H, W]`` and ``alpha_bar`` at each prediction ``[K]``. Flow models (a
+    ``FlowSchedule``) run ``flow_teacher_trajectory``, which returns the same triple (eq. 10.6)."""
+    if model.schedule.interpolation is FLOW:
+        return flow_teacher_trajectory(model, z, cond, uncond, solver, steps, cfg_scale, resolution)
     sched = make_teacher_scheduler(model, solver)
     sched.set_timesteps(steps)
     x = z.clone()
@@ -106,7 +111,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
 
     folder = cache_dir(cfg)
     os.makedirs(folder, exist_ok=True)
-    fp = phase1_fingerprint(cfg, len(prompts))
+    fp = phase1_fingerprint(cfg, len(prompts), model.metadata())
     manifest = os.path.join(folder, "manifest.json")
     old = _read_manifest(manifest, accelerator.is_main_process)
     if old is not None:
@@ -138,7 +143,7 @@ def build_cache(cfg: DistillConfig, model: BaseModel, prompts: List[str], accele
             cond = model.encode_prompts(texts, device)
             z = item_noise(cfg.seed, idx, (C, H, H)).to(device)
             uncond = {k2: v.expand(len(idx), *v.shape[1:]) for k2, v in uncond_one.items()}
-            x = z.to(next(model.unet.parameters()).dtype)
+            x = z.to(model.dtype)
             x0, preds, alphas = teacher_trajectory(model, x, cond, uncond, cfg.teacher_solver, cfg.teacher_steps,
                                                    cfg.teacher_cfg, cfg.resolution)
             eps_mu, sigma_star = process.theorem1(preds, alphas)

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 
 from rayflow.atomic_write import DiskFullError, write_json, write_text
 
-from .config import ConfigError, DistillConfig, parse_args
+from .config import ConfigError, DistillConfig, check_family, parse_args
 from .models import ModelError
 from .prompts import PromptsError
 
@@ -109,6 +109,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     """Run both phases and export; returns the LoRA path. Raises the errors of ``INPUT_ERRORS``.
 
     ``on_snapshot(path, step)`` is called after each ``--save-every`` LoRA snapshot is written."""
+    import torch
     from accelerate import Accelerator
 
     from .data import build_cache, load_cache
@@ -119,17 +120,22 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
 
     cfg.validate()
     check_optimizer(cfg)
+    check_family(cfg)
     prompts = read_prompts(cfg.prompts)
     _check_output_writable(cfg.output)
     _check_outputs_are_ours(cfg)
     if not cfg.resume and os.path.isdir(os.path.join(cfg.work_dir, "checkpoint")):
         raise ConfigError(f"{cfg.work_dir} already holds a training checkpoint: pass --resume to continue it, "
                           f"or choose another --work-dir")
-    model = load_base_model(cfg.model, cfg.architecture, dtype=SAVE_DTYPES[cfg.base_precision],
-                            model_config=cfg.model_config)
+    model = load_base_model(cfg.model, cfg.architecture, dtype=SAVE_DTYPES.get(cfg.base_precision, torch.bfloat16),
+                            model_config=cfg.model_config, resolution=cfg.resolution,
+                            base_precision=cfg.base_precision, guidance=cfg.guidance)
     res = model.unet.config.sample_size if model.vae is None else None   # pixel-space (proxy) models
     if res is not None and cfg.resolution != res:
         raise ConfigError(f"--resolution must be {res} for this pixel-space model (its UNet sample size), got {cfg.resolution}")
+    if model.architecture.startswith("flux") and model.latent_size(cfg.resolution) % 2:
+        raise ConfigError(f"FLUX packs 2x2 latent patches: --resolution must be a multiple of "
+                          f"{2 * cfg.resolution // model.latent_size(cfg.resolution)}, got {cfg.resolution}")
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     os.makedirs(cfg.work_dir, exist_ok=True)
@@ -152,7 +158,7 @@ def run(cfg: DistillConfig, progress: bool = True, on_snapshot: Optional[Callabl
     if cfg.resume:
         trainer.try_resume()
     metadata = lora_metadata(cfg, model.architecture, model.schedule_name, model.schedule.num_timesteps,
-                             trainer.process)
+                             trainer.process, model.metadata())
 
     def export(path: str, steps: int) -> None:
         lora = export_state_dict(model.architecture, trainer.final_lora(), cfg.lora_rank, cfg.lora_alpha,

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from rayflow.atomic_write import atomic_path
 from rayflow.lora_file import module_count, validate_lora
+from rayflow.lora_header import FAMILIES
 
 from .lora_targets import lora_modules, lora_targets
 
@@ -69,7 +70,7 @@ def export_state_dict(architecture: str, peft_state: Dict[str, torch.Tensor], ra
     ``precision`` (a key of ``SAVE_DTYPES``; fp16 and bf16 halve the file)."""
     if precision not in SAVE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(SAVE_DTYPES)}, got {precision!r}")
-    if architecture.startswith("pixart"):
+    if FAMILIES[architecture][1] == "diffusers":          # PixArt, SD3, FLUX: transformer.<module>.lora_A/B
         return diffusers_transformer_state_dict(peft_state, rank, alpha, SAVE_DTYPES[precision])
     return kohya_unet_state_dict(peft_state, rank, alpha, SAVE_DTYPES[precision])
 
@@ -85,10 +86,12 @@ def save_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[
             before_rename(tmp)
 
 
-def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int, process) -> Dict[str, object]:
+def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int, process,
+                  model_metadata: Optional[Dict[str, object]] = None) -> Dict[str, object]:
     """The ``rayflow.*`` metadata of a LoRA distilled with the ``DistillConfig`` ``cfg`` from a base
     model of ``architecture`` (its ``schedule_name`` and ``num_timesteps``), trained with the
-    ``RayProcess`` ``process`` (``docs/lora-format.md`` lists every key)."""
+    ``RayProcess`` ``process``; ``model_metadata`` (the model's ``metadata()``: a flow model's path,
+    shift, resolution and guidance) is added last (``docs/lora-format.md`` lists every key)."""
     return {
         "rayflow.architecture": architecture,
         "rayflow.sigma": process.sigma,
@@ -116,6 +119,7 @@ def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int
         "rayflow.lora_alpha": cfg.lora_alpha,
         "rayflow.base_precision": cfg.base_precision,
         "rayflow.optimizer": cfg.optimizer,
+        **(model_metadata or {}),
     }
 
 

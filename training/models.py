@@ -3,7 +3,8 @@
 A base model is a diffusers folder (``model_index.json`` with ``unet/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/`` and optionally ``vae/``; without ``vae/`` the model works in pixel
 space, like the proxy teacher) or a single-file SD1.5 / SDXL ``.safetensors`` checkpoint
-(``training/single_file.py``). The schedule is read from the scheduler config.
+(``training/single_file.py``). The schedule is read from the scheduler config. SD3 / SD3.5 and
+FLUX.1 folders are detected here and load as a ``flow_models.FlowModel`` (the same interface).
 """
 
 from __future__ import annotations
@@ -11,27 +12,22 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import ClassVar, Dict, List, Optional
 
 import torch
 
-from rayflow import NoiseSchedule
+from rayflow import NoiseSchedule, sample_ray
 
-from .model_errors import ModelError
+from .flow_family import FAMILIES as FLOW_FAMILIES, SUPPORTED, detect_flow_family
+from .flow_models import FlowModel, load_flow_model
+from .model_errors import ModelError, load_component
+from .model_parts import ModelParts
 
 
 @dataclass
-class BaseModel:
-    """A loaded base model. ``unet`` is the denoiser (the UNet of SD1.5/SDXL, the transformer of
-    PixArt); ``text_encoders`` / ``tokenizers`` are used only in phase 1."""
-    architecture: str
-    unet: torch.nn.Module
-    text_encoders: List[torch.nn.Module]
-    tokenizers: List[object]
-    vae: Optional[torch.nn.Module]
-    schedule: NoiseSchedule
-    schedule_name: str
-    path: str
+class BaseModel(ModelParts):
+    """A loaded epsilon-prediction (VP) base model (SD1.5, SDXL, PixArt); its fields are those of
+    :class:`ModelParts`."""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -102,6 +98,31 @@ class BaseModel:
             out = net(x, t, encoder_hidden_states=ehs).sample
         return out.to(in_dtype)
 
+    # ------------------------------------------------------------ phase 2 (FlowModel has the flow forms)
+    @property
+    def lora_blocks(self) -> tuple:
+        """Module-name prefixes the LoRA targets are limited to (PixArt: its transformer blocks)."""
+        return ("transformer_blocks.",) if self.architecture.startswith("pixart") else ()
+
+    lora_exclude: ClassVar[tuple] = ()         # no UNet / PixArt layer is unused
+
+    def training_pair(self, process, x0: torch.Tensor, eps_mu: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        """``(x_t, n_t)`` at integer timesteps ``t`` ``[B]`` (eq. 4.2, 7.1)."""
+        return process.training_pair(x0, eps_mu, self.schedule.alpha_bar(t.double()), noise)
+
+    def loss_weight(self, process, t: torch.Tensor, weighting: str) -> torch.Tensor:
+        """Eq. 7.2's weight of the noise error at timesteps ``t`` ``[B]``."""
+        return process.loss_weight(self.schedule.alpha_bar(t.double()), weighting)
+
+    @torch.no_grad()
+    def ray_sample(self, net, z: torch.Tensor, cond: Dict[str, torch.Tensor], process, steps: int,
+                   resolution: int) -> torch.Tensor:
+        """RayFlow's ``steps``-step sample (VP form, Algorithm 2) from the seeded noise ``z``, noise-mode target mean."""
+        def eps_model(x, t):
+            return self.denoise(x, t, cond, resolution, net=net).float()
+
+        return sample_ray(eps_model, z, z, process, self.schedule, self.schedule.ray_timesteps(steps))
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] ``[B, 3, H, W]`` (identity for pixel-space models)."""
@@ -112,7 +133,8 @@ class BaseModel:
 
 
 def detect_architecture(path: str) -> str:
-    """``sd15``, ``sdxl``, ``pixart_alpha`` or ``pixart_sigma`` from a diffusers folder's configs."""
+    """``sd15``, ``sdxl``, ``pixart_alpha``, ``pixart_sigma``, ``sd3``, ``flux_dev`` or ``flux_schnell``
+    from a diffusers folder's configs; a family this trainer does not distil is one ModelError sentence."""
     index = os.path.join(path, "model_index.json")
     if not os.path.isfile(index):
         raise ModelError(f"not a diffusers model folder (no model_index.json): {path}")
@@ -122,6 +144,11 @@ def detect_architecture(path: str) -> str:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {index}: {exc}") from None
     cls = str(info.get("_class_name", ""))
+    flow, unsupported = detect_flow_family(path, info)
+    if unsupported:
+        raise ModelError(f"{path}: {unsupported}")
+    if flow:
+        return flow
     if "transformer" in info or "PixArt" in cls:
         if "Sigma" in cls:
             return "pixart_sigma"
@@ -137,7 +164,7 @@ def detect_architecture(path: str) -> str:
                 if uac is None:          # diffusers' default: on for the 1024px (sample_size 128) alpha models
                     uac = t.get("sample_size") == 128
                 return "pixart_alpha" if uac else "pixart_sigma"
-        raise ModelError(f"unknown transformer architecture in {path} (PixArt-alpha/-sigma are supported)")
+        raise ModelError(f"unknown transformer architecture in {path} (supported: {SUPPORTED})")
     unet_cfg = os.path.join(path, "unet", "config.json")
     if not os.path.isfile(unet_cfg):
         raise ModelError(f"model folder has no unet/config.json: {path}")
@@ -167,9 +194,13 @@ def _schedule_from(path: str) -> tuple:
 
 
 def load_base_model(path: str, architecture: str = "auto", dtype: torch.dtype = torch.float32,
-                    model_config: str = "") -> BaseModel:
+                    model_config: str = "", resolution: int = 1024, base_precision: str = "",
+                    guidance: float = 0.0) -> "BaseModel | FlowModel":
     """Load a diffusers folder or a single-file checkpoint (described by ``model_config`` or the
-    bundled configs). Raises :class:`ModelError` with one clear sentence on failure."""
+    bundled configs). Flow families (SD3, FLUX.1) load as a ``FlowModel`` whose schedule depends on
+    ``resolution`` (FLUX's shift), ``base_precision`` (nf4 / int8: a quantized transformer) and
+    ``guidance`` (FLUX.1-dev's embedding; 0 = the family's). Raises :class:`ModelError` with one clear
+    sentence on failure."""
     if not os.path.exists(path):
         raise ModelError(f"base model not found: {path}")
     if not os.path.isdir(path):
@@ -186,17 +217,15 @@ def load_base_model(path: str, architecture: str = "auto", dtype: torch.dtype = 
     arch = detected if architecture == "auto" else architecture
     if arch != detected and {arch, detected} != {"pixart_alpha", "pixart_sigma"}:
         raise ModelError(f"--architecture {arch} does not match the model, which is {detected}: {path}")
+    if arch in FLOW_FAMILIES:
+        return load_flow_model(path, arch, dtype, resolution, base_precision, guidance)
     schedule, schedule_name = _schedule_from(path)
     import diffusers
     import transformers
     from diffusers import AutoencoderKL
 
     def _load(what, fn):
-        try:
-            return fn()
-        except Exception as exc:  # diffusers/transformers raise many kinds for damaged folders
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"cannot load the {what} of {path}: {msg}") from None
+        return load_component(what, path, fn)
 
     with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
         index = json.load(f)

@@ -44,6 +44,12 @@ def detect_single_file_architecture(keys: List[str], path: str) -> str:
         return "sd15"
     if has("cond_stage_model.model."):
         raise SingleFileError(f"{path} looks like Stable Diffusion 2.x (OpenCLIP-H text encoder), which is not supported")
+    flow = next((name for marker, name in (("joint_blocks.", "SD3 / SD3.5"), ("double_blocks.", "FLUX.1"))
+                 if any(marker in k for k in keys)), None)
+    if flow:
+        raise SingleFileError(f"{path} is a {flow} single file: the trainer distils {flow} from its diffusers folder "
+                              f"(model_index.json with transformer/, vae/ and every text encoder), e.g. the model's "
+                              f"Hugging Face repository downloaded whole; the file itself runs in ComfyUI")
     if has("model.diffusion_model.") or has("conditioner.embedders."):
         raise SingleFileError(f"{path} holds only part of a model (no text encoder weights): use a full checkpoint "
                               f"or a diffusers folder")

@@ -2,10 +2,12 @@
 
 Per step (``docs/method.md`` eq. 7.1): draw cached items, timesteps ``t ~ q(t | x)`` from the Time
 Sampler with importance weights ``w`` (uniform ``t``, ``w = 1`` with ``--no-time-sampler``), form
-``(x_t, n_t) = RayProcess.training_pair(x0_hat, eps_mu, a_t, noise)`` and minimise
-``w * lambda(a_t) * || unet(x_t, t, c) - n_t ||^2`` over the LoRA parameters (``lambda``:
-``RayProcess.loss_weight``, eq. 7.2). The Time Sampler network follows
-its SVGD loss on the running per-timestep loss profile.
+the model's training pair (``model.training_pair``: the noise target ``n_t`` of
+``RayProcess.training_pair`` for the epsilon models, the velocity ``v = n - x0_hat`` of
+``rayflow.flow_training_pair`` for SD3 / FLUX, eq. 10.7) and minimise
+``w * lambda(t) * || prediction - target ||^2`` over the LoRA parameters (``model.loss_weight``: eq. 7.2,
+on the velocity eq. 10.8). The Time Sampler network follows its SVGD loss on the running
+per-timestep loss profile.
 
 Everything random in phase 2 comes from the training seed (``DistillConfig.phase2_seed``) through
 three generators, one per stream: the batches drawn from the cache, the timesteps (Time Sampler or
@@ -28,7 +30,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from rayflow import LossProfile, TimeSampler, sample_ray
+from rayflow import LossProfile, TimeSampler
 from rayflow.process import per_sample as per_sample_coef   # the loss below has a local per_sample
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -47,15 +49,19 @@ def ts_features(x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([cond.float().mean(1), pooled], dim=1)
 
 
-def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False) -> None:
-    """peft LoRA on the Linear/Conv2d modules whose names end in one of ``cfg.lora_targets``
-    (for PixArt only inside ``transformer_blocks``)."""
+def add_lora(unet: torch.nn.Module, cfg: DistillConfig, pixart: bool = False, blocks: Tuple[str, ...] = (),
+             exclude: Tuple[str, ...] = ()) -> None:
+    """peft LoRA on the Linear/Conv2d modules whose names end in one of ``cfg.lora_targets``, only
+    inside the modules named by the prefixes ``blocks`` when given (the model's ``lora_blocks``: the
+    transformer blocks of PixArt, SD3 and FLUX; ``pixart=True`` is PixArt's), except the modules named
+    in ``exclude`` (the model's ``lora_exclude``: layers whose output the model never uses)."""
+    blocks = tuple(blocks) or (("transformer_blocks.",) if pixart else ())
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
              and any(n == t or n.endswith("." + t) for t in targets)
-             and (not pixart or n.startswith("transformer_blocks."))]
+             and (not blocks or n.startswith(blocks)) and n not in exclude]
     if not names:
-        raise ConfigError(f"--lora-targets {cfg.lora_targets!r} matches no Linear/Conv2d module of the UNet")
+        raise ConfigError(f"--lora-targets {cfg.lora_targets!r} matches no Linear/Conv2d module of the denoiser")
     # inject_adapter_in_model works for every denoiser class (PixArtTransformer2DModel has no add_adapter)
     inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
                                        target_modules=names), unet)
@@ -104,7 +110,7 @@ class Trainer:
         seed = cfg.phase2_seed()
         torch.manual_seed(seed)                     # LoRA init
         unet = model.unet
-        add_lora(unet, cfg, pixart=model.architecture.startswith("pixart"))
+        add_lora(unet, cfg, blocks=model.lora_blocks, exclude=model.lora_exclude)
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -235,8 +241,8 @@ class Trainer:
         cfg, cache, T = self.cfg, self.cache, self.model.schedule.num_timesteps
         x0, mu, z = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx]
         a = self.model.schedule.alpha_bar(t.double())
-        if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z
-            x_t, target = self.process.training_pair(x0, torch.zeros_like(x0), a, z)
+        if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z (flow: z - x0_hat)
+            x_t, target = self.model.training_pair(self.process, x0, torch.zeros_like(x0), t, z)
         else:
             noise = torch.randn(x0.shape, generator=self.gen_noise)
             if cfg.start_anchor > 0:       # eq. 7.3: the top of the process centred on the seeded start z
@@ -245,18 +251,18 @@ class Trainer:
                 mu = self.process.start_anchored_mean(mu, x0, z, a_top, w_z)
                 if cfg.anchor_taper:       # eq. 7.4: the Ray noise fades out where the start point is the mean
                     noise = noise * per_sample_coef(1.0 - w_z, noise)
-            x_t, target = self.process.training_pair(x0, mu, a, noise)
+            x_t, target = self.model.training_pair(self.process, x0, mu, t, noise)
         return x_t, target, a
 
     def weighted_loss(self, idx: torch.Tensor, t: torch.Tensor, w: torch.Tensor):
         """The minimised loss ``mean(w * lam * mse)`` (scalar) of cache items ``idx`` at timesteps ``t``
         with weights ``w`` (each ``[B]``), its per-sample ``lam * mse`` ``[B]`` and ``lam`` ``[B]``."""
         dev = self.acc.device
-        x_t, target, a = self.noised_batch(idx, t)
+        x_t, target, _ = self.noised_batch(idx, t)
         cond = {k: v[idx].to(dev) for k, v in self.cache.cond.items()}
         pred = self.predict(self.unet, x_t.to(dev), t.to(dev), cond)
         # the weighted per-sample loss is the one minimised, so it is also what the Time Sampler sees
-        lam = self.process.loss_weight(a, self.cfg.loss_weighting).float().to(dev)
+        lam = self.model.loss_weight(self.process, t, self.cfg.loss_weighting).float().to(dev)
         per_sample = lam * (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
         return (w.to(dev) * per_sample).mean(), per_sample, lam
 
@@ -393,14 +399,10 @@ class Trainer:
         pick = torch.linspace(0, len(self.cache.prompts) - 1, min(n, len(self.cache.prompts))).round().long()
         z = self.cache.noise[pick].to(self.acc.device)
         cond = {k: v[pick].to(self.acc.device) for k, v in self.cache.cond.items()}
-        sched, cfg = self.model.schedule, self.cfg
-
-        def eps_model(x, t):
-            return self.predict(unet, x, t, cond).float()
-
+        cfg = self.cfg
         rows = {f"teacher {cfg.teacher_solver} {cfg.teacher_steps} steps": self.model.decode(self.cache.x0[pick].to(self.acc.device))}
         for k in (1, 2, 4):
-            x0 = sample_ray(eps_model, z, z, self.process, sched, sched.ray_timesteps(k))
+            x0 = self.model.ray_sample(unet, z, cond, self.process, k, cfg.resolution)
             rows[f"RayFlow {k} step{'s' if k > 1 else ''}"] = self.model.decode(x0)
         height = rows[next(iter(rows))].shape[-2]
         save_grid(rows, [self.cache.prompts[i] for i in pick.tolist()], path, scale=max(1, 96 // height))

@@ -11,6 +11,8 @@ with a ``.jpg`` of the same name as the thumbnail):
 * ``workflows/specs/stock_nodes.json``: a snapshot of ComfyUI's ``/object_info`` for the stock nodes
   used here (not a workflow, so not in the templates folder).
 
+The drawing of the thumbnails is ``thumbnails.py``, the API -> UI conversion ``ui_format.py``.
+
 One place builds them, so every file uses the same node ids, prompts and recommended settings.
 The UI files are derived from the API ones with the node specs (widget order, output types):
 stock nodes from the snapshot, ours from their declarations (``nodes/schema.py``).
@@ -18,11 +20,15 @@ stock nodes from the snapshot, ours from their declarations (``nodes/schema.py``
 
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)          # the thumbnail drawing and the UI-format conversion live beside this script
+import thumbnails  # noqa: E402
+from thumbnails import THUMB  # noqa: E402,F401  (the size the tests check)
+from ui_format import node_specs, our_node_decls, to_ui  # noqa: E402,F401  (our_node_decls: the tests read it)
 TEMPLATES_DIR = HERE                                   # what ComfyUI's Templates menu lists
 API_DIR = os.path.join(HERE, "api")
-STOCK_NODES = os.path.join(HERE, "specs", "stock_nodes.json")
 POS = "a photo of a red fox in the snow, detailed"
 
 HF = "https://huggingface.co/"
@@ -32,6 +38,7 @@ DOWNLOADS = {
     "sd_xl_base_1.0.safetensors": ("checkpoints", HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
     "t5xxl_fp16.safetensors": ("text_encoders", HF + "comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"),
     "sdxl_vae.safetensors": ("vae", HF + "stabilityai/sdxl-vae/resolve/main/sdxl_vae.safetensors"),
+    "clip_l.safetensors": ("text_encoders", HF + "comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"),
 }
 
 # What each family's workflows load, and where the RayFlow LoRA comes from. ``model_arg`` is the
@@ -60,6 +67,29 @@ FAMILIES = {
         "model_arg": "pixart-sigma-diffusers",
         "model_note": "PixArt trains from a diffusers folder (there is no PixArt single-file loader), e.g. the "
                       "Hugging Face repository PixArt-alpha/PixArt-Sigma-XL-2-1024-MS downloaded to pixart-sigma-diffusers",
+    },
+    "sd35": {
+        "ckpt": "sd3.5_large.safetensors", "clip": ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"),
+        "lora": "rayflow-sd35.safetensors", "resolution": 1024,
+        "base": "SD3.5 Large: sd3.5_large.safetensors (from the gated Hugging Face repository "
+                "stabilityai/stable-diffusion-3.5-large; SD3.5 Medium works the same way) in ComfyUI/models/checkpoints, "
+                "and its text encoders clip_l.safetensors, clip_g.safetensors (the same repository's text_encoders/) "
+                "and t5xxl_fp16.safetensors in models/text_encoders (ComfyUI offers clip_l and t5xxl_fp16 when missing)",
+        "model_arg": "sd3.5-large-diffusers",
+        "model_note": "SD3 / SD3.5 train from the diffusers folder of the same model (all of "
+                      "stabilityai/stable-diffusion-3.5-large downloaded to sd3.5-large-diffusers: transformer, VAE, "
+                      "CLIP-L, CLIP-G and T5)",
+    },
+    "flux_dev": {
+        "unet": "flux1-dev.safetensors", "clip": ("clip_l.safetensors", "t5xxl_fp16.safetensors"), "vae": "ae.safetensors",
+        "lora": "rayflow-flux-dev.safetensors", "resolution": 1024, "extra_args": "--base-precision nf4",
+        "base": "FLUX.1-dev: flux1-dev.safetensors in ComfyUI/models/diffusion_models and its VAE ae.safetensors in "
+                "models/vae (both from the gated Hugging Face repository black-forest-labs/FLUX.1-dev), clip_l.safetensors "
+                "and t5xxl_fp16.safetensors in models/text_encoders (ComfyUI offers those two when missing)",
+        "model_arg": "flux1-dev-diffusers",
+        "model_note": "FLUX trains from the diffusers folder of the same model (black-forest-labs/FLUX.1-dev "
+                      "downloaded whole to flux1-dev-diffusers); --base-precision nf4 keeps it within one 24 GB GPU "
+                      "(README: SD3 / SD3.5 and FLUX.1)",
     },
 }
 
@@ -95,21 +125,55 @@ def t2i(steps, size, ckpt, lora, prefix):
     return wf
 
 
+def separate_loaders(loaders, clip, vae, lora, latent_cls, steps, prefix, extra=None):
+    """Text to image from separately loaded parts: ``loaders`` (the model as node "1"), ``clip`` and
+    ``vae`` (their outputs), the RayFlow LoRA, a 1024 px ``latent_cls`` latent, then ``extra`` nodes
+    (nodes between the loaders and the sampler; the sampler takes ``model`` / ``positive`` from them
+    when they name those keys)."""
+    wf = dict(loaders)
+    wf["2"] = node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name=lora, strength=1.0, min_coverage=1.0)
+    wf["3"] = node("CLIPTextEncode", "Positive", clip=clip, text=POS)
+    wf["4"] = node("CLIPTextEncode", "Negative", clip=clip, text="")
+    wf["5"] = node(latent_cls, "Empty Latent Image", width=1024, height=1024, batch_size=1)
+    extra = extra or {}
+    wf.update(extra.get("nodes", {}))
+    wf["6"] = ray_sampler(["5", 0], steps)
+    wf["6"]["inputs"].update(extra.get("sampler", {}))
+    wf["7"] = node("VAEDecode", "VAE Decode", samples=["6", 0], vae=vae)
+    wf["8"] = node("SaveImage", "Save Image", images=["7", 0], filename_prefix=prefix)
+    return wf
+
+
 def pixart(steps):
     fam = FAMILIES["pixart"]
-    wf = {
+    return separate_loaders({
         "1": node("UNETLoader", "Load PixArt transformer", unet_name=fam["unet"], weight_dtype="default"),
         "9": node("CLIPLoader", "Load T5", clip_name=fam["clip"], type="pixart", device="default"),
         "10": node("VAELoader", "Load VAE", vae_name=fam["vae"]),
-        "2": node("RayFlowLoraLoader", "RayFlow LoRA Loader", model=["1", 0], lora_name=fam["lora"], strength=1.0, min_coverage=1.0),
-        "3": node("CLIPTextEncode", "Positive", clip=["9", 0], text=POS),
-        "4": node("CLIPTextEncode", "Negative", clip=["9", 0], text=""),
-        "5": node("EmptyLatentImage", "Empty Latent Image", width=1024, height=1024, batch_size=1),
-    }
-    wf["6"] = ray_sampler(["5", 0], steps)
-    wf["7"] = node("VAEDecode", "VAE Decode", samples=["6", 0], vae=["10", 0])
-    wf["8"] = node("SaveImage", "Save Image", images=["7", 0], filename_prefix="rayflow_pixart_4step")
-    return wf
+    }, ["9", 0], ["10", 0], fam["lora"], "EmptyLatentImage", steps, "rayflow_pixart_4step")
+
+
+def sd35(steps):
+    fam = FAMILIES["sd35"]
+    return separate_loaders({
+        "1": node("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=fam["ckpt"]),
+        "9": node("TripleCLIPLoader", "Load CLIP-L, CLIP-G, T5", clip_name1=fam["clip"][0], clip_name2=fam["clip"][1],
+                  clip_name3=fam["clip"][2]),
+    }, ["9", 0], ["1", 2], fam["lora"], "EmptySD3LatentImage", steps, "rayflow_sd35_4step")
+
+
+def flux_dev(steps):
+    fam = FAMILIES["flux_dev"]
+    shift = node("ModelSamplingFlux", "ModelSamplingFlux (shift from the size)", model=["2", 0], max_shift=1.15,
+                 base_shift=0.5, width=1024, height=1024)
+    return separate_loaders({
+        "1": node("UNETLoader", "Load FLUX.1-dev", unet_name=fam["unet"], weight_dtype="default"),
+        "9": node("DualCLIPLoader", "Load CLIP-L and T5", clip_name1=fam["clip"][0], clip_name2=fam["clip"][1],
+                  type="flux", device="default"),
+        "10": node("VAELoader", "Load VAE", vae_name=fam["vae"]),
+    }, ["9", 0], ["10", 0], fam["lora"], "EmptySD3LatentImage", steps, "rayflow_flux_dev_4step",
+        extra={"nodes": {"11": shift, "12": node("FluxGuidance", "FluxGuidance", conditioning=["3", 0], guidance=3.5)},
+               "sampler": {"model": ["11", 0], "positive": ["12", 0]}})
 
 
 def img2img():
@@ -159,6 +223,8 @@ WORKFLOWS = {
     "sd15_4step.json": t2i(4, 512, *SD15, "rayflow_sd15_4step"),
     "sdxl_4step.json": t2i(4, 1024, *SDXL, "rayflow_sdxl_4step"),
     "pixart_4step.json": pixart(4),
+    "sd35_4step.json": sd35(4),
+    "flux_dev_4step.json": flux_dev(4),
     "sd15_img2img.json": img2img(),
     "sd15_custom_advanced.json": custom_advanced(),
     "sd15_target_mean.json": target_mean(),
@@ -173,6 +239,12 @@ TEMPLATES = {
     "sdxl_4step.json": ("sdxl", "few-step", "SDXL · 4 steps", "text to image, 1024 px, cfg 1.0", ""),
     "pixart_4step.json": ("pixart", "few-step", "PixArt-Sigma · 4 steps", "text to image, 1024 px, cfg 1.0",
                           "Load T5 uses CLIPLoader with type pixart."),
+    "sd35_4step.json": ("sd35", "few-step", "SD3.5 · 4 steps", "text to image, 1024 px, cfg 1.0",
+                        "TripleCLIPLoader loads CLIP-L, CLIP-G and T5-XXL; the schedule is the model's own (shift 3)."),
+    "flux_dev_4step.json": ("flux_dev", "few-step", "FLUX.1-dev · 4 steps", "1024 px, cfg 1.0, FluxGuidance 3.5",
+                            "FluxGuidance sets the guidance the LoRA was trained at (its rayflow.recommended_guidance, "
+                            "3.5 by default); ModelSamplingFlux sets FLUX's shift from the image size: keep its width "
+                            "and height at the latent's. The negative prompt is unused at cfg 1.0."),
     "sd15_img2img.json": ("sd15", "few-step", "SD1.5 · img2img", "4 steps at denoise 0.6",
                           "Load Image: put your picture in ComfyUI/input (this workflow names it example.png); "
                           "denoise 0.5-0.7 suits img2img."),
@@ -192,7 +264,8 @@ def training_command(family: str, preset: str) -> str:
     """The ``python -m training.distill`` line that makes the workflow's LoRA, run from the pack's folder."""
     fam = FAMILIES[family]
     return (f"python -m training.distill --model {fam['model_arg']} --prompts prompts.txt "
-            f"--output ../../models/loras/{fam['lora']} --resolution {fam['resolution']} --preset {preset}")
+            f"--output ../../models/loras/{fam['lora']} --resolution {fam['resolution']} --preset {preset}"
+            + (f" {fam['extra_args']}" if "extra_args" in fam else ""))
 
 
 def note_text(name: str) -> str:
@@ -214,7 +287,8 @@ def note_text(name: str) -> str:
                      "--train-steps than a few-step one (python -m training.distill --help).")
     if extra:
         paras.append(extra)
-    paras.append("Keep cfg at 1.0: the LoRA has the teacher's guidance baked in.")
+    paras.append("Keep cfg at 1.0: the LoRA has the teacher's guidance baked in."
+                 if family != "flux_dev" else "Keep cfg at 1.0: FLUX.1-dev takes its guidance from FluxGuidance.")
     return "\n\n".join(paras)
 
 
@@ -248,190 +322,14 @@ def ui_workflow(name: str, specs: dict) -> dict:
     return wf
 
 
-# ---- thumbnails: the graph drawn as boxes in rows by depth (sources on top), RayFlow nodes in orange
-
-THUMB = 512
-SHORT = {"CheckpointLoaderSimple": "Load Checkpoint", "RayFlowLoraLoader": "RayFlow LoRA", "UNETLoader": "Load PixArt",
-         "CLIPLoader": "Load T5", "VAELoader": "Load VAE", "LoadImage": "Load Image", "VAEEncode": "VAE Encode",
-         "VAEDecode": "VAE Decode", "SaveImage": "Save Image", "RandomNoise": "Random Noise", "CFGGuider": "CFG Guider",
-         "RayFlowSamplerSelect": "RayFlow SAMPLER", "SamplerCustomAdvanced": "SamplerCustomAdv.",
-         "RayFlowTargetMean": "Ray Target Mean"}
-
-
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-
-
-def _steps(n: int) -> str:
-    return f"{n} step" + ("s" if n > 1 else "")
-
-
-def _label(node: dict) -> str:
-    cls, inp = node["class_type"], node["inputs"]
-    if cls == "CLIPTextEncode":
-        return "Prompt -" if node["_meta"]["title"] == "Negative" else "Prompt +"
-    if cls == "EmptyLatentImage":
-        return f"Empty Latent {inp['width']}"
-    if cls in ("RayFlowSampler", "KSampler"):
-        return f"{'RayFlow Sampler' if cls == 'RayFlowSampler' else 'KSampler'} · {_steps(inp['steps'])}"
-    if cls == "RayFlowScheduler":
-        return f"RayFlow SIGMAS · {_steps(inp['steps'])}"
-    return SHORT.get(cls, node["_meta"]["title"])
-
-
-def _fit(draw, text: str, width: float, size: int, smallest: int = 9):
-    from PIL import ImageFont
-
-    while size > smallest and draw.textlength(text, font=ImageFont.load_default(size=size)) > width:
-        size -= 1
-    return ImageFont.load_default(size=size)
-
-
 def thumbnail(name: str):
-    """A 512 px square JPEG-ready image: the template's title, subtitle and node graph, labelled as a
-    diagram (no real model output exists to show)."""
-    from PIL import Image, ImageDraw
-
-    api = WORKFLOWS[name]
+    """The template's thumbnail (``thumbnails.draw``): its title, subtitle and node graph."""
     _, _, title, subtitle, _ = TEMPLATES[name]
-    depth = {}
-
-    def d(key):
-        if key not in depth:
-            srcs = [v[0] for v in api[key]["inputs"].values() if _is_link(v)]
-            depth[key] = 1 + max((d(s) for s in srcs), default=-1)
-        return depth[key]
-
-    rows = {}
-    for key in api:
-        rows.setdefault(d(key), []).append(key)
-    img = Image.new("RGB", (THUMB, THUMB), "#16181d")
-    draw = ImageDraw.Draw(img)
-    m = 22
-    draw.text((m, 16), "RayFlow", fill="#f0913a", font=_fit(draw, "RayFlow", 200, 20))
-    draw.text((m, 42), title, fill="#f2f3f5", font=_fit(draw, title, THUMB - 2 * m, 34))
-    draw.text((m, 86), subtitle, fill="#b4b9c3", font=_fit(draw, subtitle, THUMB - 2 * m, 19))
-    top, bottom, gap = 126, 474, 10
-    row_h = min(64, (bottom - top) / len(rows))
-    box_h = min(34, row_h - 18)
-    y0 = top + ((bottom - top) - row_h * len(rows)) / 2
-    xy = {}
-    for r in sorted(rows):
-        keys = rows[r]
-        if r:                                          # parents' mean x, to keep the edges short
-            def mean_x(k):
-                xs = [xy[v[0]][0] for v in api[k]["inputs"].values() if _is_link(v)]
-                return sum(xs) / len(xs)
-            keys.sort(key=mean_x)
-        w = min(190, (THUMB - 2 * m - gap * (len(keys) - 1)) / len(keys))
-        x = (THUMB - (w * len(keys) + gap * (len(keys) - 1))) / 2
-        for k in keys:
-            xy[k] = (x + w / 2, y0 + r * row_h, w)
-            x += w + gap
-    for k, n in api.items():                            # edges first, under the boxes
-        for v in n["inputs"].values():
-            if _is_link(v):
-                sx, sy, _ = xy[v[0]]
-                dx, dy, _ = xy[k]
-                draw.line([(sx, sy + box_h), (dx, dy)], fill="#5d6470", width=2)
-    for k, (cx, y, w) in xy.items():
-        ours = api[k]["class_type"].startswith("RayFlow")
-        draw.rounded_rectangle([cx - w / 2, y, cx + w / 2, y + box_h], radius=6,
-                               fill="#e8852a" if ours else "#2f3541", outline="#f5b06a" if ours else "#4a5261")
-        text = _label(api[k])
-        font = _fit(draw, text, w - 10, 15)
-        draw.text((cx, y + box_h / 2), text, fill="#1a1205" if ours else "#e4e7ec", font=font, anchor="mm")
-    foot = f"{name[:-5]} · node graph, not a generated image"
-    draw.text((m, THUMB - 26), foot, fill="#7b818c", font=_fit(draw, foot, THUMB - 2 * m, 14))
-    return img
+    return thumbnails.draw(WORKFLOWS[name], title, subtitle, name[:-5])
 
 
 def thumbnail_path(name: str) -> str:
     return os.path.join(TEMPLATES_DIR, name[:-5] + ".jpg")
-
-SEEDED = {"seed", "noise_seed"}          # widgets followed by ComfyUI's control_after_generate value
-
-
-def our_node_decls(pack) -> dict:
-    """``{node id: (INPUT_TYPES dict, RETURN_TYPES)}`` of the pack's nodes (``pack``: the imported
-    repository root), from their declarations (``nodes.NODES``, ``nodes/schema.py``)."""
-    return {k: (n.input_types(), tuple(n.return_types)) for k, n in pack.nodes.NODES.items()}
-
-
-def node_specs():
-    """``{class: {"inputs": [(name, type, is_widget)], "outputs": [type]}}`` for stock and RayFlow nodes."""
-    import importlib.util
-    import sys
-    import types
-
-    specs = {}
-    stock = json.load(open(STOCK_NODES))["nodes"]
-    for cls, spec in stock.items():
-        specs[cls] = {"inputs": [(n, e["type"], e["type"] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"))
-                                 for n, e in spec["input"].items()], "outputs": spec["output"]}
-    sys.modules.setdefault("folder_paths", types.SimpleNamespace(get_filename_list=lambda kind: [],
-                                                                 get_full_path=lambda kind, name: None))
-    repo = os.path.dirname(HERE)
-    spec = importlib.util.spec_from_file_location("rayflow_comfy_gen", os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rayflow_comfy_gen"] = mod
-    spec.loader.exec_module(mod)
-    for cls, (input_types, return_types) in our_node_decls(mod).items():
-        inputs = []
-        for group in input_types.values():
-            for n, (t, _) in group.items():
-                widget = isinstance(t, list) or t in ("INT", "FLOAT", "STRING", "BOOLEAN")
-                inputs.append((n, "COMBO" if isinstance(t, list) else t, widget))
-        specs[cls] = {"inputs": inputs, "outputs": list(return_types)}
-    return specs
-
-
-def to_ui(api: dict, specs: dict) -> dict:
-    """API-format prompt -> UI-format workflow (nodes on a grid, links, widget values in spec order)."""
-    ids = {k: i + 1 for i, k in enumerate(api)}
-    links, nodes = [], []
-    out_links = {}
-    for key, node in api.items():
-        for name, value in node["inputs"].items():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-                src, slot = value
-                link_id = len(links) + 1
-                in_types = dict((n, t) for n, t, _ in specs[node["class_type"]]["inputs"])
-                links.append([link_id, ids[src], slot, ids[key], None, specs[api[src]["class_type"]]["outputs"][slot]])
-                out_links.setdefault((src, slot), []).append(link_id)
-                links[-1].append(name)      # temporary: the input name, resolved to a slot below
-    for order, (key, node) in enumerate(api.items()):
-        spec = specs[node["class_type"]]
-        inputs, widgets = [], []
-        for name, typ, is_widget in spec["inputs"]:
-            value = node["inputs"].get(name)
-            linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            if is_widget and not linked:
-                if name in node["inputs"]:
-                    widgets.append(value)
-                    if name in SEEDED:
-                        widgets.append("fixed")
-                continue
-            if name in node["inputs"] or not is_widget:
-                link = next((l[0] for l in links if l[3] == ids[key] and l[6] == name), None)
-                if link is None and name not in node["inputs"]:
-                    continue                      # optional input left unconnected
-                inputs.append({"name": name, "type": typ, "link": link})
-        for i, inp in enumerate(inputs):
-            for l in links:
-                if l[0] == inp["link"]:
-                    l[4] = i
-        outputs = [{"name": t, "type": t, "links": out_links.get((key, slot), []), "slot_index": slot}
-                   for slot, t in enumerate(spec["outputs"])]
-        col, row = order % 4, order // 4
-        nodes.append({"id": ids[key], "type": node["class_type"], "pos": [40 + 360 * col, 40 + 320 * row],
-                      "size": [320, 260], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
-                      "outputs": outputs, "title": node.get("_meta", {}).get("title", node["class_type"]),
-                      "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
-    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes,
-            "links": [l[:6] for l in links], "groups": [], "config": {}, "extra": {}, "version": 0.4}
-
 
 def write_json(path: str, data: dict) -> None:
     with open(path, "w") as f:

@@ -36,11 +36,15 @@ SD15_META = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sig
 PACK = "rayflow"      # the custom_nodes folder name: ComfyUI's Templates menu lists our workflows under it
 # the file the trainer makes from the tiny checkpoint (write_trained_lora); the browser test queues with it
 TRAINED_LORA = "rayflow-trained.safetensors"
-# empty files under the names the SDXL and PixArt workflows load: enough for /prompt validation, which
-# checks names against the folder listings; loading them fails, as it should
-STAND_INS = {"checkpoints": ["sd_xl_base_1.0.safetensors"], "diffusion_models": ["PixArt-Sigma-XL-2-1024-MS.safetensors"],
-             "text_encoders": ["t5xxl_fp16.safetensors"], "vae": ["sdxl_vae.safetensors"],
-             "loras": ["rayflow-pixart-sigma.safetensors"]}
+# empty files under the names the SDXL, PixArt, SD3.5 and FLUX.1 workflows load: enough for /prompt
+# validation, which checks names against the folder listings; loading them fails, as it should (the SD3 /
+# FLUX nodes run on tiny models in-process in test_flow_models.py: ComfyUI's text encoders for them are
+# full size, T5-XXL alone 4.7 B parameters)
+STAND_INS = {"checkpoints": ["sd_xl_base_1.0.safetensors", "sd3.5_large.safetensors"],
+             "diffusion_models": ["PixArt-Sigma-XL-2-1024-MS.safetensors", "flux1-dev.safetensors"],
+             "text_encoders": ["t5xxl_fp16.safetensors", "clip_l.safetensors", "clip_g.safetensors"],
+             "vae": ["sdxl_vae.safetensors", "ae.safetensors"],
+             "loras": ["rayflow-pixart-sigma.safetensors", "rayflow-sd35.safetensors", "rayflow-flux-dev.safetensors"]}
 
 
 def write_loras(model_patcher, folder):

@@ -8,8 +8,8 @@ from it, test LoRAs, empty SDXL/PixArt stand-ins) and one browser page serve the
   ``widgets_values`` under the input names of the API-format twin in ``workflows/api/``.
 - Every workflow opens from the Templates side bar (Custom Nodes -> rayflow) with its thumbnail.
 - Every SD1.5 workflow, retargeted to the tiny files, is run with the Run button and must write a
-  finite, non-constant PNG per Save Image node, shown on that node; the SDXL and PixArt workflows pass
-  ComfyUI's /prompt validation as the page converts them.
+  finite, non-constant PNG per Save Image node, shown on that node; the SDXL, PixArt, SD3.5 and FLUX.1
+  workflows pass ComfyUI's /prompt validation as the page converts them.
 - "Cancel current run" during a RayFlow Sampler run stops it; a RayFlow LoRA Loader pointed at a
   corrupt file or at a LoRA of another family shows our one-sentence message in the page, and the next
   workflow still runs.
@@ -230,15 +230,17 @@ def test_every_sd15_workflow_run_from_the_page_writes_real_images(ui, base_dir, 
         ui.page.screenshot(path=os.path.join(SHOTS, f"queue_{name.replace('.json', '.png')}"))
 
 
-# the loaders of the SDXL and PixArt workflows, which fail on the empty stand-in files after validation
-STAND_IN_LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader")
+# the loaders of the SDXL, PixArt, SD3.5 and FLUX.1 workflows, which fail on the empty stand-in files after validation
+STAND_IN_LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "VAELoader", "TripleCLIPLoader",
+                    "DualCLIPLoader")
 
 
 @pytest.mark.parametrize("name", [n for n in UI_WORKFLOWS if n not in SD15_WORKFLOWS])
-def test_sdxl_and_pixart_workflows_pass_comfyui_validation(ui, server, name):
+def test_sdxl_pixart_sd35_and_flux_workflows_pass_comfyui_validation(ui, server, name):
     """The page turns the graph into a prompt (``app.graphToPrompt``) and ComfyUI's /prompt accepts it:
     node types, input names, links and values all valid for this ComfyUI. The model files are empty
-    stand-ins (no SDXL or PixArt model fits a CPU test), so execution then stops at a loader."""
+    stand-ins (no SDXL, PixArt, SD3.5 or FLUX model, nor their full-size text encoders, fits a CPU test;
+    the SD3 / FLUX nodes run on tiny models in test_flow_models.py), so execution then stops at a loader."""
     with ui.screenshot_on_failure(f"validate_{name}"):
         ui.close_dialogs()
         ui.load(_load_ui(name), name)

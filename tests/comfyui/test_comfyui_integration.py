@@ -319,14 +319,16 @@ def test_rayflow_lora_loads_fully_in_the_stock_loader_and_ours(tiny, base_dir, m
                         lambda kind, name: path if name == "rayflow-sd15.safetensors" else None)
     (m3,) = comfy_nodes()["RayFlowLoraLoader"].execute(model, "rayflow-sd15.safetensors", 1.0)
     assert len(m3.patches) - len(model.patches) == len(modules)
-    assert m3.model_options["rayflow"] == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0, "architecture": "sd15"}
+    assert m3.model_options["rayflow"] == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0, "architecture": "sd15",
+                                           "guidance": None}
     assert "rayflow" not in model.model_options            # the input MODEL is not modified
 
 
 def snapshot_of(object_info, names):
     """``workflows/specs/stock_nodes.json``'s form of the live ``/object_info`` for the stock nodes ``names``:
     inputs in ComfyUI's order with type, required-ness, min/max and (except file lists) options."""
-    file_inputs = {"ckpt_name", "lora_name", "unet_name", "clip_name", "vae_name", "image"}
+    file_inputs = {"ckpt_name", "lora_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3",
+                   "vae_name", "image"}
     out = {}
     for cls in names:
         info = object_info[cls]

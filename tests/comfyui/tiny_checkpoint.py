@@ -59,14 +59,16 @@ def build_clip_state_dict():
     return _random_like(shapes, "cond_stage_model.transformer.")
 
 
-def build_vae_state_dict():
+def build_vae_state_dict(z_channels: int = 4, prefix: str = "first_stage_model."):
+    """A random VAE of ComfyUI's standard configuration (SD1.5: 4 latent channels; the SD3 / FLUX
+    VAE's shape: 16), keys under ``prefix``."""
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+    ddconfig = {"double_z": True, "z_channels": z_channels, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
     with torch.device("meta"):
-        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
-    return _random_like({k: torch.empty(v.shape) for k, v in vae.state_dict().items()}, "first_stage_model.")
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=z_channels)
+    return _random_like({k: torch.empty(v.shape) for k, v in vae.state_dict().items()}, prefix)
 
 
 def write_checkpoint(path: str, seed: int = 0) -> str:
