@@ -167,7 +167,7 @@ def validate_lora(path: str, targets: Optional[Mapping[str, Sequence[int]]] = No
     header = read_header(path)
     meta = read_metadata(path, header) if require_rayflow or _is_rayflow(header) else {}
     index = {k: v for k, v in header.items() if k != "__metadata__"}
-    form = FAMILIES[meta["architecture"]][1]
+    form = FAMILIES[meta["architecture"]][1] if meta else "kohya"      # a file without RayFlow metadata: kohya keys
     modules = _group(name, index, form)
     for key, entry in index.items():
         if entry["dtype"] not in WEIGHT_DTYPES:
