@@ -182,8 +182,10 @@ def validate_lora(path: str, targets: Optional[Mapping[str, Sequence[int]]] = No
         raise LoraFileError(f"{name} holds {len(modules)} LoRA modules, but rayflow.lora_modules says {declared}")
     tensors = _load(name, path, index)
     changing = _check_values(name, tensors, modules)
-    patching = changing if targets is None else {m for m in changing if m in targets}
-    if not patching:
+    # coverage is structural: a module whose change is zero (a layer training left untouched, or values
+    # below fp16's range) still fits its layer; only a file that changes nothing is refused for it
+    patching = set(modules) if targets is None else {m for m in modules if m in targets}
+    if not changing or not patching & changing:
         what = "is all zeros" if not changing else "has no module that fits this model's layers"
         raise LoraFileError(f"{name} {what}, so it would patch nothing; it is damaged or made for another model")
     info = LoraFile(name, meta, tensors, form, max(ranks), modules, declared,

@@ -145,7 +145,7 @@ def mutants(base: bytes, rng: random.Random):
         for part in ("lora_down.weight", "lora_up.weight", "alpha"):
             yield variant(f"missing {m}.{part}", REFUSE, lambda t, k=f"{m}.{part}": t.pop(k))
         yield variant(f"drop module {m}", REFUSE, lambda t, m=m: [t.pop(k) for k in list(t) if k.startswith(m + ".")])
-        yield variant(f"zero module {m}", REFUSE, lambda t, m=m: t[f"{m}.lora_up.weight"].zero_())
+        yield variant(f"zero module {m}", EITHER, lambda t, m=m: t[f"{m}.lora_up.weight"].zero_())   # fits, patches nothing (test_lora_file)
         yield variant(f"zero alpha {m}", REFUSE, lambda t, m=m: t.__setitem__(f"{m}.alpha", torch.tensor(0.0)))
         for alpha in (torch.tensor(-4.0), torch.tensor(float("nan")), torch.tensor(float("inf")), torch.ones(2) * 4,
                       torch.ones(1, 1) * 4, torch.zeros(0), torch.tensor(1e38), torch.tensor(4, dtype=torch.int32)):
