@@ -40,7 +40,9 @@ LOWER_IS_BETTER = {"fd_indep": True, "fd": True, "fd_data": True, "rmse": True, 
 HEADLINE = "fd_indep"
 # the target-mean modes and eta of the Ray Target Mean comparison (README: when to use the node), on "ray"
 # (at eta 0 the probe changes nothing on the sigma path, docs/method.md 6.3, as the earlier 5-seed runs measured)
-RAY_MODES = (("noise", 0.0), ("noise", 1.0), ("probe4", 1.0))
+# the probes of P steps cost 2P evaluations (CFG): probe1 at n steps costs what noise at n + 2 does, probe2 at
+# 4 steps what noise (or no-Ray) at 8 does: the cost-matched comparisons of the target mean
+RAY_MODES = (("noise", 0.0), ("noise", 1.0), ("probe1", 1.0), ("probe2", 1.0), ("probe4", 1.0))
 # the teacher at 1/2/4/8/25 steps; DPM-Solver++ also at 6 (12 model evaluations with CFG: the cost of a
 # 4-step student with a 4-step probe of the target mean)
 TEACHER_ROWS = [("teacher DDIM", "ddim", n) for n in STEPS + (25,)] + \

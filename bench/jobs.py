@@ -9,15 +9,16 @@ taken over.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from proxy.recipe import TEACHER
+from proxy.recipe import PHASE2, TEACHER
 from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.distill import snapshot_path
@@ -68,14 +69,14 @@ def sampling_modes(variant: str) -> Tuple[Tuple[str, float], ...]:
 
 
 def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
-    """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set, every sampling
-    mode, 1/2/4/8 steps) and ``heldout`` (held-out set, the default mode), each
-    ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
+    """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set) and ``heldout``
+    (held-out set, where settings are chosen: learning rate, eta), each at every sampling mode and
+    1/2/4/8 steps, as ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
     unet = load_lora_unet(TEACHER, lora)
     out: Dict[str, Dict] = {"rows": {}, "heldout": {}}
-    for key, modes in (("rows", sampling_modes(variant)), ("heldout", (("noise", 0.0),))):
+    for key in ("rows", "heldout"):
         es = ev.sets["eval" if key == "rows" else "heldout"]
-        for mode, eta in modes:
+        for mode, eta in sampling_modes(variant):
             for n in STEPS:
                 imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta)
                 out[key].setdefault(mode_name(variant, mode, eta), {})[str(n)] = {**es.metrics(imgs), "nfe": nfe}
@@ -96,6 +97,18 @@ def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, fi
     return curve
 
 
+def logged_training_seconds(log: str) -> Optional[float]:
+    """The phase-2 time a training log (``training/records.py``'s ``log.csv``: step, ..., samples_per_s)
+    accounts for, from its throughput rows at the proxy's batch; None without the log."""
+    if not os.path.isfile(log):
+        return None
+    with open(log, encoding="utf-8") as f:
+        # a resumed run may log a step again: the last row of a step counts
+        rows = sorted({int(r["step"]): float(r["samples_per_s"]) for r in csv.DictReader(f) if r.get("samples_per_s")}.items())
+    steps = [0] + [k for k, _ in rows]
+    return sum((k - prev) * PHASE2["batch_size"] / sps for (k, sps), prev in zip(rows, steps) if sps > 0) or None
+
+
 def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
     """Train ``variant`` with training seed ``seed`` (resuming its checkpoint), evaluate it and its
     snapshots, and write its record ``<out>/runs/seed<k>/<variant>.json``."""
@@ -104,6 +117,8 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
     path = distil(variant, folder, TEACHER, os.path.join(args.out, "prompts.txt"), args.train_steps,
                   args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"))
     seconds = time.time() - t0
+    if seconds < 1.0:            # the LoRA was there (trained before an interruption): the time its log recorded
+        seconds = logged_training_seconds(os.path.join(folder, f"work_{variant}", "log.csv")) or seconds
     metrics = evaluate_lora(ev, variant, path)
     curve = training_curve(ev, variant, path, args.train_steps, metrics["rows"])
     write_json(result, {"variant": variant, "train_seed": seed, "train_steps": args.train_steps,

@@ -65,11 +65,12 @@ def fair_report(data: Dict) -> List[str]:
             lines.append(f"| {name} | {_nfe(v.get('nfe', {}))} | " + " | ".join(
                 " / ".join(fmt(v.get(m, {}).get(str(n)), 3 if m == "rmse" else 2 if m == "alignment" else 1)
                            for m in ("fd", "rmse", "fd_data", "alignment")) for n in STEPS) + " |")
-    if data.get("lr_selection"):
-        lines += ["", "Learning rates chosen on the held-out set (mean over 1/2/4/8 steps of the held-out "
-                  f"{HEADLINE}, over the seeds every setting has):", "", "| arm | setting: score | chosen |", "|---|---|---|"]
-        for arm, sel in data["lr_selection"].items():
-            lines.append(f"| {arm} | " + "; ".join(f"{v}: {x:.1f}" for v, x in sel["score"].items()) + f" | {sel['chosen']} |")
+    for key, what in (("lr_selection", "Learning rates"), ("eta_selection", "The sampler's eta (equal cost)")):
+        if data.get(key):
+            lines += ["", f"{what} chosen on the held-out set (mean over 1/2/4/8 steps of the held-out "
+                      f"{HEADLINE}, over the seeds every setting has):", "", "| arm | setting: score | chosen |", "|---|---|---|"]
+            for arm, sel in data[key].items():
+                lines.append(f"| {arm} | " + "; ".join(f"{v}: {x:.1f}" for v, x in sel["score"].items()) + f" | {sel['chosen']} |")
     return lines
 
 

@@ -8,7 +8,7 @@ import os
 from typing import Dict, List, Optional
 
 from .archive import archive_paths
-from .evaluation import HEADLINE, LOWER_IS_BETTER, METRICS, STEPS
+from .evaluation import HEADLINE, LOWER_IS_BETTER, METRICS, STEPS, mode_name
 from .stats import holm, holm_verdict, mean_ci, paired_difference, paired_p_value, verdict
 from .variants import LR_SWEEP
 
@@ -48,12 +48,14 @@ def per_seed_values(runs: Dict[tuple, Dict], seeds: List[int], key: str = "rows"
     return per
 
 
-def lr_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int]) -> Dict:
-    """For each arm of ``LR_SWEEP`` with two or more settings measured: the held-out score of each
-    setting (the headline metric at 1, 2, 4 and 8 steps, averaged over the step counts and over the
-    training seeds every setting has) and the chosen one, the lowest."""
+def heldout_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int],
+                      candidates: Dict[str, tuple], what: str) -> Dict:
+    """For each arm of ``candidates`` (arm -> its candidate rows: one per setting of ``what``) with two
+    or more rows measured on the held-out set: each row's score (the headline metric at 1, 2, 4 and 8
+    steps, averaged over the step counts and over the training seeds every row has) and the chosen
+    one, the lowest."""
     out = {}
-    for arm, settings in LR_SWEEP.items():
+    for arm, settings in candidates.items():
         present = [v for v in settings if HEADLINE in heldout.get(v, {})]
         if len(present) < 2:
             continue
@@ -63,9 +65,21 @@ def lr_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int
             continue
         score = {v: sum(heldout[v][HEADLINE][str(n)][i] for n in STEPS for i in common) / (len(STEPS) * len(common))
                  for v in present}
-        out[arm] = {"metric": f"{HEADLINE} on the held-out set, mean over 1/2/4/8 steps and seeds",
+        out[arm] = {"metric": f"{HEADLINE} on the held-out set, mean over 1/2/4/8 steps and seeds", "setting": what,
                     "seeds": [seeds[i] for i in common], "score": score, "chosen": min(score, key=score.get)}
     return out
+
+
+def lr_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int]) -> Dict:
+    """The learning rate of each arm of ``LR_SWEEP``, chosen on the held-out set (:func:`heldout_selection`)."""
+    return heldout_selection(heldout, seeds, LR_SWEEP, "learning rate")
+
+
+def eta_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int]) -> Dict:
+    """The sampler's eta (0 or 1, target mean from the noise: equal cost) of every Ray-sampled arm,
+    chosen on the held-out set (:func:`heldout_selection`)."""
+    arms = {row: (row, mode_name(row, "noise", 1.0)) for row in heldout if "[" not in row}
+    return heldout_selection(heldout, seeds, arms, "eta")
 
 
 def headline(per: Dict[str, Dict[str, Dict[str, List]]], family: Optional[str]) -> Optional[Dict]:
@@ -158,6 +172,7 @@ def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
         out["heldout"] = {row: {m: {n: mean_ci(v) for n, v in by_steps.items()} for m, by_steps in metrics.items()}
                           for row, metrics in heldout.items()}
         out["lr_selection"] = lr_selection(heldout, seeds)
+        out["eta_selection"] = eta_selection(heldout, seeds)
         out["curves_indep"] = {v: {k: {n: mean_ci(vals) for n, vals in by_n.items()} for k, by_n in ks.items()}
                                for v, ks in curves_indep.items()}
         out["devices"] = sorted({r.get("device", "not recorded") for r in runs.values()})

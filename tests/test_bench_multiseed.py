@@ -244,3 +244,17 @@ def test_learning_rates_are_chosen_on_the_held_out_set():
     assert sel["lcm"]["chosen"] == "lcm_lr3e-4" and sel["lcm"]["seeds"] == [0, 1]     # the seeds both have
     assert sel["lcm"]["score"] == {"lcm": 21.0, "lcm_lr3e-4": 11.0}
     assert "ray" not in sel                               # one setting: nothing to choose
+
+
+def test_eta_is_chosen_on_the_held_out_set_between_equal_cost_rows():
+    from bench.summary import eta_selection
+
+    heldout = {"ray": {"fd_indep": {str(n): [70.0, 72.0] for n in STEPS}},
+               "ray [noise, eta 1]": {"fd_indep": {str(n): [50.0, 52.0] for n in STEPS}},
+               "ray [probe4, eta 1]": {"fd_indep": {str(n): [20.0, 20.0] for n in STEPS}},      # costs more: not a candidate
+               "no_ray": {"fd_indep": {str(n): [30.0, 30.0] for n in STEPS}},
+               "no_ray [noise, eta 1]": {"fd_indep": {str(n): [900.0, 950.0] for n in STEPS}}}
+    sel = eta_selection(heldout, [0, 1])
+    assert sel["ray"]["chosen"] == "ray [noise, eta 1]" and sel["ray"]["score"] == {"ray": 71.0, "ray [noise, eta 1]": 51.0}
+    assert sel["no_ray"]["chosen"] == "no_ray" and sel["no_ray"]["setting"] == "eta"
+    assert set(sel) == {"ray", "no_ray"}

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from bench.quality import main
 from bench.variants import COMBINED, VARIANTS, process_of
 from proxy.recipe import PHASE2, proxy_config
@@ -122,7 +124,9 @@ def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, 
     os.makedirs(os.path.dirname(record))
     shutil.copyfile(out / "ray.safetensors", archived_lora(args, 0, "ray"))
     metrics = jobs.evaluate_lora(ev, "ray", archived_lora(args, 0, "ray"))
-    assert set(metrics["rows"]) == {"ray", "ray [noise, eta 1]", "ray [probe4, eta 1]"} and set(metrics["heldout"]) == {"ray"}
+    assert set(metrics["rows"]) == {"ray", "ray [noise, eta 1]", "ray [probe1, eta 1]", "ray [probe2, eta 1]",
+                                    "ray [probe4, eta 1]"} and set(metrics["heldout"]) == set(metrics["rows"])
+    assert metrics["rows"]["ray [probe1, eta 1]"]["1"]["nfe"] == 1 + 2
     assert metrics["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
     del metrics["rows"]["ray"]["1"]["fd_indep"]                          # a metric the archive does not have yet
     write_json(record, {"variant": "ray", "train_seed": 0, "train_steps": 1, "distill_seconds": 1.0, **metrics})
@@ -130,3 +134,14 @@ def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, 
     assert (seed, variant, change) == (0, "ray", 0.0)
     with open(record) as f:
         assert "fd_indep" in json.load(f)["rows"]["ray"]["1"]                # merged in
+
+
+def test_a_job_whose_lora_was_already_trained_records_the_time_its_log_accounts_for(tmp_path):
+    from bench.jobs import logged_training_seconds
+
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,lr,t_mean,t_std,w_mean,w_max,samples_per_s\n"
+                   "50,0.1,0.001,500,1,1,1,32\n100,0.1,0.001,500,1,1,1,16\n"
+                   "100,0.1,0.001,500,1,1,1,64\n150,0.1,0.001,500,1,1,1,40\n")     # step 100 again after a resume
+    assert logged_training_seconds(str(log)) == pytest.approx(50 * 32 / 32 + 50 * 32 / 64 + 50 * 32 / 40)
+    assert logged_training_seconds(str(tmp_path / "none.csv")) is None

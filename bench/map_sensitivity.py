@@ -1,0 +1,139 @@
+"""How the students' noise-to-image maps differ from the teacher's: fit on the training noise, fit on
+fresh noise, and sensitivity to the start point.
+
+For archived LoRAs of a multi-seed benchmark (``<results stem>_runs/seed<k>/<variant>.safetensors``)
+and ``--items`` items of its phase-1 cache (every ``576 / items``-th: all captions), at each step
+count of ``--steps`` (eta 0, target mean from the noise, as the headline samples):
+
+* ``rmse_train``: RMSE of the student's sample from the item's training noise ``z`` to the teacher
+  sample it was trained on (the cache's ``x0``): how well the map is learnt where it was taught;
+* ``rmse_fresh``: the same from fresh noise (a fixed generator, the same captions) to the teacher's
+  sample from that noise (the phase-1 solver): how well it generalises to the noise users sample;
+* ``sensitivity``: RMSE between the samples from ``z`` and from ``z + delta xi`` (``--delta``, a
+  fixed ``xi``): how much of a small change of the start reaches the image. The teacher's own
+  sensitivity (phase-1 solver, same ``xi``) is the reference: a smaller value is a flatter map, which
+  keeps less of what is particular to each noise (``docs/benchmarks.md``, "Why Ray sits far from the
+  teacher's distribution").
+
+    python -m bench.map_sensitivity --out outputs/quality_fair_2400 \\
+        --results docs/results/quality_fair_2400.json --seeds 0 1 2 --variants ray,no_ts,no_ray \\
+        --save docs/results/map_sensitivity.json
+
+Results are written after every (seed, variant), and a rerun skips what the file already holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List
+
+import torch
+
+from proxy.recipe import TEACHER, TEACHER_CFG, TEACHER_SOLVER, TEACHER_STEPS, RESOLUTION
+from proxy.sampling import load_lora_unet
+from rayflow import sample_ray
+from rayflow.atomic_write import write_json
+from training.data import load_cache, teacher_trajectory
+from training.models import load_base_model
+
+from .archive import archived_lora
+from .variants import VARIANTS, process_of
+
+FRESH_SEED, DELTA_SEED = 5, 6
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over images of the per-image RMS difference of ``a`` and ``b`` ``[N, C, H, W]``."""
+    return float((a - b).pow(2).flatten(1).mean(1).sqrt().mean())
+
+
+class Probe:
+    """The items, the fresh noise and the perturbation shared by every measurement, and the teacher's."""
+
+    @torch.no_grad()
+    def __init__(self, cache: str, items: int, delta: float):
+        """``items`` items of the phase-1 cache folder ``cache``; the start perturbation ``delta xi``."""
+        self.model = load_base_model(TEACHER)
+        cache = load_cache(cache)
+        idx = torch.arange(0, len(cache.noise), max(1, len(cache.noise) // items))[:items]
+        self.z, self.x0, self.cond = cache.noise[idx], cache.x0[idx], {"cond": cache.cond["cond"][idx]}
+        self.fresh = torch.randn(self.z.shape, generator=torch.Generator().manual_seed(FRESH_SEED))
+        self.shift = delta * torch.randn(self.z.shape, generator=torch.Generator().manual_seed(DELTA_SEED))
+        self.x0_fresh = self.teacher(self.fresh)
+        self.teacher_sensitivity = _rms(self.teacher(self.z + self.shift), self.x0)
+
+    def teacher(self, z: torch.Tensor) -> torch.Tensor:
+        """The teacher's samples ``[N, C, H, W]`` from ``z`` (the phase-1 solver, steps and CFG)."""
+        uncond = {k: v.expand(len(z), *v.shape[1:]) for k, v in self.model.encode_prompts([""], torch.device("cpu")).items()}
+        return teacher_trajectory(self.model, z, self.cond, uncond, TEACHER_SOLVER, TEACHER_STEPS, TEACHER_CFG, RESOLUTION)[0]
+
+    @torch.no_grad()
+    def measure(self, variant: str, lora: str, steps: List[int]) -> Dict[str, Dict[str, float]]:
+        """``{steps: {rmse_train, rmse_fresh, sensitivity}}`` of one LoRA of ``variant``."""
+        unet, process = load_lora_unet(TEACHER, lora), process_of(variant)
+
+        def sample(z, n):
+            eps = lambda x, t: unet(x, t, encoder_hidden_states=self.cond["cond"]).sample   # noqa: E731
+            return sample_ray(eps, z, z, process, self.model.schedule, self.model.schedule.ray_timesteps(n))
+
+        rows = {}
+        for n in steps:
+            base = sample(self.z, n)
+            rows[str(n)] = {"rmse_train": _rms(base, self.x0), "rmse_fresh": _rms(sample(self.fresh, n), self.x0_fresh),
+                            "sensitivity": _rms(sample(self.z + self.shift, n), base)}
+        return rows
+
+
+def parse_args(argv: List[str] = None) -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="the multi-seed benchmark folder (its phase-1 cache)")
+    ap.add_argument("--results", required=True, help="the benchmark's summary JSON (its archive holds the LoRAs)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", default="ray,no_ts,no_ray", help="Ray-sampled variants, comma-separated")
+    ap.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--items", type=int, default=144, help="cache items measured (every k-th, all captions)")
+    ap.add_argument("--delta", type=float, default=0.1, help="scale of the start-point perturbation")
+    ap.add_argument("--save", required=True, help="where the results JSON goes")
+    args = ap.parse_args(argv)
+    args.variants = args.variants.split(",")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"not Ray-sampled variants of bench.variants: {', '.join(unknown)}")
+    if not os.path.isfile(os.path.join(args.out, "data", "cache", "manifest.json")):
+        ap.error(f"{args.out} has no phase-1 cache: run bench.quality with this --out first")
+    return args
+
+
+def main(argv: List[str] = None) -> int:
+    """Measure every archived (seed, variant) not yet in ``--save``; returns 0."""
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    saved = json.load(open(args.save)) if os.path.isfile(args.save) else {}
+    same = {"items": args.items, "delta": args.delta, "steps": args.steps}
+    if saved and any(saved.get(k) != v for k, v in same.items()):
+        raise SystemExit(f"{args.save} was made with other settings ({', '.join(f'{k} {saved.get(k)}' for k in same)}); "
+                         f"give another --save")
+    todo = [(s, v) for s in args.seeds for v in args.variants
+            if str(s) not in saved.get("runs", {}).get(v, {}) and os.path.isfile(archived_lora(args, s, v))]
+    if not todo:
+        print("nothing to measure (every archived LoRA asked for is in the results)")
+        return 0
+    probe = Probe(os.path.join(args.out, "data", "cache"), args.items, args.delta)
+    saved = {**same, "command": "python -m bench.map_sensitivity " + " ".join(argv if argv is not None else sys.argv[1:]),
+             "teacher_sensitivity": probe.teacher_sensitivity, "runs": saved.get("runs", {})}
+    for seed, variant in todo:
+        saved["runs"].setdefault(variant, {})[str(seed)] = probe.measure(variant, archived_lora(args, seed, variant), args.steps)
+        write_json(args.save, saved)
+        print(f"[seed {seed}] {variant}: " + "; ".join(
+            f"{n} steps " + ", ".join(f"{k} {v:.4f}" for k, v in row.items())
+            for n, row in saved["runs"][variant][str(seed)].items()), flush=True)
+    print(f"teacher sensitivity {probe.teacher_sensitivity:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
