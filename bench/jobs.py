@@ -69,14 +69,15 @@ def sampling_modes(variant: str) -> Tuple[Tuple[str, float], ...]:
 
 
 def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
-    """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set) and ``heldout``
-    (held-out set, where settings are chosen: learning rate, eta), each at every sampling mode and
-    1/2/4/8 steps, as ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
+    """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set, every sampling
+    mode) and ``heldout`` (held-out set, where settings are chosen: learning rate, eta; the modes with
+    the noise as target mean), each at 1/2/4/8 steps, as ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
     unet = load_lora_unet(TEACHER, lora)
     out: Dict[str, Dict] = {"rows": {}, "heldout": {}}
     for key in ("rows", "heldout"):
         es = ev.sets["eval" if key == "rows" else "heldout"]
-        for mode, eta in sampling_modes(variant):
+        # the held-out set chooses between equal-cost settings: the probes (which cost more) are not among them
+        for mode, eta in [m for m in sampling_modes(variant) if key == "rows" or m[0] == "noise"]:
             for n in STEPS:
                 imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta)
                 out[key].setdefault(mode_name(variant, mode, eta), {})[str(n)] = {**es.metrics(imgs), "nfe": nfe}
@@ -155,7 +156,8 @@ def work(args, ev: Evaluation, summarise: Callable) -> None:
 def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
     """Evaluate every archived job of ``args.seeds`` x ``args.variants`` at ``args.train_steps`` again
     from its archived LoRA (no training), merge the metrics into its archived record (new metrics
-    are added, the curve is kept) and return ``(seed, variant, largest change of a metric that was
+    are added, the curve is kept; ``<out>/runs``' copy of the record likewise, or the next summary
+    would archive the old one again) and return ``(seed, variant, largest change of a metric that was
     already archived)`` per job: 0.0 when the archive reproduces exactly."""
     changes = []
     for seed, variant in jobs(args):
@@ -171,7 +173,10 @@ def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
         change = max((abs(cell[m] - old[key][row][n][m]) for key in ("rows", "heldout") for row, cells in new[key].items()
                       for n, cell in cells.items() for m in cell if m in old.get(key, {}).get(row, {}).get(n, {})),
                      default=0.0)
-        write_json(record, {**old, **new, "reevaluated_on": device_info()})
+        merged = {**old, **new, "reevaluated_on": device_info()}
+        for path in (record, job_paths(args.out, seed, variant)[1]):   # <out>/runs' copy too: summaries re-archive it
+            if path == record or os.path.isfile(path):
+                write_json(path, merged)
         changes.append((seed, variant, change))
         print(f"[seed {seed}] {variant}: re-evaluated from {lora}; largest change of an archived metric {change:.3g}",
               flush=True)

@@ -9,6 +9,10 @@ count of ``--steps`` (eta 0, target mean from the noise, as the headline samples
   sample it was trained on (the cache's ``x0``): how well the map is learnt where it was taught;
 * ``rmse_fresh``: the same from fresh noise (a fixed generator, the same captions) to the teacher's
   sample from that noise (the phase-1 solver): how well it generalises to the noise users sample;
+* ``start`` (once, over the whole cache): how far the Theorem-1 target mean ``mu`` around which the
+  Ray process trains lies from the noise ``z`` sampling starts from (RMS of ``mu - z``), and the
+  per-entry variance of each over the items (a mismatch of spread would put ``z`` where training
+  did not go);
 * ``sensitivity``: RMSE between the samples from ``z`` and from ``z + delta xi`` (``--delta``, a
   fixed ``xi``): how much of a small change of the start reaches the image. The teacher's own
   sensitivity (phase-1 solver, same ``xi``) is the reference: a smaller value is a flatter map, which
@@ -58,6 +62,9 @@ class Probe:
         """``items`` items of the phase-1 cache folder ``cache``; the start perturbation ``delta xi``."""
         self.model = load_base_model(TEACHER)
         cache = load_cache(cache)
+        mu, z = cache.eps_mu.double(), cache.noise.double()     # the start the Ray process trains around, and z
+        self.start = {"mu_minus_z_rms": float((mu - z).pow(2).mean().sqrt()), "mu_var": float(mu.flatten(1).var(0).mean()),
+                      "z_var": float(z.flatten(1).var(0).mean()), "items": len(z)}
         idx = torch.arange(0, len(cache.noise), max(1, len(cache.noise) // items))[:items]
         self.z, self.x0, self.cond = cache.noise[idx], cache.x0[idx], {"cond": cache.cond["cond"][idx]}
         self.fresh = torch.randn(self.z.shape, generator=torch.Generator().manual_seed(FRESH_SEED))
@@ -124,7 +131,7 @@ def main(argv: List[str] = None) -> int:
         return 0
     probe = Probe(os.path.join(args.out, "data", "cache"), args.items, args.delta)
     saved = {**same, "command": "python -m bench.map_sensitivity " + " ".join(argv if argv is not None else sys.argv[1:]),
-             "teacher_sensitivity": probe.teacher_sensitivity, "runs": saved.get("runs", {})}
+             "teacher_sensitivity": probe.teacher_sensitivity, "start": probe.start, "runs": saved.get("runs", {})}
     for seed, variant in todo:
         saved["runs"].setdefault(variant, {})[str(seed)] = probe.measure(variant, archived_lora(args, seed, variant), args.steps)
         write_json(args.save, saved)

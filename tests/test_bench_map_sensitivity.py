@@ -14,7 +14,7 @@ def test_the_probe_compares_like_with_like_and_measures_a_lora(small_cache, monk
     probe = Probe(str(out / "w" / "cache"), items=6, delta=0.1)
     assert probe.z.shape[0] == 6
     assert _rms(probe.teacher(probe.z), probe.x0) < 1e-5               # the teacher remade from z is the cached x0
-    assert probe.teacher_sensitivity > 0
+    assert probe.teacher_sensitivity > 0 and probe.start["items"] == 12 and probe.start["mu_minus_z_rms"] > 0
     rows = probe.measure("ray", str(out / "ray.safetensors"), [1, 2])
     assert set(rows) == {"1", "2"}
     for row in rows.values():

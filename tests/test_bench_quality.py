@@ -125,15 +125,19 @@ def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, 
     shutil.copyfile(out / "ray.safetensors", archived_lora(args, 0, "ray"))
     metrics = jobs.evaluate_lora(ev, "ray", archived_lora(args, 0, "ray"))
     assert set(metrics["rows"]) == {"ray", "ray [noise, eta 1]", "ray [probe1, eta 1]", "ray [probe2, eta 1]",
-                                    "ray [probe4, eta 1]"} and set(metrics["heldout"]) == set(metrics["rows"])
+                                    "ray [probe4, eta 1]"} and set(metrics["heldout"]) == {"ray", "ray [noise, eta 1]"}
     assert metrics["rows"]["ray [probe1, eta 1]"]["1"]["nfe"] == 1 + 2
     assert metrics["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
     del metrics["rows"]["ray"]["1"]["fd_indep"]                          # a metric the archive does not have yet
     write_json(record, {"variant": "ray", "train_seed": 0, "train_steps": 1, "distill_seconds": 1.0, **metrics})
+    runs_copy = jobs.job_paths(args.out, 0, "ray")[1]                       # the job's own record under <out>/runs
+    os.makedirs(os.path.dirname(runs_copy))
+    shutil.copyfile(record, runs_copy)
     [(seed, variant, change)] = jobs.reevaluate(args, ev)
     assert (seed, variant, change) == (0, "ray", 0.0)
-    with open(record) as f:
-        assert "fd_indep" in json.load(f)["rows"]["ray"]["1"]                # merged in
+    for path in (record, runs_copy):      # both: the next summary copies <out>/runs into the archive again
+        with open(path) as f:
+            assert "fd_indep" in json.load(f)["rows"]["ray"]["1"]            # merged in
 
 
 def test_a_job_whose_lora_was_already_trained_records_the_time_its_log_accounts_for(tmp_path):
