@@ -51,11 +51,13 @@ def fair_report(data: Dict) -> List[str]:
             lines.append(f"| {name} | {_nfe(v.get('nfe', {}))} | " + " | ".join(fmt(v[HEADLINE].get(str(n))) for n in STEPS) + " |")
     family = data.get("headline")
     if family:
-        lines += ["", f"Headline family ({family['family_size']} comparisons): `{family['arm']}` − baseline on {HEADLINE}, "
-                  f"paired over seeds (mean ± 95 % CI), paired t-test p, Holm-adjusted p, verdict for `{family['arm']}`:", "",
+        arm = family.get("arm_row", family["arm"])
+        lines += ["", f"Headline family ({family['family_size']} comparisons; every arm at the learning rate and eta "
+                  f"chosen on the held-out set): `{arm}` − baseline on {HEADLINE}, paired over seeds (mean ± 95 % CI), "
+                  f"paired t-test p, Holm-adjusted p, verdict for `{arm}`:", "",
                   "| baseline | steps | difference | p | Holm p | verdict |", "|---|---|---|---|---|---|"]
         for r in family["comparisons"]:
-            lines.append(f"| {r['baseline']} | {r['steps']} | {fmt(r)} | "
+            lines.append(f"| {r.get('baseline_row', r['baseline'])} | {r['steps']} | {fmt(r)} | "
                          f"{'' if r['p'] is None else format(r['p'], '.3g')} | "
                          f"{'' if r['p_holm'] is None else format(r['p_holm'], '.3g')} | {r['verdict']} |")
     lines += ["", "Further metrics (same-noise FD to the teacher / RMSE to the same-noise teacher sample / FD to data / "

@@ -82,26 +82,39 @@ def eta_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[in
     return heldout_selection(heldout, seeds, arms, "eta")
 
 
-def headline(per: Dict[str, Dict[str, Dict[str, List]]], family: Optional[str]) -> Optional[Dict]:
+def chosen_rows(lr_sel: Dict, eta_sel: Dict) -> Dict[str, str]:
+    """Each arm's row as chosen on the held-out set: its learning rate (``lr_sel``), then that
+    setting's eta (``eta_sel``); an arm with nothing chosen is its own row."""
+    out = {}
+    for arm in set(LR_SWEEP) | set(eta_sel):
+        variant = lr_sel.get(arm, {}).get("chosen", arm)
+        out[arm] = eta_sel.get(variant, {}).get("chosen", variant)
+    return out
+
+
+def headline(per: Dict[str, Dict[str, Dict[str, List]]], family: Optional[str],
+             chosen: Optional[Dict[str, str]] = None) -> Optional[Dict]:
     """The headline family ``ARM:BASE1,BASE2,...``: ``ARM - BASE`` on the headline metric at 1, 2, 4
     and 8 steps for every baseline, paired over seeds, with Holm-adjusted paired t-tests over the
-    whole family (the verdict holds where the adjusted p-value is below 0.05)."""
+    whole family (the verdict holds where the adjusted p-value is below 0.05). Each name stands for
+    its row in ``chosen`` (the settings chosen on the held-out set, :func:`chosen_rows`) where it has one."""
     if not family:
         return None
+    chosen = chosen or {}
     arm, _, bases = family.partition(":")
     rows = []
     for base in [b for b in bases.split(",") if b]:
         for n in STEPS:
-            a, b = (per.get(v, {}).get(HEADLINE, {}).get(str(n)) for v in (arm, base))
+            a, b = (per.get(chosen.get(v, v), {}).get(HEADLINE, {}).get(str(n)) for v in (arm, base))
             if a is None or b is None:
                 continue
             diff = paired_difference(a, b)
-            rows.append({"baseline": base, "steps": n, "mean": diff["mean"], "ci95": diff["ci95"], "n": diff["n"],
-                         "per_seed": diff["per_seed"], "p": paired_p_value(diff)})
+            rows.append({"baseline": base, "baseline_row": chosen.get(base, base), "steps": n, "mean": diff["mean"],
+                         "ci95": diff["ci95"], "n": diff["n"], "per_seed": diff["per_seed"], "p": paired_p_value(diff)})
     for row, p_holm in zip(rows, holm([r["p"] for r in rows])):
         row["p_holm"] = p_holm
         row["verdict"] = holm_verdict(row["mean"], p_holm, LOWER_IS_BETTER[HEADLINE])
-    return {"metric": HEADLINE, "arm": arm, "family_size": len(rows), "comparisons": rows}
+    return {"metric": HEADLINE, "arm": arm, "arm_row": chosen.get(arm, arm), "family_size": len(rows), "comparisons": rows}
 
 
 def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
@@ -173,11 +186,12 @@ def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
                           for row, metrics in heldout.items()}
         out["lr_selection"] = lr_selection(heldout, seeds)
         out["eta_selection"] = eta_selection(heldout, seeds)
+        out["chosen"] = chosen_rows(out["lr_selection"], out["eta_selection"])     # what the headline compares
         out["curves_indep"] = {v: {k: {n: mean_ci(vals) for n, vals in by_n.items()} for k, by_n in ks.items()}
                                for v, ks in curves_indep.items()}
         out["devices"] = sorted({r.get("device", "not recorded") for r in runs.values()})
         out["proxy_steps"] = sorted({r.get("proxy_step", "eager (before the compiled step)") for r in runs.values()})
-    family = headline(per, getattr(args, "holm_family", None))
+    family = headline(per, getattr(args, "holm_family", None), out.get("chosen"))
     if family is not None:
         out["headline"] = family
     return out

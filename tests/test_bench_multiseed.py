@@ -258,3 +258,19 @@ def test_eta_is_chosen_on_the_held_out_set_between_equal_cost_rows():
     assert sel["ray"]["chosen"] == "ray [noise, eta 1]" and sel["ray"]["score"] == {"ray": 71.0, "ray [noise, eta 1]": 51.0}
     assert sel["no_ray"]["chosen"] == "no_ray" and sel["no_ray"]["setting"] == "eta"
     assert set(sel) == {"ray", "no_ray"}
+
+
+def test_the_headline_compares_each_arm_at_its_held_out_choices():
+    from bench.summary import chosen_rows, headline
+
+    lr_sel = {"lcm": {"chosen": "lcm_lr3e-4"}, "ray": {"chosen": "ray"}}
+    eta_sel = {"ray": {"chosen": "ray [noise, eta 1]"}, "no_ray": {"chosen": "no_ray"}}
+    chosen = chosen_rows(lr_sel, eta_sel)
+    assert chosen["ray"] == "ray [noise, eta 1]" and chosen["lcm"] == "lcm_lr3e-4" and chosen["no_ray"] == "no_ray"
+    per = {"ray": {"fd_indep": {str(n): [70.0, 71.0, 72.0] for n in STEPS}},
+           "ray [noise, eta 1]": {"fd_indep": {str(n): [20.0, 21.0, 22.5] for n in STEPS}},
+           "lcm": {"fd_indep": {str(n): [10.0, 10.0, 10.0] for n in STEPS}},
+           "lcm_lr3e-4": {"fd_indep": {str(n): [40.0, 41.0, 41.5] for n in STEPS}}}
+    fam = headline(per, "ray:lcm", chosen)
+    assert fam["arm_row"] == "ray [noise, eta 1]" and {c["baseline_row"] for c in fam["comparisons"]} == {"lcm_lr3e-4"}
+    assert all(c["mean"] < -15 for c in fam["comparisons"])      # eta 1 against the tuned LCM, not eta 0 against lcm
