@@ -17,7 +17,6 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from proxy.recipe import TEACHER
 from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.distill import snapshot_path
@@ -71,13 +70,13 @@ def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
     """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set, every sampling
     mode, 1/2/4/8 steps) and ``heldout`` (held-out set, the default mode), each
     ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
-    unet = load_lora_unet(TEACHER, lora)
+    unet = load_lora_unet(ev.recipe.teacher, lora)
     out: Dict[str, Dict] = {"rows": {}, "heldout": {}}
     for key, modes in (("rows", sampling_modes(variant)), ("heldout", (("noise", 0.0),))):
         es = ev.sets["eval" if key == "rows" else "heldout"]
         for mode, eta in modes:
             for n in STEPS:
-                imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta)
+                imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta, ev.recipe)
                 out[key].setdefault(mode_name(variant, mode, eta), {})[str(n)] = {**es.metrics(imgs), "nfe": nfe}
     return out
 
@@ -89,8 +88,9 @@ def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, fi
     for k in range(SNAPSHOT_EVERY, train_steps, SNAPSHOT_EVERY):
         snap = snapshot_path(lora, k)
         if os.path.isfile(snap):
-            unet = load_lora_unet(TEACHER, snap)
-            curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n)[0])
+            unet = load_lora_unet(ev.recipe.teacher, snap)
+            curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n,
+                                                             recipe=ev.recipe)[0])
                              for n in (1, 2, 4)}
     curve[str(train_steps)] = {n: final[variant][n] for n in ("1", "2", "4")}
     return curve
@@ -101,8 +101,9 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
     snapshots, and write its record ``<out>/runs/seed<k>/<variant>.json``."""
     folder, result, _ = job_paths(args.out, seed, variant)
     t0 = time.time()
-    path = distil(variant, folder, TEACHER, os.path.join(args.out, "prompts.txt"), args.train_steps,
-                  args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"))
+    path = distil(variant, folder, ev.recipe.teacher, os.path.join(args.out, "prompts.txt"), args.train_steps,
+                  args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"),
+                  recipe=ev.recipe)
     seconds = time.time() - t0
     metrics = evaluate_lora(ev, variant, path)
     curve = training_curve(ev, variant, path, args.train_steps, metrics["rows"])
