@@ -9,7 +9,8 @@ CLIP-L and CLIP-G (``CLIPTextModelWithProjection``, hidden states and pooled pro
 time-shifted schedule (``FlowMatchEulerDiscreteScheduler``, shift 3), saved as a
 ``StableDiffusion3Pipeline`` folder. It works in pixel space (3 x 16 x 16; 64 image tokens), so the
 folder has no ``vae/`` and ``training.flow_models`` treats the images as the latents; its tokenizers
-read at most 16 tokens, so phase 1 caches 16 + 16 text tokens (the real SD3: 77 + 256).
+read at most 16 tokens and ``model_index.json`` declares the 16 T5 tokens it was trained on
+(``training.flow_models.T5_LENGTH_KEY``), so phase 1 caches 16 + 16 text tokens (the real SD3: 77 + 256).
 
 Training: the teacher loop of ``proxy/teacher.py`` (same data, caption dropout, optimizer, EMA) on the
 rectified-flow loss ``|v_theta(x_t, t, c) - (n - x0)|^2``, the noise level ``t`` from the model's own
@@ -30,6 +31,8 @@ import torch
 
 from rayflow import FlowSchedule
 from rayflow.atomic_write import atomic_path, write_json
+from training.flow_family import FAMILIES
+from training.flow_models import T5_LENGTH_KEY, text_conditioning
 
 from .data import vocabulary
 from .teacher import RESOLUTION, fit, teacher_args
@@ -92,7 +95,8 @@ def save(out_dir: str, transformer, encoders) -> None:
             "text_encoder": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
             "text_encoder_3": ["transformers", "T5EncoderModel"], "tokenizer_3": ["transformers", "PreTrainedTokenizerFast"],
-            "vae": [None, None], "image_encoder": [None, None], "feature_extractor": [None, None]}, indent=2)
+            "vae": [None, None], "image_encoder": [None, None], "feature_extractor": [None, None],
+            T5_LENGTH_KEY: MAX_TOKENS}, indent=2)
 
 
 def noise_levels(batch: int, g: torch.Generator, schedule: FlowSchedule) -> torch.Tensor:
@@ -105,9 +109,6 @@ def noise_levels(batch: int, g: torch.Generator, schedule: FlowSchedule) -> torc
 
 
 def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
-    from training.flow_family import FAMILIES
-    from training.flow_models import text_conditioning
-
     with tempfile.TemporaryDirectory() as folder:
         tokenizers = _tokenizers(folder)
     transformer, encoders = build(tokenizers, seed)

@@ -26,13 +26,17 @@ from .model_parts import ModelParts
 from .quantize import QUANTIZED, quantize_linears
 
 
+T5_LENGTH_KEY = "_rayflow_t5_length"     # model_index.json: the T5 tokens a model was trained on (diffusers ignores "_" keys)
+
+
 @dataclass
 class FlowModel(ModelParts):
     """A loaded flow model (the fields of :class:`ModelParts`, ``unet`` its transformer) with its
     ``family``; ``compute_dtype`` is the dtype the frozen transformer computes in (its weights' dtype,
     or bf16 for an nf4 / int8 base); ``resolution`` the size its schedule was made for (FLUX's shift);
     ``guidance`` FLUX.1-dev's embedded guidance (None for the others); ``text_length`` the T5 sequence
-    length (the pipeline's, ``family.t5_length``, unless the model's T5 tokenizer reads fewer tokens).
+    length (the pipeline's, ``family.t5_length``, unless ``model_index.json`` names another under
+    ``T5_LENGTH_KEY``, as the flow proxy teacher's does).
     Without a VAE (``vae`` None) the model works in pixel space, as ``BaseModel`` does: the proxy
     teacher ``proxy/weights/flow_teacher`` (3 x 16 x 16)."""
     family: Optional[FlowFamily] = None
@@ -226,7 +230,7 @@ def load_flow_model(path: str, arch: str, dtype: torch.dtype, resolution: int, b
     g = None
     if family.guidance:
         g = float(guidance) if guidance else FLUX_GUIDANCE
-    reads = getattr(tokenizers[-1], "model_max_length", None)        # the T5 tokenizer's longest input
-    length = min(family.t5_length, reads) if isinstance(reads, int) and reads > 0 else family.t5_length
+    # the pipeline's T5 length, unless the folder declares the one it was trained with (the flow proxy teacher: 16)
+    length = int(read_json(os.path.join(path, "model_index.json")).get(T5_LENGTH_KEY, family.t5_length))
     return FlowModel(arch, transformer, encoders, tokenizers, vae, schedule, "flow", path, family, load_dtype, resolution, g,
                      text_length=length)
