@@ -15,10 +15,14 @@ read at most 16 tokens and ``model_index.json`` declares the 16 T5 tokens it was
 Training: the teacher loop of ``proxy/teacher.py`` (same data, caption dropout, optimizer, EMA) on the
 rectified-flow loss ``|v_theta(x_t, t, c) - (n - x0)|^2``, the noise level ``t`` from the model's own
 table at ``u`` drawn logit-normal (SD3's training density) or, one time in ten, uniform (so the top of
-the schedule, where every sampler starts, is trained too). The committed weights in
-``proxy/weights/flow_teacher`` were made with exactly this command (time: ``proxy/weights/README.md``)::
+the schedule, where every sampler starts, is trained too). Train::
 
     python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 2400 --batch 64 --seed 0 --threads 1
+
+(61 min on a 2-core CPU shared with two other jobs: 28 min of CPU time). At 2400 steps the teacher draws
+sizes, colours and backgrounds but misses many shapes, where the VP teacher aligns with every caption
+(its rows: ``python -m bench.quality --proxy flow --seeds 0 --teacher-only --out DIR``), so those weights
+are not committed: the teacher needs more training before the flow benchmark runs on it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def test_the_flow_teacher_is_an_sd3_model_in_pixel_space_that_samples_its_captio
     m = flow_teacher
     assert isinstance(m, FlowModel) and m.architecture == "sd3" and m.vae is None
     assert m.latent_channels == 3 and m.latent_size(16) == 16 and m.text_length == 16
-    assert abs(float(m.schedule.sigmas[0]) - 1.0) < 1e-3          # SD3's shifted table, t = 1 at the top
+    # SD3's table shifted by 3 (t' = 3 t / (1 + 2 t)) from t = 1 / 1000 up to t = 1
+    assert abs(float(m.schedule.sigmas[0]) - 0.003 / 1.002) < 1e-6 and abs(float(m.schedule.sigmas[-1]) - 1.0) < 1e-6
     labels = all_labels()[::3]                                       # 24 captions
     seeds = torch.arange(len(labels))
     images = teacher_samples(m, labels, seeds, FLOW.solver, FLOW.steps, FLOW.cfg)
