@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from proxy.data import all_labels
+from training.models import load_base_model
 from tests.conftest import CLASSIFIER, FLOW_TEACHER, TEACHER
 
 
@@ -18,8 +19,6 @@ from tests.conftest import CLASSIFIER, FLOW_TEACHER, TEACHER
 def flow_teacher():
     if not os.path.isdir(FLOW_TEACHER):
         pytest.skip("proxy/weights/flow_teacher is absent; rebuild it with `python -m proxy.teacher_flow`")
-    from training.models import load_base_model
-
     return load_base_model(FLOW_TEACHER, resolution=16)
 
 
@@ -45,16 +44,28 @@ def test_the_flow_teacher_is_an_sd3_model_in_pixel_space_that_samples_its_captio
     assert (teacher_samples(m, labels, seeds, FLOW.solver, 1, FLOW.cfg) - images).abs().mean() > 0.05
 
 
-def test_a_tiny_flow_benchmark_job_runs_end_to_end(flow_teacher, tmp_path, monkeypatch, capsys):
-    """``--teacher-only`` then one ``ray`` job (2 teacher steps, 2 LoRA steps, 3 captions): the teacher's
-    Euler and DPM-Solver++ rows, a SD3 LoRA from ``training.distill``, its metrics and the summary."""
+@pytest.fixture(scope="module")
+def tiny_flow_teacher(tmp_path_factory):
+    """A flow proxy teacher of ``proxy.teacher_flow`` after one training step (its shapes and files)."""
+    from proxy.teacher_flow import train
+
+    out = str(tmp_path_factory.mktemp("flow") / "flow_teacher")
+    train(out, steps=1, batch=2, seed=0, lr=1e-3)
+    return out
+
+
+def test_a_tiny_flow_benchmark_job_runs_end_to_end(tiny_flow_teacher, tmp_path, monkeypatch, capsys):
+    """``--teacher-only`` then one ``ray`` job (2 teacher steps, 2 LoRA steps, 3 captions) on a teacher
+    written by ``proxy.teacher_flow``: the teacher's Euler and DPM-Solver++ rows, a SD3 LoRA from
+    ``training.distill``, its metrics and the summary."""
     import bench.evaluation as evaluation
     import proxy.recipe as recipe
     from bench import quality
     from safetensors import safe_open
 
     labels = all_labels()[:3]
-    monkeypatch.setitem(quality.RECIPES, "flow", dataclasses.replace(recipe.FLOW, steps=2))    # cheap references
+    cheap = dataclasses.replace(recipe.FLOW, teacher=tiny_flow_teacher, steps=2)       # cheap references
+    monkeypatch.setitem(quality.RECIPES, "flow", cheap)
     monkeypatch.setattr(evaluation, "all_labels", lambda: labels)
     monkeypatch.setattr(recipe, "all_labels", lambda: labels)
     out, results = tmp_path / "bench", tmp_path / "s.json"
@@ -71,6 +82,7 @@ def test_a_tiny_flow_benchmark_job_runs_end_to_end(flow_teacher, tmp_path, monke
         assert f.metadata()["rayflow.architecture"] == "sd3"
     summary = json.loads(results.read_text())
     assert summary["proxy"] == "flow" and summary["data"]["teacher"] == "proxy/weights/flow_teacher, Euler 2 steps, CFG 3"
+    assert load_base_model(tiny_flow_teacher, resolution=16).text_length == 16          # model_index.json declares it
     assert {"teacher Euler", "teacher DPM-Solver++", "teacher floor"} <= set(summary["teacher"])
     assert summary["variants"]["ray"]
 
@@ -81,7 +93,6 @@ def test_the_vp_family_samples_as_before_the_generalisation():
     from proxy.recipe import SIGMA, TEACHER_CFG
     from proxy.sampling import ETA_SEED, _noise_and_cond, probe_target_mean, rayflow_samples
     from rayflow import RayProcess, sample_ray
-    from training.models import load_base_model
 
     if not os.path.isdir(TEACHER):
         pytest.skip("proxy/weights/teacher is absent")
