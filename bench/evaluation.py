@@ -1,15 +1,16 @@
 """The fixed evaluation of the multi-seed proxy benchmark: captions, noise seeds, references, metrics.
 
-Two sets of ``eval_per_caption`` images of each of the 72 proxy captions, from noise seeds no LoRA
-trains on: the **evaluation** set (every table) and the **held-out** set (choosing learning rates;
+The proxy family (``proxy.recipe``: the VP teacher, or the flow teacher of ``--proxy flow``) gives the
+teacher, its phase-1 solver and CFG. Two sets of ``eval_per_caption`` images of each of the 72 proxy
+captions, from noise seeds no LoRA trains on: the **evaluation** set (every table) and the **held-out** set (choosing learning rates;
 its seeds are disjoint from the evaluation's, so a choice made on it is not fitted to the noise the
 tables are measured on). Each set has its own references: the teacher's samples from the same
 noise, the teacher's samples from independent noise, and rendered real images of the same captions.
 
 Metrics at 1, 2, 4 and 8 sampling steps:
 
-* ``fd_indep`` (headline): FD-proxy to the teacher's samples from **independent** noise (DPM-Solver++,
-  25 steps, CFG 3: the solver and settings that built the cache): how close the student's
+* ``fd_indep`` (headline): FD-proxy to the teacher's samples from **independent** noise (the solver and
+  settings that built the cache: VP DPM-Solver++ 25 steps, CFG 3; flow ``proxy.recipe.FLOW``): how close the student's
   distribution is to the teacher's, whatever noise-to-image map it follows; its floor is the FD
   between two teacher sets of independent noise (``teacher floor``);
 * ``fd``: FD-proxy to the teacher's samples from the **same** noise (fidelity to the teacher's map;
@@ -29,10 +30,9 @@ from safetensors.torch import load_file, save_file
 
 from proxy.classifier import evaluate, frechet_distance, load_classifier
 from proxy.data import all_labels
-from proxy.recipe import CLASSIFIER, TEACHER, TEACHER_SOLVER, TEACHER_STEPS
+from proxy.recipe import CLASSIFIER, SOLVER_NAMES, VP, ProxyRecipe
 from proxy.sampling import evaluation_set, teacher_samples
 from rayflow.atomic_write import atomic_path, write_json
-from training.models import load_base_model
 
 STEPS = (1, 2, 4, 8)
 METRICS = ("fd_indep", "fd", "fd_data", "rmse", "alignment", "diversity", "hf_ratio")
@@ -43,12 +43,16 @@ HEADLINE = "fd_indep"
 # the probes of P steps cost 2P evaluations (CFG): probe1 at n steps costs what noise at n + 2 does, probe2 at
 # 4 steps what noise (or no-Ray) at 8 does: the cost-matched comparisons of the target mean
 RAY_MODES = (("noise", 0.0), ("noise", 1.0), ("probe1", 1.0), ("probe2", 1.0), ("probe4", 1.0))
-# the teacher at 1/2/4/8/25 steps; DPM-Solver++ also at 6 (12 model evaluations with CFG: the cost of a
-# 4-step student with a 4-step probe of the target mean)
-TEACHER_ROWS = [("teacher DDIM", "ddim", n) for n in STEPS + (25,)] + \
-               [("teacher DPM-Solver++", "dpmsolver++", n) for n in STEPS + (6, 25)]
 HELDOUT_SEED_BASE = 30_000_000      # the held-out set's noise seeds (the evaluation's start at 10_000_000)
-REFERENCE = (TEACHER_SOLVER, TEACHER_STEPS)      # the solver and steps of the phase-1 cache: the distillation target
+
+
+def teacher_rows(recipe: ProxyRecipe = VP):
+    """``(row name, solver, steps)`` of the teacher's rows: the first-order solver (VP: DDIM, flow: Euler) at
+    1/2/4/8/25 steps, the higher-order one (DPM-Solver++) also at 6 (12 model evaluations with CFG: the
+    cost of a 4-step student with a 4-step probe of the target mean)."""
+    first, second = recipe.solvers
+    return [(f"teacher {SOLVER_NAMES[first]}", first, n) for n in STEPS + (25,)] + \
+           [(f"teacher {SOLVER_NAMES[second]}", second, n) for n in STEPS + (6, 25)]
 
 
 def mode_name(variant: str, mode: str, eta: float) -> str:
@@ -81,25 +85,26 @@ class EvalSet:
 
 
 class Evaluation:
-    """The fixed evaluation of every job: teacher, classifier and the two sets (``eval`` and
-    ``heldout``), their references cached in ``<out>/reference.safetensors``."""
+    """The fixed evaluation of every job of the proxy family ``recipe``: teacher, classifier and the two
+    sets (``eval`` and ``heldout``), their references (the recipe's phase-1 solver, steps and CFG) cached
+    in ``<out>/reference.safetensors``."""
 
-    def __init__(self, out: str, eval_per_caption: int, data_seed: int):
-        self.model = load_base_model(TEACHER)
+    def __init__(self, out: str, eval_per_caption: int, data_seed: int, recipe: ProxyRecipe = VP):
+        self.recipe = recipe
+        self.model = recipe.load()
         self.classifier = load_classifier(CLASSIFIER)
         labels, seeds, real = evaluation_set(all_labels(), eval_per_caption, data_seed)
         n = len(seeds)
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "reference.safetensors")
         ref = load_file(path) if os.path.isfile(path) else {}
-        solver, steps = REFERENCE
         # independent noise: seeds disjoint from the set's own (and from the other set's)
         wanted = {"teacher": seeds, "teacher_other": seeds + n,
                   "heldout_teacher": HELDOUT_SEED_BASE + (seeds - seeds[0]),
                   "heldout_teacher_other": HELDOUT_SEED_BASE + n + (seeds - seeds[0])}
         missing = {k: v for k, v in wanted.items() if k not in ref}
         for key, noise_seeds in missing.items():
-            ref[key] = teacher_samples(self.model, labels, noise_seeds, solver, steps)
+            ref[key] = teacher_samples(self.model, labels, noise_seeds, recipe.solver, recipe.steps, recipe.cfg)
         if missing:
             with atomic_path(path) as tmp:
                 save_file(ref, tmp)
@@ -118,8 +123,8 @@ def teacher_table(out: str, ev: Evaluation) -> Dict:
     es = ev.sets["eval"]
     floor = es.metrics(es.teacher_other)     # the teacher vs the teacher from independent noise
     rows: Dict[str, Dict] = {"teacher floor": {"25": {**floor, "fd_indep": floor["fd"], "nfe": 50}}}
-    for name, solver, n in TEACHER_ROWS:
-        rows.setdefault(name, {})[str(n)] = {**es.metrics(teacher_samples(ev.model, es.labels, es.seeds, solver, n)),
-                                            "nfe": 2 * n}
+    for name, solver, n in teacher_rows(ev.recipe):
+        images = teacher_samples(ev.model, es.labels, es.seeds, solver, n, ev.recipe.cfg)
+        rows.setdefault(name, {})[str(n)] = {**es.metrics(images), "nfe": 2 * n}
     write_json(path, rows)
     return rows

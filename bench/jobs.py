@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from proxy.recipe import PHASE2, TEACHER
+from proxy.recipe import PHASE2
 from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.distill import snapshot_path
@@ -72,14 +72,14 @@ def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
     """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set, every sampling
     mode) and ``heldout`` (held-out set, where settings are chosen: learning rate, eta; the modes with
     the noise as target mean), each at 1/2/4/8 steps, as ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
-    unet = load_lora_unet(TEACHER, lora)
+    unet = load_lora_unet(ev.recipe.teacher, lora)
     out: Dict[str, Dict] = {"rows": {}, "heldout": {}}
     for key in ("rows", "heldout"):
         es = ev.sets["eval" if key == "rows" else "heldout"]
         # the held-out set chooses between equal-cost settings: the probes (which cost more) are not among them
         for mode, eta in [m for m in sampling_modes(variant) if key == "rows" or m[0] == "noise"]:
             for n in STEPS:
-                imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta)
+                imgs, nfe = lora_samples(ev.model, unet, variant, es.labels, es.seeds, n, mode, eta, ev.recipe)
                 out[key].setdefault(mode_name(variant, mode, eta), {})[str(n)] = {**es.metrics(imgs), "nfe": nfe}
     return out
 
@@ -91,8 +91,9 @@ def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, fi
     for k in range(SNAPSHOT_EVERY, train_steps, SNAPSHOT_EVERY):
         snap = snapshot_path(lora, k)
         if os.path.isfile(snap):
-            unet = load_lora_unet(TEACHER, snap)
-            curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n)[0])
+            unet = load_lora_unet(ev.recipe.teacher, snap)
+            curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n,
+                                                             recipe=ev.recipe)[0])
                              for n in (1, 2, 4)}
     curve[str(train_steps)] = {n: final[variant][n] for n in ("1", "2", "4")}
     return curve
@@ -115,8 +116,9 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
     snapshots, and write its record ``<out>/runs/seed<k>/<variant>.json``."""
     folder, result, _ = job_paths(args.out, seed, variant)
     t0 = time.time()
-    path = distil(variant, folder, TEACHER, os.path.join(args.out, "prompts.txt"), args.train_steps,
-                  args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"))
+    path = distil(variant, folder, ev.recipe.teacher, os.path.join(args.out, "prompts.txt"), args.train_steps,
+                  args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"),
+                  recipe=ev.recipe)
     seconds = time.time() - t0
     if seconds < 1.0:            # the LoRA was there (trained before an interruption): the time its log recorded
         seconds = logged_training_seconds(os.path.join(folder, f"work_{variant}", "log.csv")) or seconds

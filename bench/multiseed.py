@@ -24,9 +24,8 @@ from typing import Dict
 import torch
 from accelerate import Accelerator
 
-from proxy.recipe import TEACHER, proxy_config, write_prompts
+from proxy.recipe import VP, write_prompts
 from training.data import build_cache
-from training.models import load_base_model
 from training.prompts import read_prompts
 
 from .archive import archive_of, archive_runs, load_runs, restore_archive
@@ -48,19 +47,31 @@ def summarise(args) -> Dict:
 
 
 def prepare(args, data: bool = True) -> Evaluation:
-    """The prompts file, the shared phase-1 cache, the reference samples and the teacher's rows."""
+    """The prompts file, the shared phase-1 cache, the reference samples and the teacher's rows of the
+    proxy family ``args.recipe`` (default: the VP one)."""
+    recipe = getattr(args, "recipe", VP)
     os.makedirs(args.out, exist_ok=True)
     prompts = os.path.join(args.out, "prompts.txt")
     if not os.path.isfile(prompts):
         write_prompts(prompts)
     manifest = os.path.join(args.out, "data", "cache", "manifest.json")
     if data and not (os.path.isfile(manifest) and json.load(open(manifest)).get("complete")):
-        cfg = proxy_config(os.path.join(args.out, "data.safetensors"), os.path.join(args.out, "data"), prompts,
-                           seeds_per_prompt=args.seeds_per_prompt, seed=args.data_seed).validate()
-        build_cache(cfg, load_base_model(TEACHER), read_prompts(prompts), Accelerator(), progress=False)
-    ev = Evaluation(args.out, args.eval_per_caption, args.data_seed)
+        cfg = recipe.config(os.path.join(args.out, "data.safetensors"), os.path.join(args.out, "data"), prompts,
+                            seeds_per_prompt=args.seeds_per_prompt, seed=args.data_seed).validate()
+        build_cache(cfg, recipe.load(), read_prompts(prompts), Accelerator(), progress=False)
+    ev = Evaluation(args.out, args.eval_per_caption, args.data_seed, recipe)
     teacher_table(args.out, ev)
     return ev
+
+
+def teacher_report(rows: Dict) -> str:
+    """The teacher's rows ``{row: {steps: {metric: value}}}`` as a markdown table, one line per row and steps."""
+    cols = ("fd_indep", "fd", "fd_data", "alignment", "diversity", "hf_ratio", "nfe")
+    lines = ["| row | steps | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for row, cells in rows.items():
+        for n, m in cells.items():
+            lines.append(f"| {row} | {n} | " + " | ".join(f"{m[c]:.3g}" if c in m else "" for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def main(args) -> int:
@@ -76,6 +87,9 @@ def main(args) -> int:
             return 0
         write_report(data, args.results)
         print(report(data))
+        return 0
+    if getattr(args, "teacher_only", False):     # the teacher's rows alone (its quality; no cache, no training)
+        print(teacher_report(teacher_table(args.out, prepare(args, data=False))))
         return 0
     if getattr(args, "reevaluate", False):     # new metrics from the archived LoRAs, no training
         changes = reevaluate(args, prepare(args, data=False))

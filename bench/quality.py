@@ -1,7 +1,9 @@
 """``python -m bench.quality``: the few-step quality benchmark on the proxy teacher (command line).
 
 Two modes over the variants of ``bench/variants.py`` (the proxy recipe and its ablations, and the
-LCM-LoRA baseline), all trained at an equal budget on one phase-1 cache:
+LCM-LoRA baseline), all trained at an equal budget on one phase-1 cache. ``--proxy flow`` runs the
+multi-seed mode on the flow-matching proxy teacher (``proxy.recipe.FLOW``: an SD3-shaped teacher
+distilled through the SD3 family's code path) instead of the VP one:
 
 * ``--seeds 0 1 2 ...``: the multi-seed benchmark (``bench/multiseed.py``): every variant once per
   training seed, means with 95 % CIs, paired differences, an archive of every job; the tables of
@@ -16,6 +18,7 @@ LCM-LoRA baseline), all trained at an equal budget on one phase-1 cache:
   reused, and ``--replot`` only redraws the table and plots from the ``results.json`` there.
 
     python -m bench.quality --seeds 0 1 2 [--workers 2] [--results docs/results/quality_multiseed.json]
+    python -m bench.quality --proxy flow --seeds 0 1 2 --variants ray,no_ts,no_ray [--results ...]
     python -m bench.quality [--variants ray,no_ts,...] [--train-steps 1200] [--out outputs/quality]
 """
 
@@ -29,7 +32,7 @@ import time
 
 from proxy.classifier import evaluate, load_classifier
 from proxy.data import all_labels
-from proxy.recipe import CLASSIFIER, TEACHER, write_prompts
+from proxy.recipe import CLASSIFIER, RECIPES, TEACHER, write_prompts
 from proxy.sampling import evaluation_set, load_lora_unet, teacher_samples
 from rayflow.atomic_write import write_json, write_text
 from training.distill import snapshot_path
@@ -131,14 +134,26 @@ def main(argv=None) -> int:
                     help="with --seeds: compute every metric again from the archived LoRAs (no training), add new "
                          "metrics to the archived records, report the largest change of an archived one, and rebuild "
                          "the summary")
+    ap.add_argument("--proxy", choices=sorted(RECIPES), default="vp",
+                    help="the proxy family (proxy/recipe.py): vp, the epsilon teacher (default), or flow, the SD3-shaped "
+                         "rectified-flow teacher (with --seeds; no LCM-LoRA baseline)")
+    ap.add_argument("--teacher-only", action="store_true",
+                    help="with --seeds: only the reference samples and the teacher's rows (<out>/teacher.json, printed): "
+                         "no phase-1 cache, no training; a later run in the same --out reuses them")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.recipe = RECIPES[args.proxy]
+    if args.proxy != "vp" and args.seeds is None:
+        ap.error(f"--proxy {args.proxy} runs the multi-seed benchmark: give --seeds")
     if args.seeds is not None:
         args.argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"]
-        args.variants = (args.variants or ",".join(MULTISEED_VARIANTS)).split(",")
+        default = [v for v in MULTISEED_VARIANTS if args.proxy == "vp" or not is_lcm(v)]
+        args.variants = (args.variants or ",".join(default)).split(",")
         unknown = [v for v in args.variants if v not in ALL_VARIANTS]
         if unknown:
             ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
+        if args.proxy != "vp" and any(is_lcm(v) for v in args.variants):
+            ap.error(f"the LCM-LoRA baseline is the VP teacher's (bench/lcm_baseline.py); --proxy {args.proxy} has none")
         args.data_seed = args.seed
         args.results = args.results or os.path.join(args.out, "quality_multiseed.json")
         return multiseed.main(args)

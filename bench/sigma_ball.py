@@ -28,11 +28,11 @@ from typing import Dict, List
 import torch
 
 from proxy.data import caption_of
-from proxy.recipe import RESOLUTION, TEACHER_CFG
+from proxy.recipe import RESOLUTION
 from rayflow.atomic_write import write_json
 from training.data import item_noise, teacher_trajectory
 
-from .evaluation import REFERENCE, Evaluation
+from .evaluation import Evaluation
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def ball_average(ev: Evaluation, sigma: float, draws: int, seed: int = 0) -> tor
     """``T_sigma`` of the evaluation set: the mean over ``draws`` teacher samples (the reference
     solver, steps and CFG) from ``z + sigma xi`` per image, ``xi`` from a generator seeded by ``seed``."""
     es = ev.sets["eval"]
-    model, solver, steps = ev.model, *REFERENCE
+    model, solver, steps, cfg = ev.model, ev.recipe.solver, ev.recipe.steps, ev.recipe.cfg
     cond = model.encode_prompts([caption_of(label) for label in es.labels.tolist()], torch.device("cpu"))
     uncond = {k: v.expand(len(es.labels), *v.shape[1:]) for k, v in model.encode_prompts([""], torch.device("cpu")).items()}
     z = item_noise(0, es.seeds, (model.latent_channels, RESOLUTION, RESOLUTION))
@@ -48,7 +48,7 @@ def ball_average(ev: Evaluation, sigma: float, draws: int, seed: int = 0) -> tor
     total = torch.zeros(len(z), 3, RESOLUTION, RESOLUTION)
     for _ in range(draws):
         start = z + sigma * torch.randn(z.shape, generator=g)
-        x0, _, _ = teacher_trajectory(model, start, cond, uncond, solver, steps, TEACHER_CFG, RESOLUTION)
+        x0, _, _ = teacher_trajectory(model, start, cond, uncond, solver, steps, cfg, RESOLUTION)
         total += model.decode(x0)
     return total / draws
 

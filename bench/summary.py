@@ -7,6 +7,8 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from proxy.recipe import VP
+
 from .archive import archive_paths
 from .evaluation import HEADLINE, LOWER_IS_BETTER, METRICS, STEPS, mode_name
 from .stats import holm, holm_verdict, mean_ci, paired_difference, paired_p_value, verdict
@@ -118,7 +120,9 @@ def headline(per: Dict[str, Dict[str, Dict[str, List]]], family: Optional[str],
 
 
 def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
-    """The machine-readable result (``docs/results/quality_multiseed.json``)."""
+    """The machine-readable result (``docs/results/quality_multiseed.json``) of the proxy family
+    ``args.recipe`` (default: the VP one)."""
+    recipe = getattr(args, "recipe", VP)
     seeds = sorted({s for s, _ in runs})
     order = list(args.variants) + sorted({v for _, v in runs} - set(args.variants))
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0][1]), kv[0][0])))
@@ -166,18 +170,18 @@ def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
                         frac[seeds.index(seed)] = 1.0 if k is None else k / args.train_steps   # never: counted as the whole budget
                 reach[v][n] = mean_ci(frac)
     out = {"command": "python -m bench.quality " + " ".join(args.argv), "train_seeds": seeds,
-            "train_steps": args.train_steps, "metric": "fd = FD-proxy to the teacher's samples (DPM-Solver++ 25, CFG 3) "
-            "from the same noise; fd_data = FD-proxy to real images",
+            "train_steps": args.train_steps, "metric": f"fd = FD-proxy to the teacher's samples ({recipe.target()}, "
+            f"CFG {recipe.cfg:g}) from the same noise; fd_data = FD-proxy to real images",
             "data": {"data_seed": args.data_seed, "captions": 72, "seeds_per_prompt": args.seeds_per_prompt,
                      "trajectories": 72 * args.seeds_per_prompt, "eval_images": 72 * args.eval_per_caption,
-                     "teacher": "proxy/weights/teacher, DPM-Solver++ 25 steps, CFG 3"},
+                     "teacher": recipe.describe()},
             "distill_seconds": {f"{v} seed {s}": r["distill_seconds"] for (s, v), r in runs.items()},
             "teacher": teacher, "variants": variants, "curves": curve_stats, "convergence_2step_last_quarter": convergence,
             "fraction_of_budget_to_reach_uniform_final_fd": reach,
             "time_sampler_diagnostics": time_sampler_diagnostics(args, seeds)}
     if heldout or curves_indep:          # the fair benchmark's additions (absent from the earlier summaries)
-        out["metric"] = (f"{HEADLINE} (headline) = FD-proxy to the teacher's samples (DPM-Solver++ 25, CFG 3) from "
-                         "independent noise; fd = the same from the same noise; fd_data = FD-proxy to real images")
+        out["metric"] = (f"{HEADLINE} (headline) = FD-proxy to the teacher's samples ({recipe.target()}, CFG "
+                         f"{recipe.cfg:g}) from independent noise; fd = the same from the same noise; fd_data = FD-proxy to real images")
         for (_, _), run in runs.items():      # the model evaluations per image of each row (the same for every seed)
             for row, cells in run.get("rows", {}).items():
                 if row in variants:
@@ -191,6 +195,8 @@ def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
                                for v, ks in curves_indep.items()}
         out["devices"] = sorted({r.get("device", "not recorded") for r in runs.values()})
         out["proxy_steps"] = sorted({r.get("proxy_step", "eager (before the compiled step)") for r in runs.values()})
+    if recipe is not VP:                 # the flow proxy's summaries name their family (the VP ones stay as they were)
+        out["proxy"] = recipe.name
     family = headline(per, getattr(args, "holm_family", None), out.get("chosen"))
     if family is not None:
         out["headline"] = family

@@ -1,9 +1,10 @@
 """The proxy benchmark's variants: each changes one thing of the proxy recipe, and how one is trained.
 
-The recipe every RayFlow variant shares is the demo's (``proxy.recipe``: sigma 0.1, truncated-SNR
-loss weighting, the Time Sampler, the default LoRA targets, rank 16, lr 1e-3, batch 32). A variant
-is a dict of ``DistillConfig`` options on top of it; ``lcm`` is the LCM-LoRA baseline
-(``bench/lcm_baseline.py``) trained on the same phase-1 cache, LoRA shape and budget.
+The recipe every RayFlow variant shares is the proxy family's (``proxy.recipe``: VP, the demo's: sigma
+0.1, truncated-SNR loss weighting, the Time Sampler, the default LoRA targets, rank 16, lr 1e-3, batch
+32; ``FLOW``: the same phase 2 on the flow teacher, through the SD3 family's code path). A variant is a
+dict of ``DistillConfig`` options on top of it; ``lcm`` is the LCM-LoRA baseline
+(``bench/lcm_baseline.py``, VP only) trained on the same phase-1 cache, LoRA shape and budget.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rayflow import RayProcess
 from training.config import ATTENTION_TARGETS, PRESETS, DistillConfig
 from training.distill import run
 
-from proxy.recipe import PHASE2, RESOLUTION, TEACHER_CFG, proxy_config
+from proxy.recipe import PHASE2, RESOLUTION, TEACHER_CFG, VP, ProxyRecipe
 from proxy.sampling import rayflow_samples
 
 from .lcm_baseline import distil_lcm, lcm_samples
@@ -81,17 +82,17 @@ def is_lcm(variant: str) -> bool:
     return variant in LCM_VARIANTS
 
 
-def process_of(variant: str) -> RayProcess:
+def process_of(variant: str, recipe: ProxyRecipe = VP) -> RayProcess:
     """The process the variant's LoRA is trained with, and sampled with."""
-    return proxy_config("", "", "", **VARIANTS[variant]).training_process()
+    return recipe.config("", "", "", **VARIANTS[variant]).training_process()
 
 
 def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,
-           train_seed: int = -1, cache: str = "", save_every: int = -1) -> str:
-    """Train ``variant`` into ``<out>/lora_<variant>.safetensors`` (reused when it exists) and return
-    its path. ``seed`` makes the phase-1 data, ``train_seed`` phase 2 (-1: ``seed``); ``cache`` is a
-    phase-1 cache to share (default: the ``ray`` variant's in ``out``); ``save_every`` the snapshot
-    interval (-1: ``SNAPSHOT_EVERY``)."""
+           train_seed: int = -1, cache: str = "", save_every: int = -1, recipe: ProxyRecipe = VP) -> str:
+    """Train ``variant`` of the proxy family ``recipe`` (its teacher at ``teacher``) into
+    ``<out>/lora_<variant>.safetensors`` (reused when it exists) and return its path. ``seed`` makes the
+    phase-1 data, ``train_seed`` phase 2 (-1: ``seed``); ``cache`` is a phase-1 cache to share (default:
+    the ``ray`` variant's in ``out``); ``save_every`` the snapshot interval (-1: ``SNAPSHOT_EVERY``)."""
     path = os.path.join(out, f"lora_{variant}.safetensors")
     if os.path.isfile(path):
         return path
@@ -99,6 +100,8 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
     if save_every < 0:
         save_every = SNAPSHOT_EVERY
     if is_lcm(variant):
+        if recipe is not VP:
+            raise SystemExit(f"the LCM-LoRA baseline (bench/lcm_baseline.py) is the VP teacher's; the {recipe.name} proxy has none")
         if not os.path.isdir(shared):
             raise SystemExit("the lcm variants train on the phase-1 cache of the ray variant: list ray before them")
         return distil_lcm(teacher, shared, path, train_steps=train_steps, cfg_scale=TEACHER_CFG,
@@ -106,7 +109,7 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
                           checkpoint_dir=os.path.join(out, f"work_{variant}", "checkpoint"), save_every=save_every,
                           save_precision=SAVE_PRECISION, **LCM_VARIANTS[variant],
                           **{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")})   # the same LoRA and batch
-    cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every)
+    cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every, recipe)
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \
             and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
@@ -117,12 +120,12 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
 
 
 def distil_config(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,
-                  train_seed: int = -1, save_every: int = 0) -> DistillConfig:
+                  train_seed: int = -1, save_every: int = 0, recipe: ProxyRecipe = VP) -> DistillConfig:
     """The validated ``DistillConfig`` that :func:`distil` trains ``variant`` with (work dir
     ``<out>/work_<variant>``; resumes when a checkpoint is there)."""
     path = os.path.join(out, f"lora_{variant}.safetensors")
     work_dir = os.path.join(out, f"work_{variant}")
-    return proxy_config(path, work_dir, prompts, model=teacher, seeds_per_prompt=seeds, seed=seed, train_seed=train_seed,
+    return recipe.config(path, work_dir, prompts, model=teacher, seeds_per_prompt=seeds, seed=seed, train_seed=train_seed,
                         train_steps=train_steps, checkpoint_every=200, log_every=50, save_every=save_every,
                         compile=True, save_precision=SAVE_PRECISION,
                         # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
@@ -130,11 +133,12 @@ def distil_config(variant: str, out: str, teacher: str, prompts: str, train_step
                         **VARIANTS[variant]).validate()
 
 
-def lora_samples(model, unet, variant: str, labels, seeds, steps: int, mu_mode: str = "noise", eta: float = 0.0):
-    """``(images, model evaluations per image)`` of the LoRA ``unet`` of ``variant`` in ``steps``
-    steps, for captions ``labels`` ``[N, 4]`` from the noise of ``seeds`` ``[N]``: LCMScheduler
-    sampling for ``lcm``, else the Ray sampler with the variant's process, target-mean mode
-    ``mu_mode`` and ``eta`` (``proxy.sampling.rayflow_samples``)."""
+def lora_samples(model, unet, variant: str, labels, seeds, steps: int, mu_mode: str = "noise", eta: float = 0.0,
+                 recipe: ProxyRecipe = VP):
+    """``(images, model evaluations per image)`` of the LoRA ``unet`` of ``variant`` of the proxy family
+    ``recipe`` in ``steps`` steps, for captions ``labels`` ``[N, 4]`` from the noise of ``seeds`` ``[N]``:
+    LCMScheduler sampling for ``lcm``, else the Ray sampler of the teacher ``model`` with the variant's
+    process, target-mean mode ``mu_mode`` and ``eta`` (``proxy.sampling.rayflow_samples``)."""
     if is_lcm(variant):
         return lcm_samples(model, unet, labels, seeds, steps)
-    return rayflow_samples(model, unet, labels, seeds, steps, process_of(variant), mu_mode, eta)
+    return rayflow_samples(model, unet, labels, seeds, steps, process_of(variant, recipe), mu_mode, eta, recipe.cfg)

@@ -1,23 +1,26 @@
-"""Sampling the proxy teacher and its LoRAs, and the evaluation set every proxy measurement uses.
+"""Sampling the proxy teachers and their LoRAs, and the evaluation set every proxy measurement uses.
 
 * :func:`evaluation_set`: captions, per-image noise seeds that no LoRA trains on, and real images
   of the same captions (the reference of FD to data);
 * :func:`teacher_samples`: the teacher with its CFG through the phase-1 solver code;
-* :func:`rayflow_samples`: a RayFlow LoRA with the Ray sampler (target mean from the seeded noise or
-  from a Theorem-1 probe of the teacher, deterministic or stochastic steps);
-* :func:`load_lora_unet`: a fresh teacher UNet with an exported LoRA file applied.
+* :func:`rayflow_samples`: a RayFlow LoRA with the Ray sampler of its model (``ray_sample``: the VP
+  form for the epsilon teacher, the flow form for the flow teacher; target mean from the seeded
+  noise or from a Theorem-1 probe of the teacher, deterministic or stochastic steps);
+* :func:`load_lora_unet`: a fresh teacher denoiser (UNet or transformer) with an exported LoRA file applied.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import torch
 from diffusers import UNet2DConditionModel
 
-from rayflow import RayProcess, estimate_target_mean_vp, sample_ray
+from rayflow import FLOW, RayProcess, denoiser_from_velocity, estimate_target_mean, estimate_target_mean_vp
 from training.data import item_noise, teacher_trajectory
-from training.export import load_unet_lora
+from training.export import load_transformer_lora, load_unet_lora
+from training.flow_family import read_json
 from training.models import BaseModel
 
 from .data import caption_of, render
@@ -47,46 +50,66 @@ def _uncond(model: BaseModel, n: int):
 
 
 @torch.no_grad()
-def teacher_samples(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor, solver: str, steps: int) -> torch.Tensor:
-    """Images ``[N, 3, 16, 16]`` of the teacher (CFG ``TEACHER_CFG``, ``solver`` ``ddim`` or
-    ``dpmsolver++``, ``steps`` steps) for captions ``labels`` ``[N, 4]`` from the noise of ``seeds`` ``[N]``."""
+def teacher_samples(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor, solver: str, steps: int,
+                    cfg: float = TEACHER_CFG) -> torch.Tensor:
+    """Images ``[N, 3, 16, 16]`` of the teacher (CFG ``cfg``, ``solver`` ``ddim`` / ``dpmsolver++``, flow:
+    ``euler`` / ``dpmsolver++``, ``steps`` steps) for captions ``labels`` ``[N, 4]`` from the noise of
+    ``seeds`` ``[N]``."""
     z, cond = _noise_and_cond(model, labels, seeds)
-    x0, _, _ = teacher_trajectory(model, z, cond, _uncond(model, len(labels)), solver, steps, TEACHER_CFG, RESOLUTION)
+    x0, _, _ = teacher_trajectory(model, z, cond, _uncond(model, len(labels)), solver, steps, cfg, RESOLUTION)
     return model.decode(x0)
 
 
 @torch.no_grad()
+def probe_target_mean(model: BaseModel, z: torch.Tensor, cond, probe_steps: int, process: RayProcess,
+                      cfg: float = TEACHER_CFG) -> torch.Tensor:
+    """The Theorem-1 target mean ``[N, C, H, W]`` of a ``probe_steps``-step deterministic probe of the
+    teacher with CFG ``cfg`` (2 evaluations per probe step) from the seeded noise ``z`` (the Ray Target
+    Mean node's ``probe`` mode): DDIM on the VP teacher, flow Euler on the flow teacher."""
+    both = {k: torch.cat([u, cond[k]]) for k, u in _uncond(model, len(z)).items()}
+    if model.schedule.interpolation is FLOW:
+        def teacher_v(x, s):
+            vu, vc = model.velocity(torch.cat([x, x]), torch.cat([s, s]), both).float().chunk(2)
+            return vu + cfg * (vc - vu)
+
+        return estimate_target_mean(denoiser_from_velocity(teacher_v), z, model.schedule.ray_sigmas(probe_steps, torch.float64),
+                                    process, interpolation=FLOW).eps_mu
+
+    def teacher_eps(x, t):       # the base model with CFG
+        eu, ec = model.denoise(torch.cat([x, x]), torch.cat([t, t]).round().long(), both, RESOLUTION).chunk(2)
+        return eu + cfg * (ec - eu)
+
+    return estimate_target_mean_vp(teacher_eps, z, model.schedule, probe_steps, process).eps_mu
+
+
+@torch.no_grad()
 def rayflow_samples(model: BaseModel, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: int,
-                    process: RayProcess, mu_mode: str = "noise", eta: float = 0.0) -> Tuple[torch.Tensor, int]:
+                    process: RayProcess, mu_mode: str = "noise", eta: float = 0.0,
+                    cfg: float = TEACHER_CFG) -> Tuple[torch.Tensor, int]:
     """RayFlow images of ``unet`` for captions ``labels`` ``[N, 4]`` from the seeded noise of ``seeds``
-    ``[N]`` in ``steps`` Ray steps of ``process``, with the target mean of ``mu_mode`` (``noise``, or
-    ``probeP``: a P-step Theorem-1 probe of the teacher with its CFG) and stochasticity ``eta`` (its
-    noise from a fixed generator, the same for every LoRA). Returns ``(images [N, 3, 16, 16], model
-    evaluations per image)``."""
+    ``[N]`` in ``steps`` Ray steps of ``process`` (the model's ``ray_sample``), with the target mean of
+    ``mu_mode`` (``noise``, or ``probeP``: a P-step Theorem-1 probe of the teacher with CFG ``cfg``) and
+    stochasticity ``eta`` (its noise from a fixed generator, the same for every LoRA). Returns
+    ``(images [N, 3, 16, 16], model evaluations per image)``."""
     z, cond = _noise_and_cond(model, labels, seeds)
-    mu, extra_nfe = z, 0
+    mu, extra_nfe = None, 0
     if mu_mode.startswith("probe"):
         P = int(mu_mode[len("probe"):])
-        both = {k: torch.cat([u, cond[k]]) for k, u in _uncond(model, len(labels)).items()}
-
-        def teacher_eps(x, t):       # the base model with CFG (2 evaluations per probe step)
-            eu, ec = model.denoise(torch.cat([x, x]), torch.cat([t, t]).round().long(), both, RESOLUTION).chunk(2)
-            return eu + TEACHER_CFG * (ec - eu)
-
-        mu = estimate_target_mean_vp(teacher_eps, z, model.schedule, P, process).eps_mu
-        extra_nfe = 2 * P
-
-    def eps_model(x, t):
-        return unet(x, t, encoder_hidden_states=cond["cond"]).sample
-
-    x0 = sample_ray(eps_model, z, mu, process, model.schedule, model.schedule.ray_timesteps(steps), eta=eta,
-                    generator=torch.Generator().manual_seed(ETA_SEED))
+        mu, extra_nfe = probe_target_mean(model, z, cond, P, process, cfg), 2 * P
+    x0 = model.ray_sample(unet, z, cond, process, steps, RESOLUTION, eps_mu=mu, eta=eta,
+                          generator=torch.Generator().manual_seed(ETA_SEED))
     return model.decode(x0), steps + extra_nfe
 
 
 def load_lora_unet(teacher: str, lora_path: str):
-    """A fresh teacher UNet (from the diffusers folder ``teacher``) with the LoRA file ``lora_path``
-    validated and applied (``training.export.load_unet_lora``; the benchmarks' LCM-LoRA baseline,
-    which has no RayFlow metadata, gets the same tensor checks)."""
+    """A fresh teacher denoiser (from the diffusers folder ``teacher``: its UNet, or the transformer of
+    the flow teacher) with the LoRA file ``lora_path`` validated and applied (``training.export``;
+    the benchmarks' LCM-LoRA baseline, which has no RayFlow metadata, gets the same tensor checks)."""
+    if os.path.isdir(os.path.join(teacher, "transformer")):
+        import diffusers
+
+        cls = getattr(diffusers, read_json(os.path.join(teacher, "transformer", "config.json"))["_class_name"])
+        net = cls.from_pretrained(teacher, subfolder="transformer", torch_dtype=torch.float32)
+        return load_transformer_lora(net, lora_path).eval()
     unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
     return load_unet_lora(unet, lora_path, require_rayflow=False).eval()

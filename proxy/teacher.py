@@ -72,17 +72,19 @@ def save(out_dir: str, unet, text_encoder) -> None:
                    "requires_safety_checker": False}, f, indent=2)
 
 
-def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
-    from diffusers import DDPMScheduler
+def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+    """The proxy teachers' training loop (this one and ``proxy/teacher_flow.py``): AdamW over every
+    parameter of ``modules`` (weight decay 1e-4, 200 warm-up steps then cosine decay, gradients clipped
+    at 1.0) on ``loss_fn(x0, captions, noise, generator)`` for batches of proxy images ``x0`` ``[B, 3, R, R]``
+    of uniformly drawn captions (one in ten replaced by ``""``, the unconditional prompt of CFG) and
+    their noise; everything random comes from one generator seeded with ``seed``. The modules end with
+    their EMA weights (decay ``min(0.999, (1 + step) / (10 + step))``)."""
     from training.trainer import warmup_cosine
 
-    unet, text_encoder, tokenizer = build(out_dir, seed)
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    ema_te = {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    emas = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = warmup_cosine(opt, 200, steps)
-    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
     labels_all = all_labels()
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -91,10 +93,7 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
         x0 = render(labels, g, RESOLUTION)
         captions = [caption_of(l) if float(u) > 0.1 else "" for l, u in zip(labels.tolist(), torch.rand(batch, generator=g))]
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        x_t = noise_sched.add_noise(x0, noise, t)
-        ctx = encode(text_encoder, tokenizer, captions)
-        loss = (unet(x_t, t, encoder_hidden_states=ctx).sample - noise).pow(2).mean()
+        loss = loss_fn(x0, captions, noise, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -102,7 +101,7 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
         sched.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for store, model in ((ema, unet), (ema_te, text_encoder)):
+            for store, model in zip(emas, modules):
                 for k, v in model.state_dict().items():
                     if v.dtype.is_floating_point:
                         store[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
@@ -110,16 +109,33 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
             el = time.time() - t0
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
                   f"{el / (step + 1):.2f}s/step eta {el / (step + 1) * (steps - step - 1) / 60:.1f}min", flush=True)
-    unet.load_state_dict(ema)
-    text_encoder.load_state_dict(ema_te)
+    for store, model in zip(emas, modules):
+        model.load_state_dict(store)
+
+
+def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder, tokenizer = build(out_dir, seed)
+    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
+
+    def loss_fn(x0, captions, noise, g):       # epsilon prediction at uniform timesteps
+        t = torch.randint(0, 1000, (len(x0),), generator=g)
+        x_t = noise_sched.add_noise(x0, noise, t)
+        ctx = encode(text_encoder, tokenizer, captions)
+        return (unet(x_t, t, encoder_hidden_states=ctx).sample - noise).pow(2).mean()
+
+    fit([unet, text_encoder], loss_fn, steps, batch, seed, lr, log_every)
     save(out_dir, unet, text_encoder)
     print(f"saved teacher to {out_dir}")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Train the proxy teacher (small SD-shaped text-to-image model).")
-    ap.add_argument("--out", default="proxy/weights/teacher", help="output diffusers folder")
-    ap.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.Namespace:
+    """The proxy teachers' command line (this one and ``proxy/teacher_flow.py``): ``--out``, ``--steps``,
+    ``--batch``, ``--lr``, ``--seed`` and ``--threads`` (applied here), with the teacher's defaults."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=out, help="output diffusers folder")
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
     ap.add_argument("--batch", type=int, default=64, help="batch size")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up then cosine decay)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
@@ -127,6 +143,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv=None) -> int:
+    args = teacher_args("Train the proxy teacher (small SD-shaped text-to-image model).", "proxy/weights/teacher",
+                        3000, argv)
     os.makedirs(args.out, exist_ok=True)
     train(args.out, args.steps, args.batch, args.seed, args.lr)
     return 0

@@ -6,6 +6,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = os.path.join(HERE, "proxy", "weights", "teacher")
+FLOW_TEACHER = os.path.join(HERE, "proxy", "weights", "flow_teacher")
+CLASSIFIER = os.path.join(HERE, "proxy", "weights", "classifier.safetensors")
 # the tests that need a real ComfyUI (scripts/test_comfyui.sh runs them) or its files (scripts/test.sh
 # sets COMFYUI_PATH for the rest of the suite)
 COMFYUI_TESTS = ("tests/comfyui/", "tests/test_training_comfyui.py",

@@ -108,16 +108,18 @@ def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, 
     import argparse
     import shutil
 
+    import dataclasses
+
     import bench.evaluation as evaluation
     from bench import jobs
     from bench.archive import archive_paths, archived_lora
+    from proxy.recipe import VP
     from rayflow.atomic_write import write_json
 
     out, labels = small_cache
-    monkeypatch.setattr(evaluation, "REFERENCE", ("ddim", 2))           # cheap references
     monkeypatch.setattr(evaluation, "all_labels", lambda: labels)       # 3 captions
     monkeypatch.setattr(jobs, "STEPS", (1, 2))
-    ev = evaluation.Evaluation(str(tmp_path / "bench"), 2, 0)
+    ev = evaluation.Evaluation(str(tmp_path / "bench"), 2, 0, dataclasses.replace(VP, solver="ddim", steps=2))  # cheap references
     args = argparse.Namespace(out=str(tmp_path / "bench"), results=str(tmp_path / "docs" / "s.json"), archive=None,
                               seeds=[0], variants=["ray"], train_steps=1)
     record, _ = archive_paths(args, 0, "ray")

@@ -2,6 +2,7 @@
 from its checkpoint, a folder of other settings is set aside with one line; the demo's code path
 runs on tiny settings (2 teacher steps, a few LoRA steps)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -72,7 +73,7 @@ def tiny_demo(monkeypatch):
     monkeypatch.setitem(demo.SETTINGS, "quick", {**TINY, "train_steps": 2})
     from proxy import recipe
 
-    monkeypatch.setattr(recipe, "TEACHER_STEPS", 2)       # the distillation's (proxy_config reads it)
+    monkeypatch.setattr(recipe, "VP", dataclasses.replace(recipe.VP, steps=2))   # the distillation's (proxy_config reads it)
     monkeypatch.setattr(demo, "TEACHER_STEPS", 2)         # the demo's reference row and plan line
     return demo
 

@@ -26,16 +26,24 @@ from .model_parts import ModelParts
 from .quantize import QUANTIZED, quantize_linears
 
 
+T5_LENGTH_KEY = "_rayflow_t5_length"     # model_index.json: the T5 tokens a model was trained on (diffusers ignores "_" keys)
+
+
 @dataclass
 class FlowModel(ModelParts):
     """A loaded flow model (the fields of :class:`ModelParts`, ``unet`` its transformer) with its
     ``family``; ``compute_dtype`` is the dtype the frozen transformer computes in (its weights' dtype,
     or bf16 for an nf4 / int8 base); ``resolution`` the size its schedule was made for (FLUX's shift);
-    ``guidance`` FLUX.1-dev's embedded guidance (None for the others)."""
+    ``guidance`` FLUX.1-dev's embedded guidance (None for the others); ``text_length`` the T5 sequence
+    length (the pipeline's, ``family.t5_length``, unless ``model_index.json`` names another under
+    ``T5_LENGTH_KEY``, as the flow proxy teacher's does).
+    Without a VAE (``vae`` None) the model works in pixel space, as ``BaseModel`` does: the proxy
+    teacher ``proxy/weights/flow_teacher`` (3 x 16 x 16)."""
     family: Optional[FlowFamily] = None
     compute_dtype: torch.dtype = torch.float32
     resolution: int = 1024
     guidance: Optional[float] = None
+    text_length: int = 0
     lora_blocks = FLOW_BLOCKS
 
     @property
@@ -51,30 +59,19 @@ class FlowModel(ModelParts):
 
     @property
     def latent_channels(self) -> int:
-        return 16
+        return 16 if self.vae is not None else int(self.unet.config.in_channels)
 
     def latent_size(self, resolution: int) -> int:
+        if self.vae is None:
+            return resolution
         return resolution // 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------ phase 1: text
     @torch.no_grad()
     def encode_prompts(self, prompts: List[str], device: torch.device) -> Dict[str, torch.Tensor]:
-        """``cond`` ``[B, L, D]`` (SD3: CLIP-L and CLIP-G hidden states padded to T5's width, then T5;
-        FLUX: T5) and ``pooled`` ``[B, P]`` (SD3: both CLIP projections; FLUX: CLIP-L's pooled output),
-        from the family's diffusers pipeline (built around the text encoders only)."""
-        import diffusers
-
-        parts = {}
-        for (enc, _, tok), encoder, tokenizer in zip(self.family.encoders, self.text_encoders, self.tokenizers):
-            parts[enc], parts[tok] = encoder, tokenizer
-        pipe = getattr(diffusers, self.family.pipeline)(transformer=None, scheduler=None, vae=None, **parts)
-        length = self.family.t5_length
-        if self.architecture == "sd3":
-            cond, _, pooled, _ = pipe.encode_prompt(list(prompts), None, None, device=device,
-                                                    do_classifier_free_guidance=False, max_sequence_length=length)
-        else:
-            cond, pooled, _ = pipe.encode_prompt(list(prompts), None, device=device, max_sequence_length=length)
-        return {"cond": cond.float(), "pooled": pooled.float()}
+        """``cond`` ``[B, L, D]`` and ``pooled`` ``[B, P]`` of ``prompts`` (:func:`text_conditioning`)."""
+        return text_conditioning(self.family, self.text_encoders, self.tokenizers, prompts, device,
+                                 self.text_length or self.family.t5_length)
 
     # ------------------------------------------------------------ the denoiser
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Dict[str, torch.Tensor],
@@ -116,15 +113,23 @@ class FlowModel(ModelParts):
 
     @torch.no_grad()
     def ray_sample(self, net, z: torch.Tensor, cond: Dict[str, torch.Tensor], process, steps: int,
-                   resolution: int) -> torch.Tensor:
-        """RayFlow's ``steps``-step sample from the seeded noise ``z`` (t = 1), noise-mode target mean."""
+                   resolution: int, eps_mu: Optional[torch.Tensor] = None, eta: float = 0.0,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """RayFlow's ``steps``-step sample from the seeded noise ``z`` (t = 1) with the target mean ``eps_mu``
+        (None: the noise mode, ``z``) and stochasticity ``eta``, its noise drawn from ``generator``."""
         den = denoiser_from_velocity(lambda x, s: self.velocity(x, s, cond, net).float())
+        noise = None if generator is None else (
+            lambda s, s_next: torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device))
         return sample_ray_sigma(den, z.float(), self.schedule.ray_sigmas(steps, torch.float64), process=process,
+                                eps_mu=None if eps_mu is None else eps_mu.float(), eta=eta, noise_sampler=noise,
                                 interpolation=self.schedule.interpolation, disable=True)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1] ``[B, 3, H, W]`` (``latent / scaling_factor + shift_factor``)."""
+        """Latents -> images in [-1, 1] ``[B, 3, H, W]`` (``latent / scaling_factor + shift_factor``;
+        pixel-space models: the latents, clamped)."""
+        if self.vae is None:
+            return latents.float().clamp(-1, 1)
         cfg = self.vae.config
         z = latents.float() / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
         return self.vae.decode(z.to(next(self.vae.parameters()).dtype)).sample.float().clamp(-1, 1)
@@ -138,6 +143,26 @@ class FlowModel(ModelParts):
         if self.guidance is not None:
             out["rayflow.recommended_guidance"] = f"{self.guidance:g}"
         return out
+
+
+def text_conditioning(family: FlowFamily, encoders, tokenizers, prompts: List[str], device: torch.device,
+                      length: int) -> Dict[str, torch.Tensor]:
+    """``cond`` ``[B, L, D]`` (SD3: CLIP-L and CLIP-G hidden states padded to T5's width, then ``length``
+    T5 tokens; FLUX: T5) and ``pooled`` ``[B, P]`` (SD3: both CLIP projections; FLUX: CLIP-L's pooled
+    output), from the family's diffusers pipeline (built around the text encoders only). Gradients flow
+    when the caller allows them (the flow proxy teacher trains its encoders through it)."""
+    import diffusers
+
+    parts = {}
+    for (enc, _, tok), encoder, tokenizer in zip(family.encoders, encoders, tokenizers):
+        parts[enc], parts[tok] = encoder, tokenizer
+    pipe = getattr(diffusers, family.pipeline)(transformer=None, scheduler=None, vae=None, **parts)
+    if family.arch == "sd3":
+        cond, _, pooled, _ = pipe.encode_prompt(list(prompts), None, None, device=device,
+                                                do_classifier_free_guidance=False, max_sequence_length=length)
+    else:
+        cond, pooled, _ = pipe.encode_prompt(list(prompts), None, device=device, max_sequence_length=length)
+    return {"cond": cond.float(), "pooled": pooled.float()}
 
 
 def flow_schedule(path: str, resolution: int) -> FlowSchedule:
@@ -171,7 +196,10 @@ def load_flow_model(path: str, arch: str, dtype: torch.dtype, resolution: int, b
     import transformers
 
     family = FAMILIES[arch]
-    for sub in ("transformer", "vae", *[e for e, _, _ in family.encoders], *[t for _, _, t in family.encoders]):
+    pixels = not os.path.isdir(os.path.join(path, "vae")) and read_json(
+        os.path.join(path, "transformer", "config.json")).get("in_channels") == 3      # an RGB model: pixel space
+    for sub in ("transformer", *(() if pixels else ("vae",)), *[e for e, _, _ in family.encoders],
+                *[t for _, _, t in family.encoders]):
         if not os.path.isdir(os.path.join(path, sub)):
             what = {"text_encoder_3": "T5 text encoder", "tokenizer_3": "T5 tokenizer"}.get(sub, sub.replace("_", " "))
             if arch.startswith("flux"):
@@ -194,10 +222,15 @@ def load_flow_model(path: str, arch: str, dtype: torch.dtype, resolution: int, b
             path, subfolder=enc, torch_dtype=dtype if base_precision not in QUANTIZED else load_dtype)))
         tokenizers.append(_load(tok.replace("_", " "),
                                 lambda: transformers.AutoTokenizer.from_pretrained(path, subfolder=tok)))
-    vae = _load("VAE", lambda: diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=load_dtype))
+    vae = None if pixels else _load("VAE", lambda: diffusers.AutoencoderKL.from_pretrained(
+        path, subfolder="vae", torch_dtype=load_dtype))
     for m in (transformer, vae, *encoders):
-        m.requires_grad_(False).eval()
+        if m is not None:
+            m.requires_grad_(False).eval()
     g = None
     if family.guidance:
         g = float(guidance) if guidance else FLUX_GUIDANCE
-    return FlowModel(arch, transformer, encoders, tokenizers, vae, schedule, "flow", path, family, load_dtype, resolution, g)
+    # the pipeline's T5 length, unless the folder declares the one it was trained with (the flow proxy teacher: 16)
+    length = int(read_json(os.path.join(path, "model_index.json")).get(T5_LENGTH_KEY, family.t5_length))
+    return FlowModel(arch, transformer, encoders, tokenizers, vae, schedule, "flow", path, family, load_dtype, resolution, g,
+                     text_length=length)

@@ -116,12 +116,16 @@ class BaseModel(ModelParts):
 
     @torch.no_grad()
     def ray_sample(self, net, z: torch.Tensor, cond: Dict[str, torch.Tensor], process, steps: int,
-                   resolution: int) -> torch.Tensor:
-        """RayFlow's ``steps``-step sample (VP form, Algorithm 2) from the seeded noise ``z``, noise-mode target mean."""
+                   resolution: int, eps_mu: Optional[torch.Tensor] = None, eta: float = 0.0,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """RayFlow's ``steps``-step sample (VP form, Algorithm 2) from the seeded noise ``z`` with the
+        target mean ``eps_mu`` (None: the noise mode, ``z``) and stochasticity ``eta``, its noise drawn
+        from ``generator``."""
         def eps_model(x, t):
             return self.denoise(x, t, cond, resolution, net=net).float()
 
-        return sample_ray(eps_model, z, z, process, self.schedule, self.schedule.ray_timesteps(steps))
+        return sample_ray(eps_model, z, z if eps_mu is None else eps_mu, process, self.schedule,
+                          self.schedule.ray_timesteps(steps), eta=eta, generator=generator)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,144 @@
+"""The flow-matching proxy teacher: a small SD3-shaped text-to-image model trained from scratch on the
+proxy data with the rectified-flow objective.
+
+Same kind as the SD3 / SD3.5 models the trainer distils (``training/flow_models.py``): a diffusers
+``SD3Transformer2DModel`` (joint text-image attention with RMS q/k norm as in SD3.5, patch 2, timestep
+input ``1000 t``) predicting the velocity ``v = n - x0`` of ``x_t = (1 - t) x0 + t n``, conditioned on
+CLIP-L and CLIP-G (``CLIPTextModelWithProjection``, hidden states and pooled projections) and T5
+(``T5EncoderModel``) through diffusers' own ``StableDiffusion3Pipeline.encode_prompt``, on SD3's
+time-shifted schedule (``FlowMatchEulerDiscreteScheduler``, shift 3), saved as a
+``StableDiffusion3Pipeline`` folder. It works in pixel space (3 x 16 x 16; 64 image tokens), so the
+folder has no ``vae/`` and ``training.flow_models`` treats the images as the latents; its tokenizers
+read at most 16 tokens and ``model_index.json`` declares the 16 T5 tokens it was trained on
+(``training.flow_models.T5_LENGTH_KEY``), so phase 1 caches 16 + 16 text tokens (the real SD3: 77 + 256).
+
+Training: the teacher loop of ``proxy/teacher.py`` (same data, caption dropout, optimizer, EMA) on the
+rectified-flow loss ``|v_theta(x_t, t, c) - (n - x0)|^2``, the noise level ``t`` from the model's own
+table at ``u`` drawn logit-normal (SD3's training density) or, one time in ten, uniform (so the top of
+the schedule, where every sampler starts, is trained too). Train::
+
+    python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 2400 --batch 64 --seed 0 --threads 1
+
+(61 min on a 2-core CPU shared with two other jobs: 28 min of CPU time). At 2400 steps the teacher draws
+sizes, colours and backgrounds but misses many shapes, where the VP teacher aligns with every caption
+(its rows: ``python -m bench.quality --proxy flow --seeds 0 --teacher-only --out DIR``), so those weights
+are not committed: the teacher needs more training before the flow benchmark runs on it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import torch
+
+from rayflow import FlowSchedule
+from rayflow.atomic_write import atomic_path, write_json
+from training.flow_family import FAMILIES
+from training.flow_models import T5_LENGTH_KEY, text_conditioning
+
+from .data import vocabulary
+from .teacher import RESOLUTION, fit, teacher_args
+
+SHIFT = 3.0            # SD3's time shift (its scheduler's static ``shift``)
+MAX_TOKENS = 16        # CLIP and T5 tokens (the longest caption has 9 words)
+CLIP_WIDTH, T5_WIDTH = 64, 128          # CLIP-L and CLIP-G are 64 wide; SD3 pads both (64 + 64) to T5's width
+TRANSFORMER_CONFIG = dict(sample_size=RESOLUTION, patch_size=2, in_channels=3, out_channels=3, num_layers=4,
+                          attention_head_dim=32, num_attention_heads=4, joint_attention_dim=T5_WIDTH,
+                          caption_projection_dim=128, pooled_projection_dim=2 * CLIP_WIDTH,
+                          pos_embed_max_size=RESOLUTION // 2, qk_norm="rms_norm")
+UNIFORM_SHARE = 0.1    # share of the noise levels drawn at uniform u instead of logit-normal
+
+
+def _tokenizers(folder: str):
+    """Write the CLIP (x2) and T5 tokenizers over the caption vocabulary into ``folder``; return them loaded."""
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    from training.tiny import write_t5_tokenizer
+    from training.tokenizers import write_clip_tokenizer
+
+    clip = [CLIPTokenizer.from_pretrained(write_clip_tokenizer(vocabulary(), os.path.join(folder, sub), MAX_TOKENS))
+            for sub in ("tokenizer", "tokenizer_2")]
+    t5 = AutoTokenizer.from_pretrained(write_t5_tokenizer(vocabulary(), os.path.join(folder, "tokenizer_3"), MAX_TOKENS))
+    return [*clip, t5]
+
+
+def build(tokenizers, seed: int = 0):
+    """Fresh random-weight ``(transformer, [CLIP-L, CLIP-G, T5])`` for the loaded ``tokenizers``."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    encoders = []
+    for tok in tokenizers[:2]:
+        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=CLIP_WIDTH,
+            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)))
+    encoders.append(T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=T5_WIDTH, d_kv=32, d_ff=2 * T5_WIDTH,
+                                            num_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0,
+                                            eos_token_id=1)))
+    return SD3Transformer2DModel(**TRANSFORMER_CONFIG), encoders
+
+
+def save(out_dir: str, transformer, encoders) -> None:
+    """The diffusers folder (fp16 weights, tokenizers, shift-3 scheduler, ``model_index.json``), written whole."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    with atomic_path(out_dir) as tmp:
+        os.makedirs(tmp)
+        _tokenizers(tmp)
+        transformer.to(torch.float16).save_pretrained(os.path.join(tmp, "transformer"))
+        for sub, enc in zip(("text_encoder", "text_encoder_2", "text_encoder_3"), encoders):
+            enc.to(torch.float16).save_pretrained(os.path.join(tmp, sub))
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT).save_pretrained(os.path.join(tmp, "scheduler"))
+        write_json(os.path.join(tmp, "model_index.json"), {
+            "_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.42.1",
+            "transformer": ["diffusers", "SD3Transformer2DModel"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "text_encoder_3": ["transformers", "T5EncoderModel"], "tokenizer_3": ["transformers", "PreTrainedTokenizerFast"],
+            "vae": [None, None], "image_encoder": [None, None], "feature_extractor": [None, None],
+            T5_LENGTH_KEY: MAX_TOKENS}, indent=2)
+
+
+def noise_levels(batch: int, g: torch.Generator, schedule: FlowSchedule) -> torch.Tensor:
+    """Noise levels ``t`` ``[batch]`` from the model's table at ``u`` logit-normal (``UNIFORM_SHARE`` uniform)."""
+    u = torch.sigmoid(torch.randn(batch, generator=g))
+    uniform = torch.rand(batch, generator=g)
+    u = torch.where(torch.rand(batch, generator=g) < UNIFORM_SHARE, uniform, u)
+    k = (u * schedule.num_timesteps).long().clamp(0, schedule.num_timesteps - 1)
+    return schedule.sigmas[k].float()
+
+
+def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizers = _tokenizers(folder)
+    transformer, encoders = build(tokenizers, seed)
+    schedule = FlowSchedule.shifted(SHIFT, 1000)
+    cpu = torch.device("cpu")
+
+    def loss_fn(x0, captions, noise, g):       # rectified flow: the velocity n - x0 at x_t = (1 - t) x0 + t n
+        t = noise_levels(len(x0), g, schedule).view(-1, 1, 1, 1)
+        x_t = (1 - t) * x0 + t * noise
+        cond = text_conditioning(FAMILIES["sd3"], encoders, tokenizers, captions, cpu, MAX_TOKENS)
+        v = transformer(hidden_states=x_t, timestep=1000.0 * t.flatten(), encoder_hidden_states=cond["cond"],
+                        pooled_projections=cond["pooled"]).sample
+        return (v - (noise - x0)).pow(2).mean()
+
+    t0 = time.time()
+    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every)
+    save(out_dir, transformer, encoders)
+    print(f"saved the flow teacher to {out_dir} ({(time.time() - t0) / 60:.1f} min of training)")
+
+
+def main(argv=None) -> int:
+    args = teacher_args("Train the flow-matching proxy teacher (small SD3-shaped model).", "proxy/weights/flow_teacher",
+                        2400, argv)
+    train(args.out, args.steps, args.batch, args.seed, args.lr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The flow-matching proxy family (issue 33): the committed SD3-shaped teacher loads through the trainer's
+loader and samples captions the classifier recognises; one tiny ``bench.quality --proxy flow`` job runs
+end to end through ``training.distill``; and the generalised harness keeps the VP family's sampling
+exactly as it was (the VP benchmark's archives stay valid)."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+from proxy.data import all_labels
+from training.models import load_base_model
+from tests.conftest import CLASSIFIER, FLOW_TEACHER, TEACHER
+
+
+@pytest.fixture(scope="module")
+def flow_teacher():
+    if not os.path.isdir(FLOW_TEACHER):
+        pytest.skip("proxy/weights/flow_teacher is absent; rebuild it with `python -m proxy.teacher_flow`")
+    return load_base_model(FLOW_TEACHER, resolution=16)
+
+
+def test_the_flow_teacher_is_an_sd3_model_in_pixel_space_that_samples_its_captions(flow_teacher):
+    from proxy.classifier import load_classifier
+    from proxy.recipe import FLOW
+    from proxy.sampling import teacher_samples
+    from training.flow_models import FlowModel
+
+    m = flow_teacher
+    assert isinstance(m, FlowModel) and m.architecture == "sd3" and m.vae is None
+    assert m.latent_channels == 3 and m.latent_size(16) == 16 and m.text_length == 16
+    # SD3's table shifted by 3 (t' = 3 t / (1 + 2 t)) from t = 1 / 1000 up to t = 1
+    assert abs(float(m.schedule.sigmas[0]) - 0.003 / 1.002) < 1e-6 and abs(float(m.schedule.sigmas[-1]) - 1.0) < 1e-6
+    labels = all_labels()[::3]                                       # 24 captions
+    seeds = torch.arange(len(labels))
+    images = teacher_samples(m, labels, seeds, FLOW.solver, FLOW.steps, FLOW.cfg)
+    assert images.shape == (24, 3, 16, 16) and torch.isfinite(images).all()
+    assert torch.equal(images, teacher_samples(m, labels, seeds, FLOW.solver, FLOW.steps, FLOW.cfg))
+    hits = (load_classifier(CLASSIFIER).predict(images) == labels).all(1).float().mean()
+    assert hits > 0.8, f"the flow teacher's 25-step samples match only {float(hits):.2f} of their captions"
+    # one Euler step from noise is far from the 25-step sample: the trajectory is not trivial
+    assert (teacher_samples(m, labels, seeds, FLOW.solver, 1, FLOW.cfg) - images).abs().mean() > 0.05
+
+
+@pytest.fixture(scope="module")
+def tiny_flow_teacher(tmp_path_factory):
+    """A flow proxy teacher of ``proxy.teacher_flow`` after one training step (its shapes and files)."""
+    from proxy.teacher_flow import train
+
+    out = str(tmp_path_factory.mktemp("flow") / "flow_teacher")
+    train(out, steps=1, batch=2, seed=0, lr=1e-3)
+    return out
+
+
+def test_a_tiny_flow_benchmark_job_runs_end_to_end(tiny_flow_teacher, tmp_path, monkeypatch, capsys):
+    """``--teacher-only`` then one ``ray`` job (2 teacher steps, 2 LoRA steps, 3 captions) on a teacher
+    written by ``proxy.teacher_flow``: the teacher's Euler and DPM-Solver++ rows, a SD3 LoRA from
+    ``training.distill``, its metrics and the summary."""
+    import bench.evaluation as evaluation
+    import proxy.recipe as recipe
+    from bench import quality
+    from safetensors import safe_open
+
+    labels = all_labels()[:3]
+    cheap = dataclasses.replace(recipe.FLOW, teacher=tiny_flow_teacher, steps=2)       # cheap references
+    monkeypatch.setitem(quality.RECIPES, "flow", cheap)
+    monkeypatch.setattr(evaluation, "all_labels", lambda: labels)
+    monkeypatch.setattr(recipe, "all_labels", lambda: labels)
+    out, results = tmp_path / "bench", tmp_path / "s.json"
+    argv = ["--proxy", "flow", "--seeds", "0", "--variants", "ray", "--train-steps", "2", "--seeds-per-prompt", "2",
+            "--eval-per-caption", "2", "--out", str(out), "--results", str(results)]
+    assert quality.main(argv + ["--teacher-only"]) == 0
+    assert "| teacher Euler | 25 |" in capsys.readouterr().out and not (out / "data").exists()
+    assert quality.main(argv) == 0
+    record = json.loads((out / "runs" / "seed0" / "ray.json").read_text())
+    for n in ("1", "2", "4", "8"):
+        assert record["rows"]["ray"][n]["nfe"] == int(n) and record["rows"]["ray"][n]["fd_indep"] >= 0
+    assert record["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
+    with safe_open(str(out / "runs" / "seed0" / "lora_ray.safetensors"), "pt") as f:
+        assert f.metadata()["rayflow.architecture"] == "sd3"
+    summary = json.loads(results.read_text())
+    assert summary["proxy"] == "flow" and summary["data"]["teacher"] == "proxy/weights/flow_teacher, Euler 2 steps, CFG 3"
+    assert load_base_model(tiny_flow_teacher, resolution=16).text_length == 16          # model_index.json declares it
+    assert {"teacher Euler", "teacher DPM-Solver++", "teacher floor"} <= set(summary["teacher"])
+    assert summary["variants"]["ray"]
+
+
+def test_the_vp_family_samples_as_before_the_generalisation():
+    """``rayflow_samples`` of the VP teacher through ``BaseModel.ray_sample`` equals the former inline
+    ``sample_ray`` call (eps of the UNet, target mean z or the DDIM probe, eta noise from ETA_SEED)."""
+    from proxy.recipe import SIGMA, TEACHER_CFG
+    from proxy.sampling import ETA_SEED, _noise_and_cond, probe_target_mean, rayflow_samples
+    from rayflow import RayProcess, sample_ray
+
+    if not os.path.isdir(TEACHER):
+        pytest.skip("proxy/weights/teacher is absent")
+    model = load_base_model(TEACHER)
+    labels, seeds, process = all_labels()[:4], torch.arange(4) + 7, RayProcess(sigma=SIGMA)
+    z, cond = _noise_and_cond(model, labels, seeds)
+    for mode, eta in (("noise", 0.0), ("noise", 1.0), ("probe2", 1.0)):
+        mu = z if mode == "noise" else probe_target_mean(model, z, cond, 2, process, TEACHER_CFG)
+        x0 = sample_ray(lambda x, t: model.unet(x, t, encoder_hidden_states=cond["cond"]).sample, z, mu, process,
+                        model.schedule, model.schedule.ray_timesteps(2), eta=eta,
+                        generator=torch.Generator().manual_seed(ETA_SEED))
+        images, _ = rayflow_samples(model, model.unet, labels, seeds, 2, process, mode, eta)
+        assert torch.equal(images, model.decode(x0)), (mode, eta)
