@@ -94,19 +94,16 @@ def test_stock_comfyui_lora_code_applies_the_exported_file(tmp_path, arch, preci
         torch.testing.assert_close(got, delta, rtol=1e-4, atol=1e-5, msg=lambda m: f"{module} -> {target}: {m}")
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "pixart"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "pixart", "sd35_medium", "flux_dev"])
 def test_bench_scale_comfyui_key_match_counts_every_module(tmp_path, family):
     """``bench.scale``'s ComfyUI key match (the family's ComfyUI model on the meta device, built from
-    ``comfy_unet_config`` of the diffusers config) on the tiny models: every module of the exported
-    file maps and patches. At full size the benchmark runs the same function (README, Hardware and cost)."""
-    from bench.scale.families import build_family
+    ``comfy_unet_config`` of the diffusers config, or for SD3.5 and FLUX.1 detected by ComfyUI from the
+    diffusers transformer's keys) on the tiny models: every module of the exported file maps and patches. At full size the benchmark runs the same function (README, Hardware and cost)."""
     from bench.scale.keys import keymatch_comfyui
     from bench.scale.runs import export_untrained_lora
 
-    model = str(tmp_path / "model")
-    build_family(family, model, tiny=True)
-    lora = export_untrained_lora(family, model, str(tmp_path / "lora.safetensors"))
-    km = keymatch_comfyui(family, model, lora["lora"])
+    lora = export_untrained_lora(family, str(tmp_path / "lora.safetensors"), tiny=True)
+    km = keymatch_comfyui(family, lora["lora"], tiny=True)
     assert km["matched"] == km["total"] == km["patches"] == lora["lora_modules"] > 0, km
     # a module ComfyUI has no key for is counted as unmatched, not silently dropped
     tensors = load_file(lora["lora"])
@@ -116,5 +113,5 @@ def test_bench_scale_comfyui_key_match_counts_every_module(tmp_path, family):
     from safetensors.torch import save_file
 
     save_file({**tensors, **extra}, str(tmp_path / "extra.safetensors"))
-    km2 = keymatch_comfyui(family, model, str(tmp_path / "extra.safetensors"))
+    km2 = keymatch_comfyui(family, str(tmp_path / "extra.safetensors"), tiny=True)
     assert km2["total"] == km["total"] + 1 and km2["matched"] == km["matched"], km2

@@ -80,7 +80,7 @@ class BaseModel(ModelParts):
         ``x``'s dtype, so the schedule math around it keeps its precision."""
         net = self.unet if net is None else net
         in_dtype, dtype = x.dtype, self.dtype
-        x = x.to(dtype)
+        x, t = x.to(dtype), t.to(x.device)          # t may come on the CPU, where FlowModel.denoise reads it
         ehs = cond["cond"].to(x.device, dtype)
         B = x.shape[0]
         if self.architecture == "sdxl":

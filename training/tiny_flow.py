@@ -21,6 +21,20 @@ from .tokenizers import write_clip_tokenizer
 # widths of the tiny text encoders: CLIP-L, CLIP-G, T5 (SD3 pads CLIP-L + CLIP-G to the T5 width)
 CLIP_L, CLIP_G, T5 = 32, 48, 96
 FLUX_AXES = (4, 14, 14)          # RoPE axes of a 32-wide head: FLUX's (16, 56, 56) scaled as ComfyUI's tests read it
+# the families' model_index.json and FlowMatchEulerDiscreteScheduler settings (also bench.scale's full-size folders)
+SD3_INDEX = {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"],
+             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+             "tokenizer_2": ["transformers", "CLIPTokenizer"], "text_encoder_3": ["transformers", "T5EncoderModel"],
+             "tokenizer_3": ["transformers", "PreTrainedTokenizerFast"]}
+FLUX_INDEX = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": ["diffusers", "AutoencoderKL"],
+              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+              "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"]}
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+FLUX_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                          base_image_seq_len=256, max_image_seq_len=4096)
 
 
 def _clip(out_dir: str, sub: str, tok_sub: str, hidden: int, projection: bool, seed: int) -> None:
@@ -75,15 +89,8 @@ def build_tiny_sd3(out_dir: str, seed: int = 0, layers: int = 2, qk_norm: bool =
                           qk_norm="rms_norm" if qk_norm else None, dual_attention_layers=(0,) if dual_attention else ()
                           ).save_pretrained(os.path.join(out_dir, "transformer"))
     _vae(out_dir, 0.0609, 1.5305)
-    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(os.path.join(out_dir, "scheduler"))
-    _index(out_dir, {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"],
-                     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": ["diffusers", "AutoencoderKL"],
-                     "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-                     "tokenizer": ["transformers", "CLIPTokenizer"],
-                     "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-                     "tokenizer_2": ["transformers", "CLIPTokenizer"],
-                     "text_encoder_3": ["transformers", "T5EncoderModel"],
-                     "tokenizer_3": ["transformers", "PreTrainedTokenizerFast"]})
+    FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER).save_pretrained(os.path.join(out_dir, "scheduler"))
+    _index(out_dir, SD3_INDEX)
     return out_dir
 
 
@@ -102,12 +109,7 @@ def build_tiny_flux(out_dir: str, seed: int = 0, schnell: bool = False) -> str:
                            ).save_pretrained(os.path.join(out_dir, "transformer"))
     _vae(out_dir, 0.1159, 0.3611)
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0) if schnell else \
-        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+        FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
     sched.save_pretrained(os.path.join(out_dir, "scheduler"))
-    _index(out_dir, {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-                     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": ["diffusers", "AutoencoderKL"],
-                     "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-                     "text_encoder_2": ["transformers", "T5EncoderModel"],
-                     "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"]})
+    _index(out_dir, FLUX_INDEX)
     return out_dir

@@ -15,15 +15,16 @@ import torch
 
 from .cost import MFU, counted_record
 from .count import count_family
-from .families import FAMILIES, REPO
+from .families import FAMILIES, REGISTRY, REPO
 from .gpu import GPU_FAMILIES, GPU_OPTIONS, measure
 from .harness import bench_family, bnb_version, write_results
 from .recipe import MEMORY_OPTIONS, PROMPTS, recipe
 from .table import table
 from .watchdog import device_info
 
-DESCRIPTION = ("Real-scale readiness: both phases of ``training.distill`` on full-size SD1.5, SDXL and PixArt-Sigma. "
-               "Writes peak memory, s/trajectory, s/step, LoRA size and key-match counts per family.")
+DESCRIPTION = ("Real-scale readiness: both phases of ``training.distill`` on full-size "
+               f"{', '.join(f.label for f in REGISTRY.values())} ({', '.join(FAMILIES)}). Writes peak memory, "
+               "s/trajectory, s/step, LoRA size and key-match counts per family.")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -32,9 +33,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--families", default=None, help=f"comma-separated, of {', '.join(FAMILIES)} (default: all; "
                                                       f"with --gpu-measure: {','.join(GPU_FAMILIES)})")
     p.add_argument("--variants", default=None,
-                   help=f"memory options to run, comma-separated, of {', '.join(MEMORY_OPTIONS)} (fp32/bf16: "
-                        f"--base-precision; gc: --gradient-checkpointing; adamw8bit: --optimizer adamw8bit; default: "
-                        f"all; with --gpu-measure: {','.join(GPU_OPTIONS)})")
+                   help=f"memory options to run, comma-separated, of {', '.join(MEMORY_OPTIONS)} (fp32/bf16/nf4/int8: "
+                        f"--base-precision, nf4 and int8 for the flow families only; gc: --gradient-checkpointing; "
+                        f"adamw8bit: --optimizer adamw8bit; default: all of each family's; with --gpu-measure: "
+                        f"{','.join(GPU_OPTIONS)})")
+    p.add_argument("--blocks", default=None, metavar="A,B",
+                   help="measure at full width with A and then B units of depth instead of all, and extrapolate every "
+                        "figure linearly to the full depth (labelled as extrapolated), for a family whose full model does "
+                        "not fit this machine's memory; a unit: " + "; ".join(
+                            f"{f.key} {', '.join(f'{n} {k}' for k, n in f.block_unit.items())} (of {f.units(f.config())})"
+                            for f in REGISTRY.values() if f.block_unit))
     p.add_argument("--steps", type=int, default=2, help="phase-2 LoRA steps per run (default: 2)")
     p.add_argument("--teacher-steps", type=int, default=2, help="teacher solver steps of phase 1 (default: 2)")
     p.add_argument("--prompts", type=int, default=1, help=f"prompts (trajectories) in phase 1, at most {len(PROMPTS)} (default: 1)")
@@ -68,13 +76,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "the measurements of a --gpu-measure file when given after it, and exit")
     args = p.parse_args(argv)
     args.families = _names(args.families, GPU_FAMILIES if args.gpu_measure else FAMILIES)
-    args.variants = _names(args.variants, GPU_OPTIONS if args.gpu_measure else MEMORY_OPTIONS)
     for f in args.families:
         if f not in FAMILIES:
             p.error(f"--families: unknown family {f!r} (one of {', '.join(FAMILIES)})")
+    given = args.variants is not None
+    args.variants = _names(args.variants, GPU_OPTIONS if args.gpu_measure else MEMORY_OPTIONS)
     for v in args.variants:
         if v not in MEMORY_OPTIONS:
             p.error(f"--variants: unknown variant {v!r} (one of {', '.join(MEMORY_OPTIONS)})")
+        for f in args.families:
+            if given and v not in REGISTRY[f].memory_options:
+                p.error(f"--variants: {v} is not a memory option of {f} (its options: "
+                        f"{', '.join(REGISTRY[f].memory_options)})")
+    args.blocks = _blocks(p, args)
     if not 1 <= args.prompts <= len(PROMPTS):
         p.error(f"--prompts must be in [1, {len(PROMPTS)}]")
     for name in ("steps", "batch_size", "threads"):
@@ -89,6 +103,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if not 0 < args.mfu <= 1:
         p.error("--mfu must be in (0, 1]")
     return args
+
+
+def _blocks(p: argparse.ArgumentParser, args) -> List[int]:
+    """``--blocks A,B`` checked: two depths, increasing, below each family's full depth."""
+    if args.blocks is None:
+        return []
+    try:
+        blocks = [int(b) for b in args.blocks.split(",")]
+    except ValueError:
+        blocks = []
+    if len(blocks) != 2 or not 1 <= blocks[0] < blocks[1]:
+        p.error(f"--blocks takes two depths A,B with 1 <= A < B, got {args.blocks!r}")
+    for f in args.families:
+        fam = REGISTRY[f]
+        if not fam.block_unit:
+            p.error(f"--blocks: {f} is measured whole (it has no unit of depth)")
+        if not args.tiny and blocks[1] >= fam.units(fam.config()):
+            p.error(f"--blocks: {f} has {fam.units(fam.config())} units of depth; measure fewer")
+    if args.flops or args.gpu_measure:
+        p.error("--blocks is for the CPU runs (--flops and --gpu-measure take the full model)")
+    return blocks
 
 
 def _names(given: Optional[str], default) -> List[str]:
@@ -124,13 +159,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.command = command
     args.device = device_info(args.threads)
     args.bitsandbytes = bnb_version()
+    all_variants = args.variants
     for family in args.families:
         print(f"bench.scale: {family} ...", flush=True)
+        args.variants = [v for v in all_variants if v in REGISTRY[family].memory_options]
         rec = bench_family(family, args, results, out)
         write_results(out, results)
         for name, v in rec.get("variants", {}).items():
             print(f"  {name}: {v.get('status')}" + (f", peak RSS {v['peak_rss_gib']} GiB, {v['phase2_s_per_step']:.2f} s/step"
-                                                     if v.get("status") == "measured" else ""), flush=True)
+                                                     if v.get("status") in ("measured", "extrapolated") else ""), flush=True)
     print(f"bench.scale: wrote {out}")
     return 0
 

@@ -3,15 +3,16 @@
 A GPU estimate is counted FLOPs / (the GPU's dense peak x an assumed model-FLOPs utilisation,
 :data:`MFU`): phase 1 is the recipe's teacher steps per trajectory for :data:`PROMPTS` trajectories,
 phase 2 the recipe's steps at its batch size. A frozen base in bf16 runs at the bf16 tensor peak,
-one in fp32 at the fp32 (non-tensor) peak, torch's default for fp32 matmuls. Every figure made
-here is an estimate, labelled so wherever it is shown, until a GPU measurement replaces it.
+one in fp32 at the fp32 (non-tensor) peak, torch's default for fp32 matmuls; a quantized one (nf4 /
+int8) at the bf16 peak it computes at (bitsandbytes' dequantization is not counted). Every figure
+made here is an estimate, labelled so wherever it is shown, until a GPU measurement replaces it.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from .recipe import MEMORY_OPTIONS, default
+from .recipe import MEMORY_OPTIONS
 
 ESTIMATED = "estimated from counted FLOPs, not measured"
 # dense (no structured sparsity) peaks in TFLOPS, from the vendor's datasheets
@@ -78,8 +79,9 @@ def _sig(x: float) -> float:
 
 
 def family_estimates(counts: Dict, mfu: float = MFU, prompts: int = PROMPTS) -> Dict:
-    """:func:`gpu_estimate` for every memory option and GPU."""
-    return {option: {gpu: gpu_estimate(counts, option, gpu, mfu, prompts) for gpu in GPUS} for option in MEMORY_OPTIONS}
+    """:func:`gpu_estimate` for every memory option counted (the family's) and every GPU."""
+    return {option: {gpu: gpu_estimate(counts, option, gpu, mfu, prompts) for gpu in GPUS}
+            for option in counts["phase2_memory"]}
 
 
 def implied_mfu(evidence: Dict, counts: Dict) -> float:
@@ -104,9 +106,10 @@ def gpu_key(device_name: str) -> Optional[str]:
     return None
 
 
-def cpu_estimates(res: Dict) -> Dict:
-    """Hours for the default recipe's budget at a CPU run's measured speed (linear in batch size and steps)."""
-    steps, batch, tsteps = default("train_steps"), default("batch_size"), default("teacher_steps")
+def cpu_estimates(res: Dict, recipe: Dict[str, Any]) -> Dict:
+    """Hours for the budget of the family's ``recipe`` (``Family.options()``: the default recipe with what
+    the family sets) at a CPU run's measured speed (linear in batch size and steps)."""
+    steps, batch, tsteps = recipe["train_steps"], recipe["batch_size"], recipe["teacher_steps"]
     p2 = res["phase2_s_per_step"] * batch / res["batch_size"] * steps / 3600
     p1 = res["phase1_s_per_teacher_step"] * tsteps * 1000 / 3600
     return {"phase2_hours_default_recipe": round(p2, 2), "phase1_hours_per_1000_prompts": round(p1, 2),

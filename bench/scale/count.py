@@ -5,7 +5,8 @@ code: phase 1's ``training.data.teacher_trajectory`` (classifier-free guidance a
 it: the conditional and unconditional halves in one batch of 2) and one phase-2 step as
 ``training.trainer.Trainer`` takes it (``training.trainer.add_lora`` with the recipe's targets and
 rank, the LoRA weights in fp32 and the only ones that require grad, gradient checkpointing as the
-memory option sets it; forward through ``BaseModel.denoise`` at the recipe's batch, the MSE loss,
+memory option sets it; forward through the base model's ``denoise`` (``BaseModel``, or ``FlowModel``'s
+velocity) at the recipe's batch, the MSE loss,
 backward). ``torch.utils.flop_counter.FlopCounterMode`` counts matmuls, convolutions and attention
 (2 FLOPs per multiply-add), forward and backward; the backward through the frozen base computes
 input gradients only, plus the LoRA weights' gradients. Elementwise work (norms, activations, the
@@ -15,13 +16,16 @@ kernel a GPU runs, whose backward recomputes the attention scores.
 Memory: the tensors autograd saves for the backward pass are summed (each storage once, the frozen
 weights excluded); with gradient checkpointing, the checkpointed blocks' inputs and the largest
 block's own saved tensors (what its recomputation holds during the backward) instead of theirs.
+A quantized base (nf4 / int8, QLoRA) is counted as the bf16 base it computes as (bitsandbytes does not
+run on the meta device): the same FLOPs and activations, its frozen weights at the bytes per weight
+bitsandbytes stores for the linear layers ``training.quantize`` replaces (bf16 for the rest).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +33,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from training.config import DistillConfig
 from training.data import teacher_trajectory
-from training.models import BaseModel
+from training.model_parts import ModelParts
+from training.quantize import quantizable_linears
 from training.trainer import add_lora
 
 from .families import REGISTRY, Denoiser, denoiser
-from .recipe import BYTES, DTYPES, GIB, MEMORY_OPTIONS, OPTIMIZER_STATE_BYTES
+from .recipe import BYTES, COMPUTE, DTYPES, GIB, MEMORY_OPTIONS, OPTIMIZER_STATE_BYTES, QUANTIZED_BYTES, compute_precision
 
 META = torch.device("meta")
 TEACHER_STEPS_COUNTED = 2        # every teacher step costs the same; the count is per step
@@ -89,10 +94,9 @@ class SavedTensors:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
 
 
-def meta_model(den: Denoiser, dtype: torch.dtype) -> BaseModel:
+def meta_model(den: Denoiser, dtype: torch.dtype) -> ModelParts:
     """The family's base model on the meta device: its denoiser alone (no text encoders, no VAE)."""
-    fam = den.family
-    return BaseModel(fam.architecture, den.build(META, dtype), [], [], None, fam.schedule(), "", "")
+    return den.model(META, dtype)
 
 
 def flops_of(fn) -> Tuple[object, int]:
@@ -109,7 +113,7 @@ def _latents(den: Denoiser, batch: int) -> torch.Tensor:
 def forward_flops(den: Denoiser, batch: int = 1) -> int:
     """FLOPs of one denoiser forward at ``batch`` (no LoRA, no gradients)."""
     model = meta_model(den, torch.bfloat16)
-    t = torch.full((batch,), 500, dtype=torch.long, device=META)
+    t = torch.full((batch,), 500, dtype=torch.long)        # the schedule index, on the CPU
     with torch.no_grad(), fused_attention():
         return flops_of(lambda: model.denoise(_latents(den, batch), t, den.conditioning(batch, META), den.resolution))[1]
 
@@ -125,12 +129,13 @@ def teacher_step_flops(den: Denoiser, cfg: DistillConfig) -> int:
     return n // TEACHER_STEPS_COUNTED
 
 
-def lora_model(den: Denoiser, cfg: DistillConfig) -> Tuple[BaseModel, List[torch.nn.Parameter]]:
-    """The meta base model in ``cfg.base_precision`` prepared as ``Trainer`` prepares it: LoRA
-    injected by ``add_lora``, gradient checkpointing as configured, train mode, and the LoRA
-    weights (the only parameters that require grad) in fp32."""
-    model = meta_model(den, DTYPES[cfg.base_precision])
-    add_lora(model.unet, cfg, pixart=den.family.lora_in_blocks_only)
+def lora_model(den: Denoiser, cfg: DistillConfig) -> Tuple[ModelParts, List[torch.nn.Parameter]]:
+    """The meta base model in ``cfg.base_precision`` (a quantized one: bf16) prepared as ``Trainer``
+    prepares it: LoRA injected by ``add_lora`` (on the model's blocks, its unused layers excluded),
+    gradient checkpointing as configured, train mode, and the LoRA weights (the only parameters that
+    require grad) in fp32."""
+    model = meta_model(den, DTYPES[compute_precision(cfg.base_precision)])
+    add_lora(model.unet, cfg, blocks=model.lora_blocks, exclude=model.lora_exclude)
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     model.unet.train()
@@ -141,7 +146,7 @@ def lora_model(den: Denoiser, cfg: DistillConfig) -> Tuple[BaseModel, List[torch
 
 
 def _step_inputs(den: Denoiser, batch: int):
-    t = torch.full((batch,), 500, dtype=torch.long, device=META)
+    t = torch.full((batch,), 500, dtype=torch.long)        # the schedule index, on the CPU
     return _latents(den, batch), t, den.conditioning(batch, META), _latents(den, batch)
 
 
@@ -183,31 +188,50 @@ def phase2_activation_bytes(den: Denoiser, cfg: DistillConfig) -> Dict[str, int]
     return {"saved": meter.bytes, "recompute": largest[0], "total": meter.bytes + largest[0]}
 
 
-def static_bytes(denoiser_params: int, lora_params: int, opts: Dict) -> Dict[str, int]:
-    """What a phase-2 step holds besides activations: the frozen denoiser in the base dtype, and
-    per LoRA weight 4 bytes of fp32 weight, 4 of gradient and the optimizer's state."""
-    return {"denoiser_weights": denoiser_params * BYTES[opts["base_precision"]],
+def quantized_weights(net: torch.nn.Module) -> Dict[str, Tuple[int, int]]:
+    """Per quantized kind, ``(weights, output rows)`` of the linear layers of ``net`` (a denoiser without
+    LoRA) that ``training.quantize.quantize_linears`` replaces."""
+    return {kind: (sum(layer.weight.numel() for *_, layer in layers), sum(layer.out_features for *_, layer in layers))
+            for kind, layers in ((k, quantizable_linears(net, k)) for k in QUANTIZED_BYTES)}
+
+
+def static_bytes(denoiser_params: int, lora_params: int, opts: Dict,
+                 quantized: Optional[Dict[str, Tuple[int, int]]] = None) -> Dict[str, int]:
+    """What a phase-2 step holds besides activations: the frozen denoiser in the base dtype (a quantized
+    base: its ``quantized`` linear weights at bitsandbytes' bytes per weight, int8 with an fp32 scale per
+    output row, the rest in bf16), and per LoRA weight 4 bytes of fp32 weight, 4 of gradient and the
+    optimizer's state."""
+    base = opts["base_precision"]
+    weights = denoiser_params * BYTES[compute_precision(base)]
+    if base in COMPUTE:
+        n, rows = (quantized or {})[base]
+        weights += round(n * (QUANTIZED_BYTES[base] - BYTES[COMPUTE[base]])) + (4 * rows if base == "int8" else 0)
+    return {"denoiser_weights": weights,
             "lora_weights_grads_optimizer": lora_params * (8 + OPTIMIZER_STATE_BYTES[opts["optimizer"]])}
 
 
 def count_family(family: str, tiny: bool = False) -> Dict:
     """Counted FLOPs and memory of ``family`` at its native resolution and the default recipe (the
     tiny model at the tests' resolution with ``tiny``): the denoiser forward at batch 1, the
-    teacher step, the phase-2 step without and with gradient checkpointing, and per memory option
-    the bytes a phase-2 step holds."""
+    teacher step, the phase-2 step without and with gradient checkpointing, and per memory option of
+    the family the bytes a phase-2 step holds."""
     fam, den = REGISTRY[family], denoiser(family, tiny=tiny)
     cfg = fam.distill_config(den.resolution)
     model, params = lora_model(den, cfg)
     n_lora = sum(p.numel() for p in params)
     n_den = sum(p.numel() for p in model.unet.parameters()) - n_lora
+    quantizes = any(MEMORY_OPTIONS[o]["base_precision"] in COMPUTE for o in fam.memory_options)
+    quantized = quantized_weights(meta_model(den, torch.bfloat16).unet) if quantizes else {}
     steps = {gc: phase2_flops(den, dataclasses.replace(cfg, gradient_checkpointing=gc)) for gc in (False, True)}
     memory, activations = {}, {}
-    for name, opts in MEMORY_OPTIONS.items():
-        key = (opts["base_precision"], opts["gradient_checkpointing"])      # the optimizer changes no activation
+    for name in fam.memory_options:
+        opts = MEMORY_OPTIONS[name]
+        # the optimizer changes no activation; a quantized base computes, and saves activations, as a bf16 one
+        key = (compute_precision(opts["base_precision"]), opts["gradient_checkpointing"])
         if key not in activations:
             activations[key] = phase2_activation_bytes(den, dataclasses.replace(cfg, **opts))
         act = activations[key]
-        held = {**static_bytes(n_den, n_lora, opts), "activations": act["total"]}
+        held = {**static_bytes(n_den, n_lora, opts, quantized), "activations": act["total"]}
         memory[name] = {**{k: round(v / GIB, 4) for k, v in held.items()},
                         "activations_detail_gib": {k: round(v / GIB, 4) for k, v in act.items()},
                         "total_gib": round(sum(held.values()) / GIB, 4)}
@@ -215,6 +239,7 @@ def count_family(family: str, tiny: bool = False) -> Dict:
         "label": fam.label, "architecture": fam.architecture, "resolution": den.resolution,
         "latent": [den.latent_channels, den.latent_size, den.latent_size],
         "denoiser_params": n_den, "lora_params": n_lora,
+        **({"quantized_linear_weights": {k: n for k, (n, _) in quantized.items()}} if quantized else {}),
         "batch_size": cfg.batch_size, "teacher_steps": cfg.teacher_steps, "teacher_cfg": cfg.teacher_cfg,
         "teacher_solver": cfg.teacher_solver, "train_steps": cfg.train_steps,
         "forward_tflop_batch1": forward_flops(den) / 1e12,

@@ -25,11 +25,12 @@ from accelerate import Accelerator
 
 from training.config import DistillConfig
 from training.data import Cache, teacher_trajectory
-from training.models import BaseModel
+from training.model_parts import ModelParts
+from training.quantize import quantize_linears
 from training.trainer import Trainer
 
 from .families import REGISTRY, Denoiser, denoiser
-from .recipe import DTYPES, GIB, MEMORY_OPTIONS
+from .recipe import COMPUTE, DTYPES, GIB, MEMORY_OPTIONS, compute_precision
 
 GPU_FAMILIES = ("sd15", "sdxl")
 GPU_OPTIONS = ("bf16", "bf16-gc")
@@ -59,17 +60,20 @@ def random_cache(den: Denoiser, n: int) -> Cache:
                  torch.full((n,), 0.1), ["a prompt"] * n)
 
 
-def base_model(den: Denoiser, device: torch.device, dtype: torch.dtype) -> BaseModel:
-    """The family's denoiser with random weights in ``dtype`` on ``device``, as a base model without
-    text encoders or VAE."""
-    fam = den.family
-    return BaseModel(fam.architecture, den.build(device, dtype), [], [], None, fam.schedule(), "", "")
+def base_model(den: Denoiser, device: torch.device, base_precision: str) -> ModelParts:
+    """The family's denoiser with random weights in ``base_precision`` on ``device`` (nf4 / int8: built in
+    bf16, its linear layers then quantized as ``training.quantize`` does for the trainer), as a base
+    model without text encoders or VAE."""
+    model = den.model(device, DTYPES[compute_precision(base_precision)])
+    if base_precision in COMPUTE:
+        quantize_linears(model.unet, base_precision, DTYPES[COMPUTE[base_precision]])
+    return model
 
 
 def time_teacher(den: Denoiser, cfg: DistillConfig, device: torch.device, steps: int, trajectories: int) -> Dict:
     """Seconds per teacher step per trajectory of ``teacher_trajectory`` with the recipe's solver and
     guidance, ``trajectories`` at once in bf16, after one warm-up step."""
-    model = base_model(den, device, torch.bfloat16)
+    model = base_model(den, device, "bf16")
     z = torch.randn(trajectories, den.latent_channels, den.latent_size, den.latent_size, device=device)
     cond, uncond = den.conditioning(trajectories, device), den.conditioning(trajectories, device)
 
@@ -92,7 +96,7 @@ def time_phase2(den: Denoiser, cfg: DistillConfig, device: torch.device, timed_s
     out_of_memory, times, model = False, [], None
     with tempfile.TemporaryDirectory(prefix="rayflow-gpu-") as work:
         try:
-            model = base_model(den, device, DTYPES[cfg.base_precision])
+            model = base_model(den, device, cfg.base_precision)
             trainer = Trainer(dataclasses.replace(cfg, work_dir=work), model, random_cache(den, cfg.batch_size),
                               Accelerator())
             times = [_timed(trainer.train_step, device) for _ in range(WARMUP_STEPS + timed_steps)]

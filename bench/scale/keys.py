@@ -1,17 +1,21 @@
 """Whether an exported LoRA's keys reach the model: loaded in diffusers, and mapped by ComfyUI.
 
-:func:`keymatch_diffusers` loads the file into the family's denoiser as diffusers (or, for PixArt,
-peft through ``training.export``) does and counts the file's modules whose weights arrived
+Both sides build the family's full-size denoiser (``tiny``: the tiny one) from its config without
+its weights, so a model too large for this machine's memory (FLUX.1-dev: 12 B parameters) is matched
+at full size. :func:`keymatch_diffusers` loads the file into the denoiser as diffusers (or, for
+PixArt, peft through ``training.export``) does, every frozen weight a zero-stride view of one zero
+(the shapes of the real ones, no memory), and counts the file's modules whose weights arrived
 unchanged. :func:`keymatch_comfyui` maps it with ComfyUI's own ``comfy.lora`` on ComfyUI's model of
 the family, built on the meta device from :func:`comfy_unet_config` (the diffusers config turned
-into the keys ComfyUI builds its model from); it runs where ComfyUI imports (``COMFYUI_PATH`` on
-``sys.path``), so every ComfyUI import is inside it.
+into the keys ComfyUI builds its model from), or, for the families whose ``comfy_detects`` is set,
+from the diffusers transformer's keys by ComfyUI's own detection, as ``load_diffusion_model`` loads a
+diffusers file; it runs where ComfyUI imports (``COMFYUI_PATH`` on ``sys.path``), so every ComfyUI
+import is inside it. ComfyUI fuses SD3's q/k/v and FLUX's single-block projections into one weight:
+each module of the file is one patch of a slice of it, so patches are counted per module.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Dict, List
 
 import diffusers
@@ -22,7 +26,7 @@ from safetensors.torch import load_file
 from rayflow.lora_file import lora_module_names
 from training.export import load_transformer_lora
 
-from .families import REGISTRY, T5_TOKENS
+from .families import REGISTRY, T5_TOKENS, denoiser
 
 
 def lora_modules(tensors: Dict) -> List[str]:
@@ -30,25 +34,49 @@ def lora_modules(tensors: Dict) -> List[str]:
     return sorted(lora_module_names(tensors))
 
 
-def keymatch_diffusers(family: str, model_dir: str, lora_path: str) -> Dict:
-    """Load the LoRA file into the family's denoiser with diffusers (``lora_state_dict`` +
+def weightless(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` (built on the meta device) with every parameter and buffer a zero-stride CPU view of one
+    zero of its dtype: the real shapes, no memory, and a device that loaders can put adapters on."""
+    for module in net.modules():
+        for group in (module._parameters, module._buffers):
+            for key, t in group.items():
+                if t is not None:
+                    zero = torch.zeros((), dtype=t.dtype).expand(t.shape)
+                    group[key] = torch.nn.Parameter(zero, requires_grad=False) if group is module._parameters else zero
+    return net
+
+
+def _state_and_alphas(cls, lora_path: str):
+    """A pipeline's ``lora_state_dict`` of the file as ``(state, network_alphas)`` (SDXL's returns a pair,
+    SD3's and FLUX's the state alone: a file in the transformer layout has its scale folded in)."""
+    got = cls.lora_state_dict(lora_path)
+    return got[:2] if isinstance(got, tuple) else (got, None)
+
+
+def keymatch_diffusers(family: str, lora_path: str, tiny: bool = False) -> Dict:
+    """Load the LoRA file into the family's full-size denoiser (``tiny``: the tiny one), built from its
+    config without weights (:func:`weightless`), with diffusers (``lora_state_dict`` +
     ``load_lora_adapter``; PixArt: ``training.export.load_transformer_lora`` with peft) and count the
     file's modules whose weights arrived unchanged in the model's adapter."""
     fam = REGISTRY[family]
     tensors = load_file(lora_path)
     modules = lora_modules(tensors)
-    net = getattr(diffusers, fam.denoiser_class).from_pretrained(model_dir, subfolder=fam.denoiser,
-                                                                  torch_dtype=torch.bfloat16)
+    net = weightless(denoiser(family, tiny=tiny).build(torch.device("meta"), torch.bfloat16))
+    built = f"{fam.denoiser_class} built from its config, no weights"
+    if fam.denoiser == "unet":              # kohya lora_unet_* keys
+        name, parts = (lambda m: "lora_unet_" + m.replace(".", "_")), (".lora_down.weight", ".lora_up.weight")
+    else:                                   # transformer.<module>.lora_A / lora_B
+        name, parts = (lambda m: "transformer." + m), (".lora_A.weight", ".lora_B.weight")
     if not fam.lora_pipeline:
         load_transformer_lora(net, lora_path)
-        adapter, how = "default", "peft through training.export.load_transformer_lora (diffusers has no PixArt load_lora_weights)"
-        name, parts = (lambda m: "transformer." + m), (".lora_A.weight", ".lora_B.weight")
+        adapter = "default"
+        how = f"peft through training.export.load_transformer_lora (diffusers has no PixArt load_lora_weights); {built}"
     else:
         cls = getattr(diffusers, fam.lora_pipeline)
-        state, alphas = cls.lora_state_dict(lora_path)
-        net.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="rayflow")
-        adapter, how = "rayflow", f"diffusers {cls.__name__}.lora_state_dict + UNet2DConditionModel.load_lora_adapter"
-        name, parts = (lambda m: "lora_unet_" + m.replace(".", "_")), (".lora_down.weight", ".lora_up.weight")
+        state, alphas = _state_and_alphas(cls, lora_path)
+        net.load_lora_adapter(state, prefix=fam.denoiser, network_alphas=alphas, adapter_name="rayflow")
+        adapter = "rayflow"
+        how = f"diffusers {cls.__name__}.lora_state_dict + {fam.denoiser_class}.load_lora_adapter; {built}"
     got = get_peft_model_state_dict(net, adapter_name=adapter)
     # a file module is matched when the model's adapter holds its down and up weights unchanged
     matched = set()
@@ -98,10 +126,32 @@ def comfy_unet_config(arch: str, config: Dict) -> Dict:
     return out
 
 
-def keymatch_comfyui(family: str, model_dir: str, lora_path: str) -> Dict:
+def _comfy_model(family: str, tiny: bool):
+    """ComfyUI's model of the family on the meta device, and how it was built: from
+    :func:`comfy_unet_config`, or (``comfy_detects``) by ComfyUI's detection from the diffusers
+    transformer's keys, which must pick the family's ``comfy_model`` class."""
+    import comfy.model_detection
+    import comfy.supported_models
+
+    fam, den = REGISTRY[family], denoiser(family, tiny=tiny)
+    meta = torch.device("meta")
+    if not fam.comfy_detects:
+        cls = getattr(comfy.supported_models, fam.comfy_model)
+        return (cls(comfy_unet_config(fam.architecture, den.config)).get_model({}, device=meta),
+                f"ComfyUI {cls.__name__} model (meta device)")
+    converted = comfy.model_detection.convert_diffusers_mmdit(den.build(meta, torch.bfloat16).state_dict(), "")
+    config = comfy.model_detection.model_config_from_unet(converted, "")
+    if type(config).__name__ != fam.comfy_model:
+        raise RuntimeError(f"ComfyUI detects the {fam.label} transformer as {type(config).__name__}, not {fam.comfy_model}")
+    return (config.get_model(converted, "", device=meta),
+            f"ComfyUI {type(config).__name__} model detected from the diffusers transformer's keys "
+            f"(convert_diffusers_mmdit + model_config_from_unet, as load_diffusion_model; meta device)")
+
+
+def keymatch_comfyui(family: str, lora_path: str, tiny: bool = False) -> Dict:
     """Map the LoRA file with ComfyUI's stock code (``comfy.lora.model_lora_keys_unet`` of the
-    family's ComfyUI model, built on the meta device, then ``comfy.lora.load_lora``); run with
-    ComfyUI importable (``COMFYUI_PATH`` on ``sys.path``)."""
+    family's full-size ComfyUI model (``tiny``: the tiny one), built on the meta device, then
+    ``comfy.lora.load_lora``); run with ComfyUI importable (``COMFYUI_PATH`` on ``sys.path``)."""
     import comfy.options
 
     comfy.options.enable_args_parsing(False)
@@ -110,13 +160,8 @@ def keymatch_comfyui(family: str, model_dir: str, lora_path: str) -> Dict:
     comfy_args.cpu = True
     import comfy.lora
     import comfy.lora_convert
-    import comfy.supported_models
 
-    fam = REGISTRY[family]
-    with open(os.path.join(model_dir, fam.denoiser, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    cls = getattr(comfy.supported_models, fam.comfy_model)
-    model = cls(comfy_unet_config(fam.architecture, config)).get_model({}, device=torch.device("meta"))
+    model, built = _comfy_model(family, tiny)
     key_map = comfy.lora.model_lora_keys_unet(model, {})
     tensors = load_file(lora_path)
     modules = lora_modules(tensors)
@@ -124,4 +169,4 @@ def keymatch_comfyui(family: str, model_dir: str, lora_path: str) -> Dict:
     unmatched = [m for m in modules if m not in key_map]
     return {"matched": len(modules) - len(unmatched), "total": len(modules), "patches": len(patches),
             "unmatched": unmatched[:5],
-            "how": f"ComfyUI {cls.__name__} model (meta device) + comfy.lora.model_lora_keys_unet + comfy.lora.load_lora"}
+            "how": f"{built} + comfy.lora.model_lora_keys_unet + comfy.lora.load_lora"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from .cost import ESTIMATED, GPUS, SAME_PEAKS, gpu_key, measured_hours
+from .depth import EXTRAPOLATED, measured_points
 from .families import FAMILIES, REGISTRY
 from .recipe import GIB, MEMORY_OPTIONS
 
@@ -32,6 +33,13 @@ def _order(name: str) -> int:
 def _cpu_cells(v: Optional[Dict]) -> str:
     if v is None:
         return "not run on the CPU | - | - | -"
+    if v.get("status") == EXTRAPOLATED:
+        a, b = v["units_measured"]
+        return (f"**extrapolated** to {v['units_full']} units from {a} and {b}: {v['peak_rss_gib']:.1f} GiB "
+                f"({_gib(v['peak_rss_phase1_bytes'])}; phase 2 {_gib(v['peak_rss_by_phase_bytes']['phase 2'])}) | "
+                f"{v['phase1_s_per_trajectory']:.1f} ({v['teacher_steps']} teacher steps; extrapolated) | "
+                f"{v['phase2_s_per_step']:.1f} (extrapolated) | {v['estimates']['phase2_hours_default_recipe']:.0f} "
+                f"(extrapolated)")
     if v.get("status") != "measured":
         reached = f"; RSS reached {v['watchdog_peak_rss_gib']:.1f} GiB" if v.get("watchdog_peak_rss_gib") else ""
         p1 = v.get("phase1_s_per_trajectory")
@@ -87,7 +95,8 @@ def _counts_line(counts: Dict, command: str) -> str:
     step, gc = counts["phase2_step_tflop"]["no_gc"], counts["phase2_step_tflop"]["gc"]
     h100, gc_h100 = counts["estimates"]["bf16"][next(iter(GPUS))], counts["estimates"]["bf16-gc"][next(iter(GPUS))]
     return (f"Counted on the meta device (`{command}`), TFLOP: denoiser forward {_tflop(counts['forward_tflop_batch1'])} "
-            f"at batch 1; teacher step {_tflop(counts['teacher_step_tflop'])} with guidance "
+            f"at batch 1; teacher step {_tflop(counts['teacher_step_tflop'])} "
+            f"{'with guidance' if counts['teacher_cfg'] != 1 else 'without CFG (one pass)'} "
             f"(x {counts['teacher_steps']} per trajectory); phase-2 step at batch {counts['batch_size']} "
             f"{_tflop(step['total'])} (forward {_tflop(step['forward'])}, backward {_tflop(step['backward'])}), "
             f"{_tflop(gc['total'])} with gradient checkpointing (its recomputed forward adds "
@@ -125,8 +134,11 @@ def _family(family: str, rec: Dict, counts: Optional[Dict], counted_command: str
     match = ", ".join(f"{k} {v['matched']}/{v['total']}" for k, v in km.items() if isinstance(v, dict) and "matched" in v)
     gpus = " / ".join(GPUS)
     batch = counts["batch_size"] if counts else "-"
+    own = rec.get("recipe") or {}
+    recipe = (f"; the family's recipe: teacher {own['teacher_solver']}, {own['teacher_steps']} steps, cfg "
+              f"{own['teacher_cfg']:g}" if {"teacher_solver", "teacher_steps", "teacher_cfg"} <= set(own) else "")
     lines = [f"**{REGISTRY[family].label}** ({rec['architecture']}, {rec['resolution']} px; denoiser "
-             f"{rec.get('denoiser_params', 0) / 1e6:.0f} M parameters; LoRA rank {lora.get('rank', '-')}: "
+             f"{rec.get('denoiser_params', 0) / 1e6:.0f} M parameters{recipe}; LoRA rank {lora.get('rank', '-')}: "
              f"{lora.get('params', 0) / 1e6:.1f} M parameters, {lora.get('file_mib', '-')} MiB in "
              f"{lora.get('file_precision', '-')}; keys matched: {match or 'not checked'})", "",
              "| memory option | peak RSS, CPU (phase 1) | s/trajectory, phase 1 | s/step, phase 2 (batch 1) | "
@@ -135,14 +147,20 @@ def _family(family: str, rec: Dict, counts: Optional[Dict], counted_command: str
     variants = rec.get("variants", {})
     names = sorted(set(variants) | set(counts["estimates"] if counts else ()), key=_order)
     commands: List[str] = []
+    points: List[str] = []
     for name in names:
         v = variants.get(name)
         if v and v.get("command") and v["command"] not in commands:
             commands.append(v["command"])
+        if v and v.get("measured"):
+            what = "extrapolated from" if v["status"] == EXTRAPOLATED else "before it stopped,"
+            points.append(f"`{name}` {what} its runs with fewer blocks (measured): " + "; ".join(measured_points(v)) + ".")
         lines.append(f"| `{name}` | {_cpu_cells(v)} | {_gpu_cells(family, name, counts, measured)} |")
     if km.get("command") and km["command"] not in commands:
         commands.append(km["command"])
     lines += [""] + [f"`{c}`  " for c in commands[:-1]] + [f"`{c}`" for c in commands[-1:]] + [""]
+    for point in points:
+        lines += [point, ""]
     if counts:
         lines += [_counts_line(counts, counted_command), ""]
     measured_lines = _measured_line(family, measured, counts)
