@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from rayflow.atomic_write import atomic_path, write_json
+
 from .data import all_labels, caption_of, render, vocabulary
 
 RESOLUTION = 16
@@ -72,23 +74,66 @@ def save(out_dir: str, unet, text_encoder) -> None:
                    "requires_safety_checker": False}, f, indent=2)
 
 
-def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+def _save_state(path: str, step: int, modules, emas, opt, g: torch.Generator) -> None:
+    """The training state after ``step`` steps in the folder ``path``, written whole (safetensors for
+    every tensor: weights, EMA, AdamW moments, the generator; JSON for the step)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model{i}.{k}": v.detach().contiguous() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+    tensors.update({f"ema{i}.{k}": v.contiguous() for i, e in enumerate(emas) for k, v in e.items()})
+    for j, st in opt.state_dict()["state"].items():
+        tensors.update({f"opt.{j}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous() for k, v in st.items()})
+    tensors["generator"] = g.get_state()
+    with atomic_path(path) as tmp:
+        os.makedirs(tmp)
+        save_file(tensors, os.path.join(tmp, "state.safetensors"))
+        write_json(os.path.join(tmp, "step.json"), {"step": step})
+
+
+def _load_state(path: str, modules, emas, opt, g: torch.Generator) -> int:
+    """Restore what :func:`_save_state` wrote into ``modules``, ``emas``, ``opt`` and ``g``; returns the step."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(os.path.join(path, "state.safetensors"))
+    for i, (m, e) in enumerate(zip(modules, emas)):
+        m.load_state_dict({k: tensors[f"model{i}.{k}"] for k in m.state_dict()})
+        e.update({k: tensors[f"ema{i}.{k}"] for k in e})
+    state = opt.state_dict()
+    for j in range(sum(len(group["params"]) for group in state["param_groups"])):
+        parts = {k[len(f"opt.{j}."):]: v for k, v in tensors.items() if k.startswith(f"opt.{j}.")}
+        if parts:
+            state["state"][j] = parts
+    opt.load_state_dict(state)
+    g.set_state(tensors["generator"])
+    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
+        return int(json.load(f)["step"])
+
+
+def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
+        checkpoint: str = "", checkpoint_every: int = 200) -> None:
     """The proxy teachers' training loop (this one and ``proxy/teacher_flow.py``): AdamW over every
     parameter of ``modules`` (weight decay 1e-4, 200 warm-up steps then cosine decay, gradients clipped
     at 1.0) on ``loss_fn(x0, captions, noise, generator)`` for batches of proxy images ``x0`` ``[B, 3, R, R]``
     of uniformly drawn captions (one in ten replaced by ``""``, the unconditional prompt of CFG) and
     their noise; everything random comes from one generator seeded with ``seed``. The modules end with
-    their EMA weights (decay ``min(0.999, (1 + step) / (10 + step))``)."""
+    their EMA weights (decay ``min(0.999, (1 + step) / (10 + step))``). With ``checkpoint`` (a folder),
+    the state is saved there every ``checkpoint_every`` steps and a run finding it continues from it,
+    exactly as if it had not stopped."""
     from training.trainer import warmup_cosine
 
     emas = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = warmup_cosine(opt, 200, steps)
     labels_all = all_labels()
     g = torch.Generator().manual_seed(seed)
+    start = _load_state(checkpoint, modules, emas, opt, g) if checkpoint and os.path.isdir(checkpoint) else 0
+    sched = warmup_cosine(opt, 200, steps)
+    for _ in range(start):
+        sched.step()
+    if start:
+        print(f"resumed from {checkpoint} at step {start}", flush=True)
     t0 = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         labels = labels_all[torch.randint(0, len(labels_all), (batch,), generator=g)]
         x0 = render(labels, g, RESOLUTION)
         captions = [caption_of(l) if float(u) > 0.1 else "" for l, u in zip(labels.tolist(), torch.rand(batch, generator=g))]
@@ -105,15 +150,19 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
                 for k, v in model.state_dict().items():
                     if v.dtype.is_floating_point:
                         store[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-        if (step + 1) % log_every == 0 or step == 0:
+        if (step + 1) % log_every == 0 or step == start:
             el = time.time() - t0
+            done = step + 1 - start
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
-                  f"{el / (step + 1):.2f}s/step eta {el / (step + 1) * (steps - step - 1) / 60:.1f}min", flush=True)
+                  f"{el / done:.2f}s/step eta {el / done * (steps - step - 1) / 60:.1f}min", flush=True)
+        if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            _save_state(checkpoint, step + 1, modules, emas, opt, g)
     for store, model in zip(emas, modules):
         model.load_state_dict(store)
 
 
-def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
+          checkpoint: str = "") -> None:
     from diffusers import DDPMScheduler
 
     unet, text_encoder, tokenizer = build(out_dir, seed)
@@ -125,14 +174,15 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
         ctx = encode(text_encoder, tokenizer, captions)
         return (unet(x_t, t, encoder_hidden_states=ctx).sample - noise).pow(2).mean()
 
-    fit([unet, text_encoder], loss_fn, steps, batch, seed, lr, log_every)
+    fit([unet, text_encoder], loss_fn, steps, batch, seed, lr, log_every, checkpoint)
     save(out_dir, unet, text_encoder)
     print(f"saved teacher to {out_dir}")
 
 
 def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.Namespace:
     """The proxy teachers' command line (this one and ``proxy/teacher_flow.py``): ``--out``, ``--steps``,
-    ``--batch``, ``--lr``, ``--seed`` and ``--threads`` (applied here), with the teacher's defaults."""
+    ``--batch``, ``--lr``, ``--seed``, ``--checkpoint`` and ``--threads`` (applied here), with the
+    teacher's defaults."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", default=out, help="output diffusers folder")
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
@@ -140,6 +190,9 @@ def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up then cosine decay)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--checkpoint", default="", metavar="DIR",
+                    help="keep the training state in DIR (every 200 steps); the same command finding it continues "
+                         "from it exactly (default: no checkpoint)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +203,7 @@ def main(argv=None) -> int:
     args = teacher_args("Train the proxy teacher (small SD-shaped text-to-image model).", "proxy/weights/teacher",
                         3000, argv)
     os.makedirs(args.out, exist_ok=True)
-    train(args.out, args.steps, args.batch, args.seed, args.lr)
+    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint)
     return 0
 
 

@@ -22,7 +22,12 @@ the schedule, where every sampler starts, is trained too). Train::
 (61 min on a 2-core CPU shared with two other jobs: 28 min of CPU time). At 2400 steps the teacher draws
 sizes, colours and backgrounds but misses many shapes, where the VP teacher aligns with every caption
 (its rows: ``python -m bench.quality --proxy flow --seeds 0 --teacher-only --out DIR``), so those weights
-are not committed: the teacher needs more training before the flow benchmark runs on it.
+are not committed: the teacher needs more training before the flow benchmark runs on it. A long
+run keeps its state with ``--checkpoint DIR`` (every 200 steps) and continues from it when the same
+command runs again, so it can span several sessions::
+
+    python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 6000 --batch 64 --seed 0 --threads 1 \
+        --checkpoint outputs/flow_teacher_state
 """
 
 from __future__ import annotations
@@ -112,7 +117,8 @@ def noise_levels(batch: int, g: torch.Generator, schedule: FlowSchedule) -> torc
     return schedule.sigmas[k].float()
 
 
-def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100) -> None:
+def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
+          checkpoint: str = "") -> None:
     with tempfile.TemporaryDirectory() as folder:
         tokenizers = _tokenizers(folder)
     transformer, encoders = build(tokenizers, seed)
@@ -128,7 +134,7 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
         return (v - (noise - x0)).pow(2).mean()
 
     t0 = time.time()
-    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every)
+    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every, checkpoint)
     save(out_dir, transformer, encoders)
     print(f"saved the flow teacher to {out_dir} ({(time.time() - t0) / 60:.1f} min of training)")
 
@@ -136,7 +142,7 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
 def main(argv=None) -> int:
     args = teacher_args("Train the flow-matching proxy teacher (small SD3-shaped model).", "proxy/weights/flow_teacher",
                         2400, argv)
-    train(args.out, args.steps, args.batch, args.seed, args.lr)
+    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint)
     return 0
 
 

@@ -1,0 +1,55 @@
+"""proxy.teacher.fit with a checkpoint: a run stopped and started again ends with the weights of an
+uninterrupted run."""
+
+import pytest
+import torch
+
+from proxy.teacher import fit
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))   # a non-float entry of the state
+
+
+def _loss(model):
+    def loss_fn(x0, captions, noise, g):
+        t = torch.rand(len(x0), 1, 1, 1, generator=g)
+        return (model.conv((1 - t) * x0 + t * noise) - (noise - x0)).pow(2).mean()
+    return loss_fn
+
+
+def test_a_resumed_teacher_run_ends_as_an_uninterrupted_one(tmp_path):
+    straight = _Tiny()
+    fit([straight], _loss(straight), steps=6, batch=4, seed=3, lr=1e-2, log_every=100)
+    ckpt = str(tmp_path / "state")
+    first = _Tiny()
+    fit([first], _loss(first), steps=6, batch=4, seed=3, lr=1e-2, log_every=100, checkpoint=ckpt, checkpoint_every=2)
+    assert (tmp_path / "state" / "state.safetensors").is_file()
+    # a run killed during step 5 (its checkpoint holds step 4); the same command continues from there
+    interrupted, calls = _Tiny(), []
+
+    def dies_at_step_5(x0, captions, noise, g):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return _loss(interrupted)(x0, captions, noise, g)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit([interrupted], dies_at_step_5, steps=6, batch=4, seed=3, lr=1e-2, log_every=100,
+            checkpoint=str(tmp_path / "part"), checkpoint_every=2)
+    resumed, steps_run = _Tiny(), []
+
+    def counted(x0, captions, noise, g):
+        steps_run.append(1)
+        return _loss(resumed)(x0, captions, noise, g)
+
+    fit([resumed], counted, steps=6, batch=4, seed=3, lr=1e-2, log_every=100,
+        checkpoint=str(tmp_path / "part"), checkpoint_every=2)
+    assert len(steps_run) == 2                       # steps 5 and 6 only: it continued, it did not start over
+    for model in (first, resumed):
+        for k, v in straight.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
