@@ -74,12 +74,14 @@ def save(out_dir: str, unet, text_encoder) -> None:
                    "requires_safety_checker": False}, f, indent=2)
 
 
-def _save_state(path: str, step: int, modules, emas, opt, g: torch.Generator) -> None:
-    """The training state after ``step`` steps in the folder ``path``, written whole (safetensors for
-    every tensor: weights, EMA, AdamW moments, the generator; JSON for the step)."""
+def _save_state(path: str, step: int, run: dict, modules, emas, opt, g: torch.Generator) -> None:
+    """The training state after ``step`` steps of the run ``run`` (its settings) in the folder ``path``,
+    written whole (safetensors for every tensor: weights, EMA, AdamW moments, the generator; JSON for
+    the step and the settings)."""
     from safetensors.torch import save_file
 
-    tensors = {f"model{i}.{k}": v.detach().contiguous() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+    # copies: a model's tied weights (T5's shared embedding) share memory, which safetensors refuses
+    tensors = {f"model{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
     tensors.update({f"ema{i}.{k}": v.contiguous() for i, e in enumerate(emas) for k, v in e.items()})
     for j, st in opt.state_dict()["state"].items():
         tensors.update({f"opt.{j}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous() for k, v in st.items()})
@@ -87,13 +89,21 @@ def _save_state(path: str, step: int, modules, emas, opt, g: torch.Generator) ->
     with atomic_path(path) as tmp:
         os.makedirs(tmp)
         save_file(tensors, os.path.join(tmp, "state.safetensors"))
-        write_json(os.path.join(tmp, "step.json"), {"step": step})
+        write_json(os.path.join(tmp, "step.json"), {"step": step, **run})
 
 
-def _load_state(path: str, modules, emas, opt, g: torch.Generator) -> int:
-    """Restore what :func:`_save_state` wrote into ``modules``, ``emas``, ``opt`` and ``g``; returns the step."""
+def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) -> int:
+    """Restore what :func:`_save_state` wrote into ``modules``, ``emas``, ``opt`` and ``g``; returns the
+    step. A state saved by a run with other settings than ``run`` is one line, and nothing is changed."""
     from safetensors.torch import load_file
 
+    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    other = {k: saved.get(k) for k in run if saved.get(k) != run[k]}
+    if other:
+        raise SystemExit(f"the training state in {path} belongs to a run with "
+                         + ", ".join(f"{k} {v}" for k, v in other.items())
+                         + f" (this one: {', '.join(f'{k} {run[k]}' for k in other)}); give the same settings or another --checkpoint")
     tensors = load_file(os.path.join(path, "state.safetensors"))
     for i, (m, e) in enumerate(zip(modules, emas)):
         m.load_state_dict({k: tensors[f"model{i}.{k}"] for k in m.state_dict()})
@@ -105,8 +115,7 @@ def _load_state(path: str, modules, emas, opt, g: torch.Generator) -> int:
             state["state"][j] = parts
     opt.load_state_dict(state)
     g.set_state(tensors["generator"])
-    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
-        return int(json.load(f)["step"])
+    return int(saved["step"])
 
 
 def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
@@ -126,7 +135,8 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     labels_all = all_labels()
     g = torch.Generator().manual_seed(seed)
-    start = _load_state(checkpoint, modules, emas, opt, g) if checkpoint and os.path.isdir(checkpoint) else 0
+    run = {"steps": steps, "batch": batch, "seed": seed, "lr": lr}
+    start = _load_state(checkpoint, run, modules, emas, opt, g) if checkpoint and os.path.isdir(checkpoint) else 0
     sched = warmup_cosine(opt, 200, steps)
     for _ in range(start):
         sched.step()
@@ -156,7 +166,7 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
                   f"{el / done:.2f}s/step eta {el / done * (steps - step - 1) / 60:.1f}min", flush=True)
         if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            _save_state(checkpoint, step + 1, modules, emas, opt, g)
+            _save_state(checkpoint, step + 1, run, modules, emas, opt, g)
     for store, model in zip(emas, modules):
         model.load_state_dict(store)
 

@@ -13,6 +13,7 @@ class _Tiny(torch.nn.Module):
         torch.manual_seed(0)
         self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
         self.register_buffer("count", torch.zeros((), dtype=torch.long))   # a non-float entry of the state
+        self.tied = self.conv                     # tied weights, as T5's shared embedding: one memory, two keys
 
 
 def _loss(model):
@@ -53,3 +54,12 @@ def test_a_resumed_teacher_run_ends_as_an_uninterrupted_one(tmp_path):
     for model in (first, resumed):
         for k, v in straight.state_dict().items():
             assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_state_from_other_settings_is_one_line_and_left_alone(tmp_path):
+    model = _Tiny()
+    fit([model], _loss(model), steps=2, batch=4, seed=3, lr=1e-2, log_every=100, checkpoint=str(tmp_path / "s"))
+    before = (tmp_path / "s" / "state.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="belongs to a run with steps 2 .*this one: steps 3"):
+        fit([model], _loss(model), steps=3, batch=4, seed=3, lr=1e-2, log_every=100, checkpoint=str(tmp_path / "s"))
+    assert (tmp_path / "s" / "state.safetensors").read_bytes() == before
