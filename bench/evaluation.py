@@ -62,6 +62,11 @@ def mode_name(variant: str, mode: str, eta: float) -> str:
     return f"{variant} [{mode}{'' if eta == 0 else f', eta {eta:g}'}]"
 
 
+def rmse(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """The mean over images of the per-image RMS difference of ``images`` and ``reference`` ``[N, C, H, W]``."""
+    return float((images - reference).pow(2).flatten(1).mean(1).sqrt().mean())
+
+
 
 class EvalSet:
     """One set of evaluation images: captions ``labels`` ``[N, 4]``, noise ``seeds`` ``[N]``, real
@@ -79,9 +84,8 @@ class EvalSet:
         """Every metric of ``METRICS`` for ``images`` ``[N, 3, 16, 16]`` (same order as ``labels``)."""
         base = evaluate(self.classifier, images, self.labels, self.real, self.labels)
         features = self.classifier.features(images)
-        rmse = float((images - self.teacher).pow(2).flatten(1).mean(1).sqrt().mean())
         return {"fd_indep": frechet_distance(features, self.f_other), "fd": frechet_distance(features, self.f_teacher),
-                "fd_data": base.pop("fd_proxy"), "rmse": rmse, **base}
+                "fd_data": base.pop("fd_proxy"), "rmse": rmse(images, self.teacher), **base}
 
 
 class Evaluation:

@@ -18,7 +18,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from proxy.recipe import PHASE2
 from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.distill import snapshot_path
@@ -62,7 +61,8 @@ def device_info() -> str:
 
 def sampling_modes(variant: str) -> Tuple[Tuple[str, float], ...]:
     """The (target-mean mode, eta) pairs a variant's LoRA is evaluated with: every Ray arm at eta 0
-    and 1, ``ray`` also with the 4-step Theorem-1 probe; LCM-LoRA with its own sampler."""
+    and 1, ``ray`` also with the 1-, 2- and 4-step Theorem-1 probes (``RAY_MODES``); LCM-LoRA with its
+    own sampler."""
     if is_lcm(variant):
         return (("noise", 0.0),)
     return RAY_MODES if variant == "ray" else (("noise", 0.0), ("noise", 1.0))
@@ -99,16 +99,16 @@ def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, fi
     return curve
 
 
-def logged_training_seconds(log: str) -> Optional[float]:
+def logged_training_seconds(log: str, batch: int) -> Optional[float]:
     """The phase-2 time a training log (``training/records.py``'s ``log.csv``: step, ..., samples_per_s)
-    accounts for, from its throughput rows at the proxy's batch; None without the log."""
+    accounts for, from its throughput rows at batch size ``batch``; None without the log."""
     if not os.path.isfile(log):
         return None
     with open(log, encoding="utf-8") as f:
         # a resumed run may log a step again: the last row of a step counts
         rows = sorted({int(r["step"]): float(r["samples_per_s"]) for r in csv.DictReader(f) if r.get("samples_per_s")}.items())
     steps = [0] + [k for k, _ in rows]
-    return sum((k - prev) * PHASE2["batch_size"] / sps for (k, sps), prev in zip(rows, steps) if sps > 0) or None
+    return sum((k - prev) * batch / sps for (k, sps), prev in zip(rows, steps) if sps > 0) or None
 
 
 def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
@@ -121,7 +121,8 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
                   recipe=ev.recipe)
     seconds = time.time() - t0
     if seconds < 1.0:            # the LoRA was there (trained before an interruption): the time its log recorded
-        seconds = logged_training_seconds(os.path.join(folder, f"work_{variant}", "log.csv")) or seconds
+        seconds = logged_training_seconds(os.path.join(folder, f"work_{variant}", "log.csv"),
+                                          ev.recipe.phase2["batch_size"]) or seconds
     metrics = evaluate_lora(ev, variant, path)
     curve = training_curve(ev, variant, path, args.train_steps, metrics["rows"])
     write_json(result, {"variant": variant, "train_seed": seed, "train_steps": args.train_steps,
@@ -176,9 +177,10 @@ def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
                       for n, cell in cells.items() for m in cell if m in old.get(key, {}).get(row, {}).get(n, {})),
                      default=0.0)
         merged = {**old, **new, "reevaluated_on": device_info()}
-        for path in (record, job_paths(args.out, seed, variant)[1]):   # <out>/runs' copy too: summaries re-archive it
-            if path == record or os.path.isfile(path):
-                write_json(path, merged)
+        write_json(record, merged)
+        runs_copy = job_paths(args.out, seed, variant)[1]
+        if os.path.isfile(runs_copy):       # the next summary archives <out>/runs' copy again: it must agree
+            write_json(runs_copy, merged)
         changes.append((seed, variant, change))
         print(f"[seed {seed}] {variant}: re-evaluated from {lora}; largest change of an archived metric {change:.3g}",
               flush=True)

@@ -38,20 +38,15 @@ import torch
 
 from proxy.recipe import TEACHER, TEACHER_CFG, TEACHER_SOLVER, TEACHER_STEPS, RESOLUTION
 from proxy.sampling import load_lora_unet
-from rayflow import sample_ray
 from rayflow.atomic_write import write_json
 from training.data import load_cache, teacher_trajectory
 from training.models import load_base_model
 
 from .archive import archived_lora
+from .evaluation import rmse
 from .variants import VARIANTS, process_of
 
 FRESH_SEED, DELTA_SEED = 5, 6
-
-
-def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over images of the per-image RMS difference of ``a`` and ``b`` ``[N, C, H, W]``."""
-    return float((a - b).pow(2).flatten(1).mean(1).sqrt().mean())
 
 
 class Probe:
@@ -70,7 +65,7 @@ class Probe:
         self.fresh = torch.randn(self.z.shape, generator=torch.Generator().manual_seed(FRESH_SEED))
         self.shift = delta * torch.randn(self.z.shape, generator=torch.Generator().manual_seed(DELTA_SEED))
         self.x0_fresh = self.teacher(self.fresh)
-        self.teacher_sensitivity = _rms(self.teacher(self.z + self.shift), self.x0)
+        self.teacher_sensitivity = rmse(self.teacher(self.z + self.shift), self.x0)
 
     def teacher(self, z: torch.Tensor) -> torch.Tensor:
         """The teacher's samples ``[N, C, H, W]`` from ``z`` (the phase-1 solver, steps and CFG)."""
@@ -82,15 +77,14 @@ class Probe:
         """``{steps: {rmse_train, rmse_fresh, sensitivity}}`` of one LoRA of ``variant``."""
         unet, process = load_lora_unet(TEACHER, lora), process_of(variant)
 
-        def sample(z, n):
-            eps = lambda x, t: unet(x, t, encoder_hidden_states=self.cond["cond"]).sample   # noqa: E731
-            return sample_ray(eps, z, z, process, self.model.schedule, self.model.schedule.ray_timesteps(n))
+        def sample(z, n):        # eta 0, the target mean from the noise: the headline's sampler
+            return self.model.ray_sample(unet, z, self.cond, process, n, RESOLUTION)
 
         rows = {}
         for n in steps:
             base = sample(self.z, n)
-            rows[str(n)] = {"rmse_train": _rms(base, self.x0), "rmse_fresh": _rms(sample(self.fresh, n), self.x0_fresh),
-                            "sensitivity": _rms(sample(self.z + self.shift, n), base)}
+            rows[str(n)] = {"rmse_train": rmse(base, self.x0), "rmse_fresh": rmse(sample(self.fresh, n), self.x0_fresh),
+                            "sensitivity": rmse(sample(self.z + self.shift, n), base)}
         return rows
 
 

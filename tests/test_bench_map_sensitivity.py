@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bench import map_sensitivity
-from bench.map_sensitivity import Probe, _rms, parse_args
+from bench.evaluation import rmse
+from bench.map_sensitivity import Probe, parse_args
 
 
 def test_the_probe_compares_like_with_like_and_measures_a_lora(small_cache, monkeypatch):
@@ -13,7 +14,7 @@ def test_the_probe_compares_like_with_like_and_measures_a_lora(small_cache, monk
     monkeypatch.setattr(map_sensitivity, "TEACHER_STEPS", 4)          # the small cache's phase-1 steps
     probe = Probe(str(out / "w" / "cache"), items=6, delta=0.1)
     assert probe.z.shape[0] == 6
-    assert _rms(probe.teacher(probe.z), probe.x0) < 1e-5               # the teacher remade from z is the cached x0
+    assert rmse(probe.teacher(probe.z), probe.x0) < 1e-5               # the teacher remade from z is the cached x0
     assert probe.teacher_sensitivity > 0 and probe.start["items"] == 12 and probe.start["mu_minus_z_rms"] > 0
     rows = probe.measure("ray", str(out / "ray.safetensors"), [1, 2])
     assert set(rows) == {"1", "2"}
