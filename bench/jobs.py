@@ -85,8 +85,8 @@ def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
 
 
 def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, final: Dict) -> Dict:
-    """Evaluation-set metrics at 1/2/4 steps of every snapshot of ``lora`` (every ``SNAPSHOT_EVERY``
-    training steps), and of the final LoRA (``final``: its rows at ``train_steps``)."""
+    """Evaluation-set metrics at 1/2/4/8 steps (``STEPS``) of every snapshot of ``lora`` (every
+    ``SNAPSHOT_EVERY`` training steps), and of the final LoRA (``final``: its rows at ``train_steps``)."""
     es, curve = ev.sets["eval"], {}
     for k in range(SNAPSHOT_EVERY, train_steps, SNAPSHOT_EVERY):
         snap = snapshot_path(lora, k)
@@ -94,8 +94,8 @@ def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, fi
             unet = load_lora_unet(ev.recipe.teacher, snap)
             curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n,
                                                              recipe=ev.recipe)[0])
-                             for n in (1, 2, 4)}
-    curve[str(train_steps)] = {n: final[variant][n] for n in ("1", "2", "4")}
+                             for n in STEPS}
+    curve[str(train_steps)] = {str(n): final[variant][str(n)] for n in STEPS}
     return curve
 
 
@@ -159,7 +159,7 @@ def work(args, ev: Evaluation, summarise: Callable) -> None:
 def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
     """Evaluate every archived job of ``args.seeds`` x ``args.variants`` at ``args.train_steps`` again
     from its archived LoRA (no training), merge the metrics into its archived record (new metrics
-    are added, the curve is kept; ``<out>/runs``' copy of the record likewise, or the next summary
+    are added; the curve is computed again where ``<out>/runs`` still holds the job's snapshots, else kept; ``<out>/runs``' copy of the record likewise, or the next summary
     would archive the old one again) and return ``(seed, variant, largest change of a metric that was
     already archived)`` per job: 0.0 when the archive reproduces exactly."""
     changes = []
@@ -173,6 +173,9 @@ def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
         if old.get("train_steps") != args.train_steps:
             continue
         new = evaluate_lora(ev, variant, lora)
+        snapshots = os.path.join(job_paths(args.out, seed, variant)[0], f"lora_{variant}.safetensors")
+        if any(os.path.isfile(snapshot_path(snapshots, k)) for k in range(SNAPSHOT_EVERY, args.train_steps, SNAPSHOT_EVERY)):
+            new["curve"] = training_curve(ev, variant, snapshots, args.train_steps, new["rows"])   # snapshots are not archived
         change = max((abs(cell[m] - old[key][row][n][m]) for key in ("rows", "heldout") for row, cells in new[key].items()
                       for n, cell in cells.items() for m in cell if m in old.get(key, {}).get(row, {}).get(n, {})),
                      default=0.0)

@@ -39,7 +39,8 @@ from training.distill import snapshot_path
 from training.models import load_base_model
 
 from . import multiseed
-from .variants import ALL_VARIANTS, MULTISEED_VARIANTS, SNAPSHOT_EVERY, STEPS, distil, is_lcm, lora_samples
+from .evaluation import STEPS
+from .variants import ALL_VARIANTS, MULTISEED_VARIANTS, SNAPSHOT_EVERY, distil, is_lcm, lora_samples
 
 
 def write_report(results: dict, curves: dict, out: str) -> None:

@@ -69,7 +69,6 @@ ALL_VARIANTS = (*VARIANTS, *LCM_VARIANTS)
 LR_SWEEP = {"ray": ("ray", "ray_lr3e-4"), "no_ray": ("no_ray", "no_ray_lr3e-4"),
             "lcm": ("lcm", "lcm_lr3e-4", "lcm_lr1e-3")}
 MULTISEED_VARIANTS = ("ray", "no_ts", "no_ray", "lcm")      # the --seeds default: the recipe and its baselines
-STEPS = (1, 2, 4, 8)
 SNAPSHOT_EVERY = 300        # every job also saves its LoRA every SNAPSHOT_EVERY steps: FD vs training steps
 # how the benchmark's phase-2 step runs (recorded in every job's record): torch.compile, 1.15-1.2x faster
 # than eager on the 2-core CPU (docs/benchmarks.md, "Proxy step time")

@@ -104,7 +104,8 @@ def test_an_interrupted_variant_resumes_from_its_checkpoint(tmp_path, monkeypatc
 
 def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, tmp_path, monkeypatch):
     """A job's archived LoRA evaluated again (``--reevaluate``: no training) gives the archived
-    metrics exactly, on both sets, and a metric added later is merged into the record."""
+    metrics exactly, on both sets, and a metric added later is merged into the record; where the
+    job's snapshots are still under ``<out>/runs`` its training curve is computed again."""
     import argparse
     import shutil
 
@@ -119,9 +120,10 @@ def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, 
     out, labels = small_cache
     monkeypatch.setattr(evaluation, "all_labels", lambda: labels)       # 3 captions
     monkeypatch.setattr(jobs, "STEPS", (1, 2))
+    monkeypatch.setattr(jobs, "SNAPSHOT_EVERY", 1)
     ev = evaluation.Evaluation(str(tmp_path / "bench"), 2, 0, dataclasses.replace(VP, solver="ddim", steps=2))  # cheap references
     args = argparse.Namespace(out=str(tmp_path / "bench"), results=str(tmp_path / "docs" / "s.json"), archive=None,
-                              seeds=[0], variants=["ray"], train_steps=1)
+                              seeds=[0], variants=["ray"], train_steps=2)
     record, _ = archive_paths(args, 0, "ray")
     os.makedirs(os.path.dirname(record))
     shutil.copyfile(out / "ray.safetensors", archived_lora(args, 0, "ray"))
@@ -131,15 +133,22 @@ def test_reevaluation_from_an_archived_lora_reproduces_its_metrics(small_cache, 
     assert metrics["rows"]["ray [probe1, eta 1]"]["1"]["nfe"] == 1 + 2
     assert metrics["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
     del metrics["rows"]["ray"]["1"]["fd_indep"]                          # a metric the archive does not have yet
-    write_json(record, {"variant": "ray", "train_seed": 0, "train_steps": 1, "distill_seconds": 1.0, **metrics})
+    old_curve = {"2": {n: metrics["rows"]["ray"][n] for n in ("1",)}}     # before 8 steps joined the curve
+    write_json(record, {"variant": "ray", "train_seed": 0, "train_steps": 2, "distill_seconds": 1.0, **metrics,
+                        "curve": old_curve})
     runs_copy = jobs.job_paths(args.out, 0, "ray")[1]                       # the job's own record under <out>/runs
     os.makedirs(os.path.dirname(runs_copy))
     shutil.copyfile(record, runs_copy)
+    # the job's snapshot after training step 1 (here the final LoRA itself: its metrics are known)
+    shutil.copyfile(out / "ray.safetensors", os.path.join(os.path.dirname(runs_copy), "lora_ray-step000001.safetensors"))
     [(seed, variant, change)] = jobs.reevaluate(args, ev)
     assert (seed, variant, change) == (0, "ray", 0.0)
     for path in (record, runs_copy):      # both: the next summary copies <out>/runs into the archive again
         with open(path) as f:
-            assert "fd_indep" in json.load(f)["rows"]["ray"]["1"]            # merged in
+            new = json.load(f)
+        assert "fd_indep" in new["rows"]["ray"]["1"]            # merged in
+        assert set(new["curve"]) == {"1", "2"} and set(new["curve"]["1"]) == {"1", "2"}
+        assert new["curve"]["1"]["2"]["fd_indep"] == new["rows"]["ray"]["2"]["fd_indep"]
 
 
 def test_a_job_whose_lora_was_already_trained_records_the_time_its_log_accounts_for(tmp_path):
