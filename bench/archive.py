@@ -10,6 +10,7 @@ values (for summaries made before the archive existed).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -135,3 +136,41 @@ def load_runs(args) -> Dict[tuple, Dict]:
     ``--variants`` invocations on the same ``--out``): ``{(seed, variant): result}``."""
     return {(seed, run["variant"]): run for root in (archive_of(args), os.path.join(args.out, "runs"))
             for seed, _, run in job_records(root, args.train_steps)}
+
+
+def measurement_parser(description: str, variants: str, items: int) -> argparse.ArgumentParser:
+    """The command line every measurement over archived LoRAs shares (``bench.map_sensitivity``,
+    ``bench.lcm_consistency``): the benchmark folder, its summary (whose archive holds the LoRAs),
+    seeds, variants (default ``variants``), cache items (default ``items``) and the results file."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", required=True, help="the multi-seed benchmark folder (its phase-1 cache)")
+    ap.add_argument("--results", required=True, help="the benchmark's summary JSON (its archive holds the LoRAs)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", default=variants, help="variants, comma-separated")
+    ap.add_argument("--items", type=int, default=items, help="cache items measured (every k-th, all captions)")
+    ap.add_argument("--save", required=True, help="where the results JSON goes")
+    return ap
+
+
+def measurement_args(ap: argparse.ArgumentParser, argv, allowed, kind: str) -> argparse.Namespace:
+    """Parse ``argv`` with ``ap`` (:func:`measurement_parser`); variants outside ``allowed`` (``kind``
+    names them in the message) or a folder without a phase-1 cache are one line before any work."""
+    args = ap.parse_args(argv)
+    args.variants = args.variants.split(",")
+    unknown = [v for v in args.variants if v not in allowed]
+    if unknown:
+        ap.error(f"not {kind} variants of bench.variants: {', '.join(unknown)}")
+    if not os.path.isfile(os.path.join(args.out, "data", "cache", "manifest.json")):
+        ap.error(f"{args.out} has no phase-1 cache: run bench.quality with this --out first")
+    return args
+
+
+def unmeasured(args: argparse.Namespace, settings: Dict) -> tuple:
+    """``(saved, todo)``: the results file ``args.save`` so far (refused in one line when it was made
+    with other ``settings``) and the archived (seed, variant) jobs it does not hold yet."""
+    saved = json.load(open(args.save)) if os.path.isfile(args.save) else {}
+    if saved and any(saved.get(k) != v for k, v in settings.items()):
+        raise SystemExit(f"{args.save} was made with other settings ({', '.join(f'{k} {saved.get(k)}' for k in settings)}); "
+                         f"give another --save")
+    return saved, [(s, v) for s in args.seeds for v in args.variants
+                   if str(s) not in saved.get("runs", {}).get(v, {}) and os.path.isfile(archived_lora(args, s, v))]

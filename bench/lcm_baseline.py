@@ -64,7 +64,8 @@ def skipping_grid(num_timesteps: int, skip: int = SKIP) -> torch.Tensor:
     return torch.arange(1, num_timesteps // skip + 1) * skip - 1
 
 
-def _x0_from_eps(x, eps, a):
+def x0_from_eps(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The clean-image prediction of a noise prediction ``eps`` at ``x`` with ``alphas_cumprod`` ``a``."""
     return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
 
@@ -74,7 +75,7 @@ def consistency_fn(eps_fn, x: torch.Tensor, t: torch.Tensor, alphas_cumprod: tor
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
     x64 = x.double()
-    return (c_skip * x64 + c_out * _x0_from_eps(x64, eps_fn(x, t).double(), a)).to(x.dtype)
+    return (c_skip * x64 + c_out * x0_from_eps(x64, eps_fn(x, t).double(), a)).to(x.dtype)
 
 
 def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
@@ -93,7 +94,7 @@ def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: tor
         e_u, e_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).double().chunk(2)
         eps = e_u + cfg_scale * (e_c - e_u)
         a_s = alphas_cumprod[s].view(-1, 1, 1, 1)
-        x_s = (a_s.sqrt() * _x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()   # DDIM step
+        x_s = (a_s.sqrt() * x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()   # DDIM step
         target = consistency_fn(lambda x, tt: (target_net or student)(x, tt, cond), x_s, s, alphas_cumprod)
     d2 = (pred.float() - target.float()) ** 2
     if loss == "huber":

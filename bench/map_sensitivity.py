@@ -29,7 +29,6 @@ Results are written after every (seed, variant), and a rerun skips what the file
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List
@@ -42,7 +41,7 @@ from rayflow.atomic_write import write_json
 from training.data import load_cache, teacher_trajectory
 from training.models import load_base_model
 
-from .archive import archived_lora
+from .archive import archived_lora, measurement_args, measurement_parser, unmeasured
 from .evaluation import rmse
 from .variants import VARIANTS, process_of
 
@@ -90,36 +89,18 @@ class Probe:
 
 def parse_args(argv: List[str] = None) -> argparse.Namespace:
     """The command line (see the module's docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="the multi-seed benchmark folder (its phase-1 cache)")
-    ap.add_argument("--results", required=True, help="the benchmark's summary JSON (its archive holds the LoRAs)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", default="ray,no_ts,no_ray", help="Ray-sampled variants, comma-separated")
+    ap = measurement_parser(__doc__.split("\n\n")[0], "ray,no_ts,no_ray", 144)
     ap.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--items", type=int, default=144, help="cache items measured (every k-th, all captions)")
     ap.add_argument("--delta", type=float, default=0.1, help="scale of the start-point perturbation")
-    ap.add_argument("--save", required=True, help="where the results JSON goes")
-    args = ap.parse_args(argv)
-    args.variants = args.variants.split(",")
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        ap.error(f"not Ray-sampled variants of bench.variants: {', '.join(unknown)}")
-    if not os.path.isfile(os.path.join(args.out, "data", "cache", "manifest.json")):
-        ap.error(f"{args.out} has no phase-1 cache: run bench.quality with this --out first")
-    return args
+    return measurement_args(ap, argv, VARIANTS, "Ray-sampled")
 
 
 def main(argv: List[str] = None) -> int:
     """Measure every archived (seed, variant) not yet in ``--save``; returns 0."""
     args = parse_args(argv)
     torch.set_num_threads(1)
-    saved = json.load(open(args.save)) if os.path.isfile(args.save) else {}
     same = {"items": args.items, "delta": args.delta, "steps": args.steps}
-    if saved and any(saved.get(k) != v for k, v in same.items()):
-        raise SystemExit(f"{args.save} was made with other settings ({', '.join(f'{k} {saved.get(k)}' for k in same)}); "
-                         f"give another --save")
-    todo = [(s, v) for s in args.seeds for v in args.variants
-            if str(s) not in saved.get("runs", {}).get(v, {}) and os.path.isfile(archived_lora(args, s, v))]
+    saved, todo = unmeasured(args, same)
     if not todo:
         print("nothing to measure (every archived LoRA asked for is in the results)")
         return 0
