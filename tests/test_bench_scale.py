@@ -131,7 +131,7 @@ def _results(name):
 
 
 # a family whose CPU run has not finished on this machine yet; strict: the mark must go once its row lands
-CPU_ROW_PENDING = {"sd35_medium": "its bf16-gc CPU run did not finish on the shared 2-core machine (README, Hardware and cost)"}
+CPU_ROW_PENDING = {}     # family -> why its CPU row is not measured yet (a strict xfail until it is)
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=CPU_ROW_PENDING[f]))
