@@ -91,13 +91,17 @@ class EvalSet:
 class Evaluation:
     """The fixed evaluation of every job of the proxy family ``recipe``: teacher, classifier and the two
     sets (``eval`` and ``heldout``), their references (the recipe's phase-1 solver, steps and CFG) cached
-    in ``<out>/reference.safetensors``."""
+    in ``<out>/reference.safetensors``; ``captions`` < 72 takes the first ones only (a smaller benchmark
+    for smoke runs, ``bench.quality --captions``). The teacher samples on ``device`` (``bench.device``); the
+    classifier, the references and every metric stay on the CPU (a GPU run's numbers differ from a CPU
+    run's by floating-point rounding only; references cached by one device are reused by the other)."""
 
-    def __init__(self, out: str, eval_per_caption: int, data_seed: int, recipe: ProxyRecipe = VP):
-        self.recipe = recipe
-        self.model = recipe.load()
+    def __init__(self, out: str, eval_per_caption: int, data_seed: int, recipe: ProxyRecipe = VP, device="cpu",
+                 captions: int = 72):
+        self.recipe, self.device = recipe, torch.device(device)
+        self.model = recipe.load().to_device(self.device)
         self.classifier = load_classifier(CLASSIFIER)
-        labels, seeds, real = evaluation_set(all_labels(), eval_per_caption, data_seed)
+        labels, seeds, real = evaluation_set(all_labels()[:captions], eval_per_caption, data_seed)
         n = len(seeds)
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "reference.safetensors")
@@ -113,7 +117,7 @@ class Evaluation:
             with atomic_path(path) as tmp:
                 save_file(ref, tmp)
         # the held-out set's real images: another draw of the renderer (another data seed)
-        heldout_real = evaluation_set(all_labels(), eval_per_caption, data_seed + 1000)[2]
+        heldout_real = evaluation_set(all_labels()[:captions], eval_per_caption, data_seed + 1000)[2]
         self.sets = {"eval": EvalSet("eval", labels, seeds, real, ref["teacher"], ref["teacher_other"], self.classifier),
                      "heldout": EvalSet("heldout", labels, wanted["heldout_teacher"], heldout_real,
                                         ref["heldout_teacher"], ref["heldout_teacher_other"], self.classifier)}

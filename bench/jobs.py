@@ -12,19 +12,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import time
 from typing import Callable, Dict, List, Optional, Tuple
-
-import torch
 
 from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.distill import snapshot_path
 
 from .archive import archive_paths, archived_lora, finished, job_paths
+from .device import device_info
 from .evaluation import RAY_MODES, STEPS, Evaluation, mode_name
-from .variants import PROXY_STEP, SNAPSHOT_EVERY, distil, is_lcm, lora_samples
+from .variants import EAGER_STEP, PROXY_STEP, SNAPSHOT_EVERY, distil, is_lcm, lora_samples
+
 
 def claim(lock: str) -> bool:
     """Take ``lock`` (a file holding the owner's pid); a lock whose owner is gone is taken over."""
@@ -51,14 +50,6 @@ def claim(lock: str) -> bool:
     return False
 
 
-def device_info() -> str:
-    """What a job ran on: the GPU's name, or the CPU's with torch's thread count."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
-
-
 def sampling_modes(variant: str) -> Tuple[Tuple[str, float], ...]:
     """The (target-mean mode, eta) pairs a variant's LoRA is evaluated with: every Ray arm at eta 0
     and 1, ``ray`` also with the 1-, 2- and 4-step Theorem-1 probes (``RAY_MODES``); LCM-LoRA with its
@@ -72,7 +63,7 @@ def evaluate_lora(ev: Evaluation, variant: str, lora: str) -> Dict[str, Dict]:
     """The metrics of the LoRA file ``lora`` of ``variant``: ``rows`` (evaluation set, every sampling
     mode) and ``heldout`` (held-out set, where settings are chosen: learning rate, eta; the modes with
     the noise as target mean), each at 1/2/4/8 steps, as ``{row name: {steps: {metric: value, "nfe": ...}}}``."""
-    unet = load_lora_unet(ev.recipe.teacher, lora)
+    unet = load_lora_unet(ev.recipe.teacher, lora, ev.device)
     out: Dict[str, Dict] = {"rows": {}, "heldout": {}}
     for key in ("rows", "heldout"):
         es = ev.sets["eval" if key == "rows" else "heldout"]
@@ -91,7 +82,7 @@ def training_curve(ev: Evaluation, variant: str, lora: str, train_steps: int, fi
     for k in range(SNAPSHOT_EVERY, train_steps, SNAPSHOT_EVERY):
         snap = snapshot_path(lora, k)
         if os.path.isfile(snap):
-            unet = load_lora_unet(ev.recipe.teacher, snap)
+            unet = load_lora_unet(ev.recipe.teacher, snap, ev.device)
             curve[str(k)] = {str(n): es.metrics(lora_samples(ev.model, unet, variant, es.labels, es.seeds, n,
                                                              recipe=ev.recipe)[0])
                              for n in STEPS}
@@ -116,9 +107,10 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
     snapshots, and write its record ``<out>/runs/seed<k>/<variant>.json``."""
     folder, result, _ = job_paths(args.out, seed, variant)
     t0 = time.time()
+    compiled = not getattr(args, "no_compile", False)
     path = distil(variant, folder, ev.recipe.teacher, os.path.join(args.out, "prompts.txt"), args.train_steps,
                   args.seeds_per_prompt, args.data_seed, train_seed=seed, cache=os.path.join(args.out, "data", "cache"),
-                  recipe=ev.recipe)
+                  recipe=ev.recipe, device=ev.device, compile=compiled)
     seconds = time.time() - t0
     if seconds < 1.0:            # the LoRA was there (trained before an interruption): the time its log recorded
         seconds = logged_training_seconds(os.path.join(folder, f"work_{variant}", "log.csv"),
@@ -126,8 +118,8 @@ def run_job(args, ev: Evaluation, seed: int, variant: str) -> None:
     metrics = evaluate_lora(ev, variant, path)
     curve = training_curve(ev, variant, path, args.train_steps, metrics["rows"])
     write_json(result, {"variant": variant, "train_seed": seed, "train_steps": args.train_steps,
-                        "distill_seconds": seconds, **metrics, "curve": curve, "device": device_info(),
-                        "proxy_step": PROXY_STEP, "lora": os.path.basename(path)})
+                        "distill_seconds": seconds, **metrics, "curve": curve, "device": device_info(ev.device),
+                        "proxy_step": PROXY_STEP if compiled else EAGER_STEP, "lora": os.path.basename(path)})
     print(f"[seed {seed}] {variant}: trained in {seconds:.0f} s; " + ", ".join(
         f"{n} steps fd_indep {metrics['rows'][variant][str(n)]['fd_indep']:.1f}" for n in STEPS), flush=True)
 
@@ -179,7 +171,7 @@ def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
         change = max((abs(cell[m] - old[key][row][n][m]) for key in ("rows", "heldout") for row, cells in new[key].items()
                       for n, cell in cells.items() for m in cell if m in old.get(key, {}).get(row, {}).get(n, {})),
                      default=0.0)
-        merged = {**old, **new, "reevaluated_on": device_info()}
+        merged = {**old, **new, "reevaluated_on": device_info(ev.device)}
         write_json(record, merged)
         runs_copy = job_paths(args.out, seed, variant)[1]
         if os.path.isfile(runs_copy):       # the next summary archives <out>/runs' copy again: it must agree

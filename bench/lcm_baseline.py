@@ -20,6 +20,11 @@ RayFlow variants of ``bench/variants.py``:
 
 Sampling uses diffusers' ``LCMScheduler`` (multistep consistency sampling with noise injection),
 one UNet evaluation per step.
+
+Training and sampling run on one ``device`` (training: the ``device`` argument; sampling: where the
+model lies, ``proxy.sampling.model_device``). Every random draw (batches, timesteps, noise, the noise
+LCM sampling injects) comes from the same CPU generators on any device and is moved there, so a GPU
+run differs from a CPU run by floating-point rounding only, and a CPU run is what it was before.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from proxy.data import caption_of
+from proxy.sampling import model_device
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import DistillConfig
 from training.data import item_noise, load_cache
@@ -119,13 +125,14 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
                learning_rate: float = LCM_RECIPE["learning_rate"], weight_decay: float = LCM_RECIPE["weight_decay"],
                max_grad_norm: float = LCM_RECIPE["max_grad_norm"], lr_schedule_kind: str = LCM_RECIPE["lr_schedule"],
                lr_warmup: int = LCM_RECIPE["lr_warmup"], loss: str = LCM_RECIPE["loss"],
-               ema_target: float = LCM_RECIPE["ema_target"]) -> str:
+               ema_target: float = LCM_RECIPE["ema_target"], device="cpu") -> str:
     """Train an LCM-LoRA on the base model at ``teacher_path`` (a diffusers folder) from the
     phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs, weights in
     ``save_precision``) to ``output``, and every ``save_every`` steps a snapshot
     ``<output stem>-step<N>.safetensors`` (``training.distill.snapshot_path``). The optimisation
     options default to ``LCM_RECIPE``; ``ema_target`` > 0 makes the target an EMA of the student's
-    LoRA with that decay.
+    LoRA with that decay. The UNets train on ``device``; the cache stays on the CPU and each batch is
+    moved there.
 
     With ``checkpoint_dir``, the LoRA (and its EMA), optimizer, LR schedule and generator states are
     saved there every ``checkpoint_every`` steps (``training.checkpoint``: safetensors + JSON,
@@ -136,13 +143,15 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     model = load_base_model(teacher_path)
     cache = load_cache(cache_folder)
-    ac = model.schedule.alphas_cumprod.double()
-    uncond_one = model.encode_prompts([""], torch.device("cpu"))["cond"]
+    ac = model.schedule.alphas_cumprod.double().to(device)
+    uncond_one = model.encode_prompts([""], torch.device("cpu"))["cond"].to(device)
     teacher_unet = model.unet
     student_unet = copy.deepcopy(teacher_unet)
     torch.manual_seed(seed)
     targets = DistillConfig.__dataclass_fields__["lora_targets"].default
     add_lora(student_unet, SimpleNamespace(lora_targets=targets, lora_rank=lora_rank, lora_alpha=lora_alpha))
+    teacher_unet.to(device)          # after the LoRA's initialisation, which draws on the CPU whatever the device
+    student_unet.to(device)
     student_unet.train()
     named = {n: p for n, p in student_unet.named_parameters() if p.requires_grad}
     params = list(named.values())
@@ -194,9 +203,9 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
                initial=start, total=train_steps)
     for step in bar:
         idx = torch.randint(N, (batch_size,), generator=g_data)
-        t = grid[torch.randint(len(grid), (batch_size,), generator=g)]
-        x0, cond = cache.x0[idx], cache.cond["cond"][idx]
-        noise = torch.randn(x0.shape, generator=g)
+        t = grid[torch.randint(len(grid), (batch_size,), generator=g)].to(device)
+        x0, cond = cache.x0[idx].to(device), cache.cond["cond"][idx].to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)      # drawn on the CPU, as every random number here
         value = lcm_loss(net(student_unet), net(teacher_unet), x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t,
                          noise, loss=loss, target_net=None if target_unet is None else net(target_unet))
         opt.zero_grad(set_to_none=True)
@@ -233,14 +242,15 @@ def lcm_scheduler(model):
 def lcm_samples(model, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: int, sample_seed: int = 0):
     """Images ``[N, 3, H, W]`` of the LCM-LoRA ``unet`` in ``steps`` LCMScheduler steps for proxy
     captions ``labels`` ``[N, 4]`` and per-item initial-noise seeds ``seeds`` ``[N]`` (the same noise
-    as every other method of the benchmark). Returns ``(images, NFE per image)``."""
+    as every other method of the benchmark). Returns ``(images, NFE per image)``, the images on the CPU."""
     captions = [caption_of(l) for l in labels.tolist()]
-    ehs = model.encode_prompts(captions, torch.device("cpu"))["cond"]
-    x = item_noise(0, seeds, (model.latent_channels, 16, 16))
+    device = model_device(model)      # the LoRA ``unet`` lies there too
+    ehs = model.encode_prompts(captions, device)["cond"]
+    x = item_noise(0, seeds, (model.latent_channels, 16, 16)).to(device)
     sched = lcm_scheduler(model)
-    sched.set_timesteps(steps)
-    g = torch.Generator().manual_seed(sample_seed)        # the noise LCM injects between steps
+    sched.set_timesteps(steps)          # its timesteps and tables stay on the CPU; the UNet gets t on the device
+    g = torch.Generator().manual_seed(sample_seed)        # the noise LCM injects between steps (drawn on the CPU)
     for t in sched.timesteps:
-        eps = unet(x, t.expand(len(x)), encoder_hidden_states=ehs).sample
+        eps = unet(x, t.to(device).expand(len(x)), encoder_hidden_states=ehs).sample
         x = sched.step(eps, t, x, generator=g).prev_sample     # the last step returns the denoised sample
-    return model.decode(x), steps
+    return model.decode(x).cpu(), steps

@@ -9,8 +9,9 @@ variants pair by seed (``bench/stats.py``). The metrics are ``bench.evaluation``
 After every job the summary (``--results``; mean, 95 % t-interval and per-seed values per variant
 and step count; paired differences to the baselines) and its Markdown report and plots are
 rewritten, and the finished jobs' records are copied into the archive beside it
-(``bench/archive.py``). ``--workers N`` runs N jobs at a time (one thread each); jobs are claimed
-with lock files, so several invocations on one ``--out`` share the work (``bench/jobs.py``).
+(``bench/archive.py``). ``--workers N`` runs N jobs at a time (on the CPU one thread each; on a GPU
+they share it, ``bench/device.py``); jobs are claimed with lock files, so several invocations on one
+``--out`` share the work (``bench/jobs.py``). Every job runs on the device of ``--device``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from training.data import build_cache
 from training.prompts import read_prompts
 
 from .archive import archive_of, archive_runs, load_runs, restore_archive
+from .device import choose, worker_threads
 from .evaluation import Evaluation, teacher_table
 from .jobs import reevaluate, work
 from .report import report, write_report
@@ -48,18 +50,19 @@ def summarise(args) -> Dict:
 
 def prepare(args, data: bool = True) -> Evaluation:
     """The prompts file, the shared phase-1 cache, the reference samples and the teacher's rows of the
-    proxy family ``args.recipe`` (default: the VP one)."""
+    proxy family ``args.recipe`` (default: the VP one), on the device of ``args.device`` (default: the CPU)."""
     recipe = getattr(args, "recipe", VP)
+    device = choose(getattr(args, "device", "cpu"))
     os.makedirs(args.out, exist_ok=True)
     prompts = os.path.join(args.out, "prompts.txt")
     if not os.path.isfile(prompts):
-        write_prompts(prompts)
+        write_prompts(prompts, getattr(args, "captions", None))
     manifest = os.path.join(args.out, "data", "cache", "manifest.json")
     if data and not (os.path.isfile(manifest) and json.load(open(manifest)).get("complete")):
         cfg = recipe.config(os.path.join(args.out, "data.safetensors"), os.path.join(args.out, "data"), prompts,
                             seeds_per_prompt=args.seeds_per_prompt, seed=args.data_seed).validate()
         build_cache(cfg, recipe.load(), read_prompts(prompts), Accelerator(), progress=False)
-    ev = Evaluation(args.out, args.eval_per_caption, args.data_seed, recipe)
+    ev = Evaluation(args.out, args.eval_per_caption, args.data_seed, recipe, device, getattr(args, "captions", 72))
     teacher_table(args.out, ev)
     return ev
 
@@ -97,15 +100,18 @@ def main(args) -> int:
         worst = max((c for _, _, c in changes), default=0.0)
         print(f"re-evaluated {len(changes)} archived jobs; largest change of an archived metric: {worst:.3g}")
         return 0
+    threads = worker_threads(choose(getattr(args, "device", "cpu")), args.workers)
     if args.worker or args.workers <= 1:
         if args.worker:
-            torch.set_num_threads(1)
+            torch.set_num_threads(threads)
         work(args, prepare(args), summarise)
         if not args.worker:
             print(report(summarise(args)))
         return 0
     prepare(args)          # once, before the workers share it
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if threads > 1:        # beside a GPU: torch.compile's compile workers, a share of the cores each
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
     procs = [subprocess.Popen([sys.executable, "-m", "bench.quality", *args.argv, "--worker"], env=env)
              for _ in range(args.workers)]
     rc = max(p.wait() for p in procs)

@@ -7,7 +7,8 @@ distilled through the SD3 family's code path) instead of the VP one:
 
 * ``--seeds 0 1 2 ...``: the multi-seed benchmark (``bench/multiseed.py``): every variant once per
   training seed, means with 95 % CIs, paired differences, an archive of every job; the tables of
-  ``docs/benchmarks.md``.
+  ``docs/benchmarks.md``. It runs on a GPU where one is available (``--device``, ``bench/device.py``;
+  ``scripts/gpu_rerun.sh`` runs the fair benchmark's whole rerun there).
 * without ``--seeds``: one training seed (the lab notebook's earlier single-seed runs,
   ``docs/experiments.md``): at 1, 2, 4 and 8 steps the teacher with DDIM and DPM-Solver++ (the
   25-step DDIM teacher is the reference) and every variant's LoRA; the ``ray`` LoRA also with the
@@ -17,7 +18,7 @@ distilled through the SD3 family's code path) instead of the VP one:
   ``fd_vs_steps.png`` and ``fd_vs_training_steps.png`` to ``--out``; LoRAs already in ``--out`` are
   reused, and ``--replot`` only redraws the table and plots from the ``results.json`` there.
 
-    python -m bench.quality --seeds 0 1 2 [--workers 2] [--results docs/results/quality_multiseed.json]
+    python -m bench.quality --seeds 0 1 2 [--workers 2] [--results docs/results/quality_multiseed.json] [--device cuda]
     python -m bench.quality --proxy flow --seeds 0 1 2 --variants ray,no_ts,no_ray [--results ...]
     python -m bench.quality [--variants ray,no_ts,...] [--train-steps 1200] [--out outputs/quality]
 """
@@ -39,6 +40,7 @@ from training.distill import snapshot_path
 from training.models import load_base_model
 
 from . import multiseed
+from .device import DEVICES
 from .evaluation import STEPS
 from .variants import ALL_VARIANTS, MULTISEED_VARIANTS, SNAPSHOT_EVERY, distil, is_lcm, lora_samples
 
@@ -104,7 +106,8 @@ def write_report(results: dict, curves: dict, out: str) -> None:
         print("matplotlib not installed: no plot")
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m bench.quality``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/quality")
     ap.add_argument("--variants", default=None, help="comma-separated, from " + ", ".join(ALL_VARIANTS) +
@@ -141,7 +144,21 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-only", action="store_true",
                     help="with --seeds: only the reference samples and the teacher's rows (<out>/teacher.json, printed): "
                          "no phase-1 cache, no training; a later run in the same --out reuses them")
+    ap.add_argument("--device", choices=DEVICES, default="auto",
+                    help="with --seeds: where training and sampling run (bench/device.py): auto = CUDA when available, "
+                         "else the CPU; the workers share the one GPU; every record names its device")
+    ap.add_argument("--captions", type=int, default=72, choices=range(1, 73), metavar="N",
+                    help="with --seeds: only the first N of the 72 proxy captions, for training and evaluation (a "
+                         "smaller benchmark for smoke runs, scripts/gpu_rerun.sh --tiny; every table uses all 72)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="with --seeds: train the RayFlow step eagerly instead of through torch.compile (no compilation "
+                         "time: short runs, CPU tests; the record's proxy_step says so)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     args.recipe = RECIPES[args.proxy]
     if args.proxy != "vp" and args.seeds is None:

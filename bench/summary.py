@@ -122,7 +122,7 @@ def headline(per: Dict[str, Dict[str, Dict[str, List]]], family: Optional[str],
 def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
     """The machine-readable result (``docs/results/quality_multiseed.json``) of the proxy family
     ``args.recipe`` (default: the VP one)."""
-    recipe = getattr(args, "recipe", VP)
+    recipe, captions = getattr(args, "recipe", VP), getattr(args, "captions", 72)
     seeds = sorted({s for s, _ in runs})
     order = list(args.variants) + sorted({v for _, v in runs} - set(args.variants))
     runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0][1]), kv[0][0])))
@@ -172,8 +172,8 @@ def summary(args, runs: Dict[tuple, Dict], teacher: Dict) -> Dict:
     out = {"command": "python -m bench.quality " + " ".join(args.argv), "train_seeds": seeds,
             "train_steps": args.train_steps, "metric": f"fd = FD-proxy to the teacher's samples ({recipe.target()}, "
             f"CFG {recipe.cfg:g}) from the same noise; fd_data = FD-proxy to real images",
-            "data": {"data_seed": args.data_seed, "captions": 72, "seeds_per_prompt": args.seeds_per_prompt,
-                     "trajectories": 72 * args.seeds_per_prompt, "eval_images": 72 * args.eval_per_caption,
+            "data": {"data_seed": args.data_seed, "captions": captions, "seeds_per_prompt": args.seeds_per_prompt,
+                     "trajectories": captions * args.seeds_per_prompt, "eval_images": captions * args.eval_per_caption,
                      "teacher": recipe.describe()},
             "distill_seconds": {f"{v} seed {s}": r["distill_seconds"] for (s, v), r in runs.items()},
             "teacher": teacher, "variants": variants, "curves": curve_stats, "convergence_2step_last_quarter": convergence,

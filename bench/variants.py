@@ -73,6 +73,7 @@ SNAPSHOT_EVERY = 300        # every job also saves its LoRA every SNAPSHOT_EVERY
 # how the benchmark's phase-2 step runs (recorded in every job's record): torch.compile, 1.15-1.2x faster
 # than eager on the 2-core CPU (docs/benchmarks.md, "Proxy step time")
 PROXY_STEP = "torch.compile (inductor), fp32"
+EAGER_STEP = "eager, fp32"  # bench.quality --no-compile (the LCM-LoRA trainer is eager either way)
 SAVE_PRECISION = "fp16"     # the jobs' LoRA files (evaluated as saved, and archived: 1.1 MB each)
 
 
@@ -87,11 +88,14 @@ def process_of(variant: str, recipe: ProxyRecipe = VP) -> RayProcess:
 
 
 def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,
-           train_seed: int = -1, cache: str = "", save_every: int = -1, recipe: ProxyRecipe = VP) -> str:
+           train_seed: int = -1, cache: str = "", save_every: int = -1, recipe: ProxyRecipe = VP,
+           device="cpu", compile: bool = True) -> str:
     """Train ``variant`` of the proxy family ``recipe`` (its teacher at ``teacher``) into
     ``<out>/lora_<variant>.safetensors`` (reused when it exists) and return its path. ``seed`` makes the
     phase-1 data, ``train_seed`` phase 2 (-1: ``seed``); ``cache`` is a phase-1 cache to share (default:
-    the ``ray`` variant's in ``out``); ``save_every`` the snapshot interval (-1: ``SNAPSHOT_EVERY``)."""
+    the ``ray`` variant's in ``out``); ``save_every`` the snapshot interval (-1: ``SNAPSHOT_EVERY``).
+    ``device`` is the LCM-LoRA trainer's (``training.distill`` trains where accelerate puts it, which
+    ``bench.device.choose`` keeps the same); ``compile`` runs the RayFlow step through torch.compile."""
     path = os.path.join(out, f"lora_{variant}.safetensors")
     if os.path.isfile(path):
         return path
@@ -106,9 +110,9 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
         return distil_lcm(teacher, shared, path, train_steps=train_steps, cfg_scale=TEACHER_CFG,
                           seed=seed if train_seed < 0 else train_seed, resolution=RESOLUTION, progress=False,
                           checkpoint_dir=os.path.join(out, f"work_{variant}", "checkpoint"), save_every=save_every,
-                          save_precision=SAVE_PRECISION, **LCM_VARIANTS[variant],
+                          save_precision=SAVE_PRECISION, device=device, **LCM_VARIANTS[variant],
                           **{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")})   # the same LoRA and batch
-    cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every, recipe)
+    cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every, recipe, compile)
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \
             and not os.path.isdir(os.path.join(cfg.work_dir, "cache")):
@@ -119,14 +123,15 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
 
 
 def distil_config(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,
-                  train_seed: int = -1, save_every: int = 0, recipe: ProxyRecipe = VP) -> DistillConfig:
+                  train_seed: int = -1, save_every: int = 0, recipe: ProxyRecipe = VP,
+                  compile: bool = True) -> DistillConfig:
     """The validated ``DistillConfig`` that :func:`distil` trains ``variant`` with (work dir
     ``<out>/work_<variant>``; resumes when a checkpoint is there)."""
     path = os.path.join(out, f"lora_{variant}.safetensors")
     work_dir = os.path.join(out, f"work_{variant}")
     return recipe.config(path, work_dir, prompts, model=teacher, seeds_per_prompt=seeds, seed=seed, train_seed=train_seed,
                         train_steps=train_steps, checkpoint_every=200, log_every=50, save_every=save_every,
-                        compile=True, save_precision=SAVE_PRECISION,
+                        compile=compile, save_precision=SAVE_PRECISION,
                         # an interrupted run continues from its last checkpoint, exactly (training.distill --resume)
                         resume=os.path.isdir(os.path.join(work_dir, "checkpoint")), overwrite=True,   # the bench owns its --out
                         **VARIANTS[variant]).validate()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from rayflow.atomic_write import write_text
 from training.config import DistillConfig
@@ -94,7 +94,8 @@ def captions() -> List[str]:
     return [caption_of(label) for label in all_labels().tolist()]
 
 
-def write_prompts(path: str) -> str:
-    """Write every proxy caption, one per line, to ``path`` (the prompts file of a proxy run)."""
-    write_text(path, "".join(c + "\n" for c in captions()))
+def write_prompts(path: str, count: Optional[int] = None) -> str:
+    """Write every proxy caption (or the first ``count``), one per line, to ``path`` (the prompts file
+    of a proxy run)."""
+    write_text(path, "".join(c + "\n" for c in captions()[:count]))
     return path

@@ -7,6 +7,13 @@
   form for the epsilon teacher, the flow form for the flow teacher; target mean from the seeded
   noise or from a Theorem-1 probe of the teacher, deterministic or stochastic steps);
 * :func:`load_lora_unet`: a fresh teacher denoiser (UNet or transformer) with an exported LoRA file applied.
+
+Sampling runs on the device the model lies on (:func:`model_device`; ``ModelParts.to_device`` puts it
+on a GPU), and the images come back on the CPU, where every metric is computed. The initial noise
+(``training.data.item_noise``) and the noise of stochastic steps are drawn on the CPU from the same
+seeded generators whatever the device, so a GPU run samples from the same noise as a CPU run: its
+numbers differ from the CPU's by floating-point rounding only (the schedule math stays float32 /
+float64 on either), and on the CPU they are what they were before the device was chosen.
 """
 
 from __future__ import annotations
@@ -39,25 +46,31 @@ def evaluation_set(labels: torch.Tensor, per_caption: int, seed: int):
     return labels, seeds, render(labels, torch.Generator().manual_seed(seed + 99))
 
 
+def model_device(model: BaseModel) -> torch.device:
+    """The device the model's denoiser lies on (where its sampling runs)."""
+    return next(model.unet.parameters()).device
+
+
 def _noise_and_cond(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor):
-    cond = model.encode_prompts([caption_of(label) for label in labels.tolist()], torch.device("cpu"))
-    z = item_noise(0, seeds, (model.latent_channels, RESOLUTION, RESOLUTION))
+    device = model_device(model)
+    cond = model.encode_prompts([caption_of(label) for label in labels.tolist()], device)
+    z = item_noise(0, seeds, (model.latent_channels, RESOLUTION, RESOLUTION)).to(device)   # drawn on the CPU
     return z, cond
 
 
 def _uncond(model: BaseModel, n: int):
-    return {k: v.expand(n, *v.shape[1:]) for k, v in model.encode_prompts([""], torch.device("cpu")).items()}
+    return {k: v.expand(n, *v.shape[1:]) for k, v in model.encode_prompts([""], model_device(model)).items()}
 
 
 @torch.no_grad()
 def teacher_samples(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor, solver: str, steps: int,
                     cfg: float = TEACHER_CFG) -> torch.Tensor:
-    """Images ``[N, 3, 16, 16]`` of the teacher (CFG ``cfg``, ``solver`` ``ddim`` / ``dpmsolver++``, flow:
+    """Images ``[N, 3, 16, 16]`` (on the CPU) of the teacher (CFG ``cfg``, ``solver`` ``ddim`` / ``dpmsolver++``, flow:
     ``euler`` / ``dpmsolver++``, ``steps`` steps) for captions ``labels`` ``[N, 4]`` from the noise of
     ``seeds`` ``[N]``."""
     z, cond = _noise_and_cond(model, labels, seeds)
     x0, _, _ = teacher_trajectory(model, z, cond, _uncond(model, len(labels)), solver, steps, cfg, RESOLUTION)
-    return model.decode(x0)
+    return model.decode(x0).cpu()
 
 
 @torch.no_grad()
@@ -90,26 +103,27 @@ def rayflow_samples(model: BaseModel, unet, labels: torch.Tensor, seeds: torch.T
     ``[N]`` in ``steps`` Ray steps of ``process`` (the model's ``ray_sample``), with the target mean of
     ``mu_mode`` (``noise``, or ``probeP``: a P-step Theorem-1 probe of the teacher with CFG ``cfg``) and
     stochasticity ``eta`` (its noise from a fixed generator, the same for every LoRA). Returns
-    ``(images [N, 3, 16, 16], model evaluations per image)``."""
+    ``(images [N, 3, 16, 16] on the CPU, model evaluations per image)``; ``unet`` lies on the model's device."""
     z, cond = _noise_and_cond(model, labels, seeds)
     mu, extra_nfe = None, 0
     if mu_mode.startswith("probe"):
         P = int(mu_mode[len("probe"):])
         mu, extra_nfe = probe_target_mean(model, z, cond, P, process, cfg), 2 * P
     x0 = model.ray_sample(unet, z, cond, process, steps, RESOLUTION, eps_mu=mu, eta=eta,
-                          generator=torch.Generator().manual_seed(ETA_SEED))
-    return model.decode(x0), steps + extra_nfe
+                          generator=torch.Generator().manual_seed(ETA_SEED))      # a CPU generator on any device
+    return model.decode(x0).cpu(), steps + extra_nfe
 
 
-def load_lora_unet(teacher: str, lora_path: str):
+def load_lora_unet(teacher: str, lora_path: str, device="cpu"):
     """A fresh teacher denoiser (from the diffusers folder ``teacher``: its UNet, or the transformer of
     the flow teacher) with the LoRA file ``lora_path`` validated and applied (``training.export``;
-    the benchmarks' LCM-LoRA baseline, which has no RayFlow metadata, gets the same tensor checks)."""
+    the benchmarks' LCM-LoRA baseline, which has no RayFlow metadata, gets the same tensor checks),
+    on ``device``."""
     if os.path.isdir(os.path.join(teacher, "transformer")):
         import diffusers
 
         cls = getattr(diffusers, read_json(os.path.join(teacher, "transformer", "config.json"))["_class_name"])
         net = cls.from_pretrained(teacher, subfolder="transformer", torch_dtype=torch.float32)
-        return load_transformer_lora(net, lora_path).eval()
+        return load_transformer_lora(net, lora_path).eval().to(device)
     unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
-    return load_unet_lora(unet, lora_path, require_rayflow=False).eval()
+    return load_unet_lora(unet, lora_path, require_rayflow=False).eval().to(device)

@@ -27,3 +27,11 @@ class ModelParts:
     def metadata(self) -> Dict[str, object]:
         """Family-specific LoRA metadata (none for the VP families)."""
         return {}
+
+    def to_device(self, device) -> "ModelParts":
+        """Move the denoiser, the text encoders and the VAE to ``device`` (in place); returns the model.
+        The schedule stays on the CPU: its tables are read in float64 there."""
+        for module in (self.unet, *self.text_encoders, self.vae):
+            if module is not None:
+                module.to(device)
+        return self

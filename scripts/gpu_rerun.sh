@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The fair benchmark's whole rerun (issue 37) on one GPU, in order, from the repository root:
+#   (a) the headline: ray, no_ray, lcm, no_ts, seeds 0-4, 2400 steps      -> docs/results/quality_fair_2400.json
+#   (b) the learning-rate sweep: lcm at 3e-4 / 1e-3, ray and no_ray at 3e-4, seeds 0-2 (same out and results)
+#   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results)
+#   (d) the one-step preset against the tuned LCM (the learning rate (b) chose on the held-out set) at the
+#       preset's budget: 72 x 64 trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
+# Every stage is `python -m bench.quality --seeds ...`: a finished job (in <out>/runs or the archive beside
+# the results) is not trained again and a killed one resumes from its checkpoint, so the same command
+# continues where it stopped; the summary is rewritten after every job. No network is needed.
+#
+#   bash scripts/gpu_rerun.sh [--workers N] [--device auto|cpu|cuda] [--no-compile] [--tiny] [--dry-run]
+#
+# --workers N (default 8): jobs at a time, sharing the one GPU (bench/device.py).
+# --tiny (or GPU_RERUN_TINY=1): everything shrunk (1 seed, 2-3 training steps, 3 captions, 1-2 trajectories
+#   per caption, 2 evaluation images per caption, eager step) so that it runs on a CPU in minutes; it writes
+#   under $GPU_RERUN_TINY_DIR (default outputs/gpu_rerun_tiny), never docs/results.
+# --dry-run: print each stage's command (stage d with the LCM choice as it stands) and run nothing.
+# Python: $PYTHON, else .venv/bin/python, else python3 (it needs torch, diffusers, peft, accelerate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+workers=8 tiny=${GPU_RERUN_TINY:-0} dry=0 opts=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --workers) workers=$2; shift 2 ;;
+    --device) opts+=(--device "$2"); shift 2 ;;
+    --no-compile) opts+=(--no-compile); shift ;;
+    --tiny) tiny=1; shift ;;
+    --dry-run) dry=1; shift ;;
+    *) echo "usage: bash scripts/gpu_rerun.sh [--workers N] [--device auto|cpu|cuda] [--no-compile] [--tiny] [--dry-run]" >&2
+       exit 2 ;;
+  esac
+done
+PY=${PYTHON:-}
+[ -n "$PY" ] || { [ -x .venv/bin/python ] && PY=.venv/bin/python; } || PY=python3
+
+if [ "$tiny" = 1 ]; then
+  out=${GPU_RERUN_TINY_DIR:-outputs/gpu_rerun_tiny} res=${GPU_RERUN_TINY_DIR:-outputs/gpu_rerun_tiny}/results
+  steps=2 one_steps=3 seeds5="0" seeds3="0" seeds4="0"
+  sets=(--captions 3 --seeds-per-prompt 1 --eval-per-caption 2) one_sets=(--captions 3 --seeds-per-prompt 2 --eval-per-caption 2)
+  opts+=(--no-compile)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}    # its tensors are too small for more: threads only contend
+else
+  out=outputs res=docs/results steps=2400 one_steps=7200 seeds5="0 1 2 3 4" seeds3="0 1 2" seeds4="0 1 2 3"
+  sets=() one_sets=(--seeds-per-prompt 64)
+fi
+fair=(--train-steps "$steps" --out "$out/quality_fair_2400" --results "$res/quality_fair_2400.json"
+      --holm-family ray:no_ts,no_ray,lcm "${sets[@]}")
+
+if [ "$dry" = 0 ]; then
+  "$PY" - <<'PYEOF'          # what it runs on, before anything starts
+import torch, diffusers, peft, accelerate  # noqa: F401  (a missing package stops here, not after an hour)
+print("gpu_rerun: torch", torch.__version__, "on", torch.cuda.get_device_name() if torch.cuda.is_available()
+      else "the CPU (no CUDA device)", flush=True)
+PYEOF
+  echo "gpu_rerun: $workers workers, tiny=$tiny; wall time on an H100 not yet measured: per-stage times follow"
+fi
+
+stage() {     # stage NAME ARGS...: one bench.quality run, timed
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $(date -u +%H:%M:%S) stage $name: python -m bench.quality --workers $workers ${opts[*]:+${opts[*]} }$*"
+  [ "$dry" = 1 ] && return 0
+  "$PY" -m bench.quality --workers "$workers" "${opts[@]}" "$@"
+  echo "== stage $name done in $((SECONDS - t0)) s ($SECONDS s since the start)"
+}
+
+stage a-headline --seeds $seeds5 --variants ray,no_ray,lcm,no_ts "${fair[@]}"
+stage b-lr-sweep --seeds $seeds3 --variants lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4 "${fair[@]}"
+stage c-lcm-ema --seeds $seeds3 --variants lcm_ema "${fair[@]}"
+
+# the tuned LCM: the learning rate the sweep chose on the held-out set (lr_selection of the summary)
+lcm=$("$PY" -c "import json, os, sys; p = sys.argv[1]; d = json.load(open(p)) if os.path.isfile(p) else {}
+print(d.get('lr_selection', {}).get('lcm', {}).get('chosen', 'lcm'))" "$res/quality_fair_2400.json")
+echo "gpu_rerun: tuned LCM (the held-out choice of stage b; lcm where none was made): $lcm"
+stage d-one-step --seeds $seeds4 --variants "one_step,$lcm" --train-steps "$one_steps" "${one_sets[@]}" \
+  --out "$out/quality_onestep_fair_7200" --results "$res/quality_onestep_fair_7200.json" --holm-family "one_step:$lcm"
+[ "$dry" = 1 ] || echo "gpu_rerun: all stages done in $SECONDS s"

@@ -1,0 +1,107 @@
+"""scripts/gpu_rerun.sh (issue 37's whole rerun on one GPU) and the device a benchmark job runs on
+(bench/device.py): the plan the script runs (``--dry-run``: every stage's command, parsed by
+``bench.quality``'s own parser), the full and the tiny one, and the tiny setting end to end on this
+machine's device, whose records name it."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _plan(tmp_path, *flags, env=None):
+    """``[(stage name, parsed bench.quality arguments)]`` of ``gpu_rerun.sh --dry-run``."""
+    from bench.quality import parser
+
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_rerun.sh"), "--dry-run", *flags],
+                         env={**os.environ, "PYTHON": sys.executable, "GPU_RERUN_TINY_DIR": str(tmp_path), **(env or {})},
+                         capture_output=True, text=True, check=True)
+    stages = re.findall(r"^== \S+ stage (\S+): python -m bench.quality (.*)$", run.stdout, re.M)
+    return [(name, parser().parse_args(shlex.split(args))) for name, args in stages]
+
+
+def test_the_plan_runs_the_headline_the_sweeps_and_the_one_step_preset_in_order(tmp_path):
+    from bench.variants import ALL_VARIANTS
+
+    plan = _plan(tmp_path)
+    assert [name for name, _ in plan] == ["a-headline", "b-lr-sweep", "c-lcm-ema", "d-one-step"]
+    (_, a), (_, b), (_, c), (_, d) = plan
+    assert a.seeds == [0, 1, 2, 3, 4] and a.variants == "ray,no_ray,lcm,no_ts" and a.train_steps == 2400
+    assert b.seeds == c.seeds == [0, 1, 2] and b.variants == "lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4"
+    assert c.variants == "lcm_ema"
+    for args in (a, b, c):        # one summary, one headline family
+        assert (args.out, args.results) == ("outputs/quality_fair_2400", "docs/results/quality_fair_2400.json")
+        assert args.holm_family == "ray:no_ts,no_ray,lcm" and args.seeds_per_prompt == 8 and args.captions == 72
+    assert d.seeds == [0, 1, 2, 3] and d.train_steps == 7200 and d.seeds_per_prompt == 64
+    assert d.results == "docs/results/quality_onestep_fair_7200.json"
+    for _, args in plan:
+        assert args.workers == 8 and args.device == "auto" and not args.no_compile
+        assert set(args.variants.split(",")) <= set(ALL_VARIANTS)
+
+
+def test_the_tiny_plan_shrinks_every_stage_and_stage_d_takes_the_lcm_the_sweep_chose(tmp_path):
+    results = tmp_path / "results" / "quality_fair_2400.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps({"lr_selection": {"lcm": {"chosen": "lcm_lr3e-4"}}}))
+    plan = _plan(tmp_path, "--tiny", "--workers", "1", "--device", "cpu")
+    assert len(plan) == 4
+    for _, args in plan:
+        assert args.out.startswith(str(tmp_path)) and args.results.startswith(str(tmp_path))
+        assert args.seeds == [0] and args.train_steps <= 3 and args.captions == 3 and args.eval_per_caption == 2
+        assert args.workers == 1 and args.device == "cpu" and args.no_compile
+    assert plan[-1][1].variants == "one_step,lcm_lr3e-4" and plan[-1][1].holm_family == "one_step:lcm_lr3e-4"
+
+
+def test_the_device_is_chosen_once_and_named(monkeypatch):
+    from bench.device import choose, device_info, worker_threads
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "")       # choose("cpu") sets it beside a GPU: undone after the test
+    cpu = torch.device("cpu")
+    assert choose("cpu") == cpu and worker_threads(cpu, 8) == 1        # CPU workers: one thread each, as before
+    assert device_info(cpu).startswith("CPU ")
+    if not torch.cuda.is_available():
+        assert choose("auto") == cpu
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            choose("cuda")
+    else:
+        assert choose("auto").type == "cuda" and "CUDA" in device_info(torch.device("cuda"))
+        assert worker_threads(torch.device("cuda"), 2) == max(1, (os.cpu_count() or 1) // 2)
+
+
+@pytest.mark.slow
+def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_device(tmp_path):
+    """``gpu_rerun.sh --tiny`` on this machine's device (the CPU here; about 2 minutes on a busy 2-core
+    CPU): both summaries are written, stage d trains the LCM the sweep chose, and every job's record
+    names the device it ran on and its eager step."""
+    from bench.device import choose, device_info
+    from bench.variants import EAGER_STEP
+
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_RERUN_TINY_DIR": str(tmp_path)}
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_rerun.sh"), "--tiny", "--workers", "1"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 4      # per-stage timings
+    with open(tmp_path / "results" / "quality_fair_2400.json") as f:
+        fair = json.load(f)
+    assert set(fair["variants"]) >= {"ray", "no_ray", "lcm", "no_ts", "lcm_lr3e-4", "lcm_lr1e-3", "ray_lr3e-4",
+                                     "no_ray_lr3e-4", "lcm_ema"}
+    chosen = fair["lr_selection"]["lcm"]["chosen"]
+    with open(tmp_path / "results" / "quality_onestep_fair_7200.json") as f:
+        onestep = json.load(f)
+    assert set(onestep["variants"]) >= {"one_step", chosen} and onestep["data"]["captions"] == 3
+    device = device_info(choose("auto")).split(",")[0]           # the thread count may differ in the job
+    records = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) if d.endswith(os.path.join("runs", "seed0"))
+               for f in files if f.endswith(".json")]
+    assert len(records) == 2 * (9 + 2)        # <out>/runs and the archive: 9 jobs of the fair run, 2 of the one-step
+    for path in records:
+        with open(path) as f:
+            record = json.load(f)
+        assert record["device"].split(",")[0] == device and record["proxy_step"] == EAGER_STEP
+    assert [d.split(",")[0] for d in fair["devices"]] == [device]
