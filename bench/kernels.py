@@ -127,7 +127,7 @@ def main(argv=None) -> int:
            "sampler": sampler_overhead(SD15 if args.unet == "sd15" else SMALL_SD, args.repeats),
            "time_sampler": time_sampler_overhead(args.repeats)}
     s, t = res["sampler"], res["time_sampler"]
-    print(f"| measurement | value |\n|---|---|")
+    print("| measurement | value |\n|---|---|")
     print(f"| UNet ({s['unet_params_M']:.0f} M params) forward, 4x64x64, batch 1 | {s['unet_forward_s'] * 1e3:.0f} ms |")
     print(f"| Ray sampler step, model excluded, eta=0 | {s['ray_step_s_eta0'] * 1e6:.0f} us ({100 * s['overhead_eta0']:.3f}% of a forward) |")
     print(f"| Ray sampler step, model excluded, eta=1 | {s['ray_step_s_eta1'] * 1e6:.0f} us ({100 * s['overhead_eta1']:.3f}% of a forward) |")
