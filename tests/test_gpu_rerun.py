@@ -3,12 +3,14 @@
 ``bench.quality``'s own parser), the full and the tiny one, and the tiny setting end to end on this
 machine's device, whose records name it."""
 
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -77,15 +79,16 @@ def test_the_device_is_chosen_once_and_named(monkeypatch):
 
 @pytest.mark.slow
 def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_device(tmp_path):
-    """``gpu_rerun.sh --tiny`` on this machine's device (the CPU here; about 2 minutes on a busy 2-core
-    CPU): both summaries are written, stage d trains the LCM the sweep chose, and every job's record
-    names the device it ran on and its eager step."""
+    """``gpu_rerun.sh --tiny`` through ``device_rerun.sh`` (what a lent GPU runs) on this machine's device
+    (the CPU here; about 2-4 minutes on a busy 2-core CPU): both summaries are written, stage d trains the
+    LCM the sweep chose, every job's record names the device it ran on and its eager step, and the
+    results come back packed in ``$OUT``."""
     from bench.device import choose, device_info
     from bench.variants import EAGER_STEP
 
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_RERUN_TINY_DIR": str(tmp_path)}
-    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_rerun.sh"), "--tiny", "--workers", "1"], env=env,
-                         capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_RERUN_TINY_DIR": str(tmp_path), "OUT": str(tmp_path / "out")}
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "device_rerun.sh"), "850", "--tiny", "--workers", "1"],
+                         env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 4      # per-stage timings
     with open(tmp_path / "results" / "quality_fair_2400.json") as f:
@@ -105,3 +108,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
             record = json.load(f)
         assert record["device"].split(",")[0] == device and record["proxy_step"] == EAGER_STEP
     assert [d.split(",")[0] for d in fair["devices"]] == [device]
+    parts = sorted((tmp_path / "out").glob("results.tgz.*"))              # what the device tool brings back
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("results/quality_fair_2400.json") for n in names)
+    assert any(n.endswith("quality_onestep_fair_7200_runs/seed0/one_step.json") for n in names)
