@@ -7,6 +7,7 @@
 #
 #   carry: .whl outputs/quality_fair_2400/data outputs/quality_fair_2400/reference.safetensors
 #          outputs/quality_fair_2400/teacher.json outputs/quality_fair_2400/prompts.txt
+#          (and outputs/quality_flow_2400/data, .../reference.safetensors once flow jobs ran here)
 #   command: bash scripts/device_rerun.sh 500            (seconds for the rerun; packing follows)
 #
 # Arguments after the seconds go to gpu_rerun.sh (--workers N, --tiny, ...). Every finished job is in
@@ -30,7 +31,7 @@ rc=${PIPESTATUS[0]}
 results=docs/results
 case " $* " in *" --tiny "*) results=${GPU_RERUN_TINY_DIR:-outputs/gpu_rerun_tiny}/results ;; esac
 [ "${GPU_RERUN_TINY:-0}" = 1 ] && results=${GPU_RERUN_TINY_DIR:-outputs/gpu_rerun_tiny}/results
-paths=$(ls -d "$results"/quality_fair_2400* "$results"/quality_onestep_fair_7200* 2>/dev/null)
+paths=$(ls -d "$results"/quality_fair_2400* "$results"/quality_onestep_fair_7200* "$results"/quality_flow_2400* 2>/dev/null)
 if [ -n "$paths" ]; then
   tar czf - $paths | split -b 15m - "$out/results.tgz."
   echo "device_rerun: packed $(echo $paths | wc -w) result paths into $out/results.tgz.* (rerun exit $rc)"

@@ -5,6 +5,8 @@
 #   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results)
 #   (d) the one-step preset against the tuned LCM (the learning rate (b) chose on the held-out set) at the
 #       preset's budget: 72 x 64 trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
+#   (e) the flow-matching proxy (issue 33): ray, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
+#       (skipped while proxy/weights/flow_teacher is not committed)
 # Every stage is `python -m bench.quality --seeds ...`: a finished job (in <out>/runs or the archive beside
 # the results) is not trained again and a killed one resumes from its checkpoint, so the same command
 # continues where it stopped; the summary is rewritten after every job. No network is needed.
@@ -47,6 +49,8 @@ else
 fi
 fair=(--train-steps "$steps" --out "$out/quality_fair_2400" --results "$res/quality_fair_2400.json"
       --holm-family ray:no_ts,no_ray,lcm "${sets[@]}")
+flow=(--train-steps "$steps" --out "$out/quality_flow_2400" --results "$res/quality_flow_2400.json"
+      --holm-family ray:no_ts,no_ray "${sets[@]}")
 
 if [ "$dry" = 0 ]; then
   "$PY" - <<'PYEOF'          # what it runs on, before anything starts
@@ -76,4 +80,11 @@ print(d.get('lr_selection', {}).get('lcm', {}).get('chosen', 'lcm'))" "$res/qual
 echo "gpu_rerun: tuned LCM (the held-out choice of stage b; lcm where none was made): $lcm"
 stage d-one-step --seeds $seeds4 --variants "one_step,$lcm" --train-steps "$one_steps" "${one_sets[@]}" \
   --out "$out/quality_onestep_fair_7200" --results "$res/quality_onestep_fair_7200.json" --holm-family "one_step:$lcm"
+
+# (e) issue 33: the flow-matching proxy's verdict on the same yardstick, once its teacher is committed
+if [ -f proxy/weights/flow_teacher/model_index.json ]; then
+  stage e-flow --proxy flow --seeds $seeds3 --variants ray,no_ray,no_ts "${flow[@]}"
+else
+  echo "gpu_rerun: proxy/weights/flow_teacher is absent (python -m proxy.teacher_flow makes it): stage e skipped"
+fi
 [ "$dry" = 1 ] || echo "gpu_rerun: all stages done in $SECONDS s"

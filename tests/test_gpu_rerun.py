@@ -33,8 +33,13 @@ def test_the_plan_runs_the_headline_the_sweeps_and_the_one_step_preset_in_order(
     from bench.variants import ALL_VARIANTS
 
     plan = _plan(tmp_path)
-    assert [name for name, _ in plan] == ["a-headline", "b-lr-sweep", "c-lcm-ema", "d-one-step"]
-    (_, a), (_, b), (_, c), (_, d) = plan
+    flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
+    assert [name for name, _ in plan] == ["a-headline", "b-lr-sweep", "c-lcm-ema", "d-one-step"] + ["e-flow"] * flow
+    (_, a), (_, b), (_, c), (_, d) = plan[:4]
+    if flow:          # the flow proxy's verdict: its own summary, the VP arms without LCM
+        e = plan[4][1]
+        assert (e.proxy, e.seeds, e.variants, e.train_steps) == ("flow", [0, 1, 2], "ray,no_ray,no_ts", 2400)
+        assert e.results == "docs/results/quality_flow_2400.json" and e.holm_family == "ray:no_ts,no_ray"
     assert a.seeds == [0, 1, 2, 3, 4] and a.variants == "ray,no_ray,lcm,no_ts" and a.train_steps == 2400
     assert b.seeds == c.seeds == [0, 1, 2] and b.variants == "lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4"
     assert c.variants == "lcm_ema"
@@ -53,7 +58,7 @@ def test_the_tiny_plan_shrinks_every_stage_and_stage_d_takes_the_lcm_the_sweep_c
     results.parent.mkdir()
     results.write_text(json.dumps({"lr_selection": {"lcm": {"chosen": "lcm_lr3e-4"}}}))
     plan = _plan(tmp_path, "--tiny", "--workers", "1", "--device", "cpu")
-    assert len(plan) == 4
+    assert len(plan) == 4 + os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
     for _, args in plan:
         assert args.out.startswith(str(tmp_path)) and args.results.startswith(str(tmp_path))
         assert args.seeds == [0] and args.train_steps <= 3 and args.captions == 3 and args.eval_per_caption == 2
@@ -90,7 +95,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "device_rerun.sh"), "850", "--tiny", "--workers", "1"],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 4      # per-stage timings
+    flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
+    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 4 + flow     # per-stage timings
     with open(tmp_path / "results" / "quality_fair_2400.json") as f:
         fair = json.load(f)
     assert set(fair["variants"]) >= {"ray", "no_ray", "lcm", "no_ts", "lcm_lr3e-4", "lcm_lr1e-3", "ray_lr3e-4",
@@ -102,7 +108,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     device = device_info(choose("auto")).split(",")[0]           # the thread count may differ in the job
     records = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) if d.endswith(os.path.join("runs", "seed0"))
                for f in files if f.endswith(".json")]
-    assert len(records) == 2 * (9 + 2)        # <out>/runs and the archive: 9 jobs of the fair run, 2 of the one-step
+    # <out>/runs and the archive: 9 jobs of the fair run, 2 of the one-step, 3 of the flow proxy's
+    assert len(records) == 2 * (9 + 2 + 3 * flow)
     for path in records:
         with open(path) as f:
             record = json.load(f)
