@@ -57,7 +57,7 @@ def build(out_dir: str, seed: int = 0):
 def encode(text_encoder, tokenizer, captions):
     ids = tokenizer(list(captions), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                     return_tensors="pt").input_ids
-    return text_encoder(ids).last_hidden_state
+    return text_encoder(ids.to(text_encoder.device)).last_hidden_state
 
 
 def save(out_dir: str, unet, text_encoder) -> None:
@@ -81,10 +81,11 @@ def _save_state(path: str, step: int, run: dict, modules, emas, opt, g: torch.Ge
     from safetensors.torch import save_file
 
     # copies: a model's tied weights (T5's shared embedding) share memory, which safetensors refuses
-    tensors = {f"model{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
-    tensors.update({f"ema{i}.{k}": v.contiguous() for i, e in enumerate(emas) for k, v in e.items()})
+    # (on the CPU, wherever the run trains: a state resumes on either device)
+    tensors = {f"model{i}.{k}": v.detach().to("cpu", copy=True) for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+    tensors.update({f"ema{i}.{k}": v.cpu().contiguous() for i, e in enumerate(emas) for k, v in e.items()})
     for j, st in opt.state_dict()["state"].items():
-        tensors.update({f"opt.{j}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous() for k, v in st.items()})
+        tensors.update({f"opt.{j}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).cpu().contiguous() for k, v in st.items()})
     tensors["generator"] = g.get_state()
     with atomic_path(path) as tmp:
         os.makedirs(tmp)
@@ -107,7 +108,7 @@ def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) ->
     tensors = load_file(os.path.join(path, "state.safetensors"))
     for i, (m, e) in enumerate(zip(modules, emas)):
         m.load_state_dict({k: tensors[f"model{i}.{k}"] for k in m.state_dict()})
-        e.update({k: tensors[f"ema{i}.{k}"] for k in e})
+        e.update({k: tensors[f"ema{i}.{k}"].to(e[k].device) for k in e})
     state = opt.state_dict()
     for j in range(sum(len(group["params"]) for group in state["param_groups"])):
         parts = {k[len(f"opt.{j}."):]: v for k, v in tensors.items() if k.startswith(f"opt.{j}.")}
@@ -119,7 +120,7 @@ def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) ->
 
 
 def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
-        checkpoint: str = "", checkpoint_every: int = 200) -> None:
+        checkpoint: str = "", checkpoint_every: int = 200, device: str = "cpu") -> None:
     """The proxy teachers' training loop (this one and ``proxy/teacher_flow.py``): AdamW over every
     parameter of ``modules`` (weight decay 1e-4, 200 warm-up steps then cosine decay, gradients clipped
     at 1.0) on ``loss_fn(x0, captions, noise, generator)`` for batches of proxy images ``x0`` ``[B, 3, R, R]``
@@ -127,9 +128,13 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
     their noise; everything random comes from one generator seeded with ``seed``. The modules end with
     their EMA weights (decay ``min(0.999, (1 + step) / (10 + step))``). With ``checkpoint`` (a folder),
     the state is saved there every ``checkpoint_every`` steps and a run finding it continues from it,
-    exactly as if it had not stopped."""
+    exactly as if it had not stopped. The modules train on ``device`` (``cpu`` or ``cuda``) and end on
+    the CPU; the data, captions and noise are drawn on the CPU from the one generator either way, so a
+    GPU run differs from a CPU run by floating-point rounding only."""
     from training.trainer import warmup_cosine
 
+    for m in modules:
+        m.to(device)
     emas = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -148,7 +153,7 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
         x0 = render(labels, g, RESOLUTION)
         captions = [caption_of(l) if float(u) > 0.1 else "" for l, u in zip(labels.tolist(), torch.rand(batch, generator=g))]
         noise = torch.randn(x0.shape, generator=g)
-        loss = loss_fn(x0, captions, noise, g)
+        loss = loss_fn(x0.to(device), captions, noise.to(device), g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -169,22 +174,23 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
             _save_state(checkpoint, step + 1, run, modules, emas, opt, g)
     for store, model in zip(emas, modules):
         model.load_state_dict(store)
+        model.to("cpu")
 
 
 def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
-          checkpoint: str = "") -> None:
+          checkpoint: str = "", device: str = "cpu") -> None:
     from diffusers import DDPMScheduler
 
     unet, text_encoder, tokenizer = build(out_dir, seed)
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
 
     def loss_fn(x0, captions, noise, g):       # epsilon prediction at uniform timesteps
-        t = torch.randint(0, 1000, (len(x0),), generator=g)
+        t = torch.randint(0, 1000, (len(x0),), generator=g).to(x0.device)
         x_t = noise_sched.add_noise(x0, noise, t)
         ctx = encode(text_encoder, tokenizer, captions)
         return (unet(x_t, t, encoder_hidden_states=ctx).sample - noise).pow(2).mean()
 
-    fit([unet, text_encoder], loss_fn, steps, batch, seed, lr, log_every, checkpoint)
+    fit([unet, text_encoder], loss_fn, steps, batch, seed, lr, log_every, checkpoint, device=device)
     save(out_dir, unet, text_encoder)
     print(f"saved teacher to {out_dir}")
 
@@ -200,10 +206,14 @@ def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up then cosine decay)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where it trains (default cpu, as the committed weights were made; the same data and noise on either)")
     ap.add_argument("--checkpoint", default="", metavar="DIR",
                     help="keep the training state in DIR (every 200 steps); the same command finding it continues "
                          "from it exactly (default: no checkpoint)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -213,7 +223,7 @@ def main(argv=None) -> int:
     args = teacher_args("Train the proxy teacher (small SD-shaped text-to-image model).", "proxy/weights/teacher",
                         3000, argv)
     os.makedirs(args.out, exist_ok=True)
-    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint)
+    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint, device=args.device)
     return 0
 
 

@@ -118,23 +118,22 @@ def noise_levels(batch: int, g: torch.Generator, schedule: FlowSchedule) -> torc
 
 
 def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
-          checkpoint: str = "") -> None:
+          checkpoint: str = "", device: str = "cpu") -> None:
     with tempfile.TemporaryDirectory() as folder:
         tokenizers = _tokenizers(folder)
     transformer, encoders = build(tokenizers, seed)
     schedule = FlowSchedule.shifted(SHIFT, 1000)
-    cpu = torch.device("cpu")
 
     def loss_fn(x0, captions, noise, g):       # rectified flow: the velocity n - x0 at x_t = (1 - t) x0 + t n
-        t = noise_levels(len(x0), g, schedule).view(-1, 1, 1, 1)
+        t = noise_levels(len(x0), g, schedule).view(-1, 1, 1, 1).to(x0.device)
         x_t = (1 - t) * x0 + t * noise
-        cond = text_conditioning(FAMILIES["sd3"], encoders, tokenizers, captions, cpu, MAX_TOKENS)
+        cond = text_conditioning(FAMILIES["sd3"], encoders, tokenizers, captions, x0.device, MAX_TOKENS)
         v = transformer(hidden_states=x_t, timestep=1000.0 * t.flatten(), encoder_hidden_states=cond["cond"],
                         pooled_projections=cond["pooled"]).sample
         return (v - (noise - x0)).pow(2).mean()
 
     t0 = time.time()
-    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every, checkpoint)
+    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every, checkpoint, device=device)
     save(out_dir, transformer, encoders)
     print(f"saved the flow teacher to {out_dir} ({(time.time() - t0) / 60:.1f} min of training)")
 
@@ -142,7 +141,7 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
 def main(argv=None) -> int:
     args = teacher_args("Train the flow-matching proxy teacher (small SD3-shaped model).", "proxy/weights/flow_teacher",
                         2400, argv)
-    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint)
+    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint, device=args.device)
     return 0
 
 

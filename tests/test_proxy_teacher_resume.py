@@ -63,3 +63,13 @@ def test_a_state_from_other_settings_is_one_line_and_left_alone(tmp_path):
     with pytest.raises(SystemExit, match="belongs to a run with steps 2 .*this one: steps 3"):
         fit([model], _loss(model), steps=3, batch=4, seed=3, lr=1e-2, log_every=100, checkpoint=str(tmp_path / "s"))
     assert (tmp_path / "s" / "state.safetensors").read_bytes() == before
+
+
+def test_the_device_option_is_checked_before_any_work(capsys):
+    from proxy.teacher import teacher_args
+
+    assert teacher_args("t", "out", 10, []).device == "cpu"          # the committed weights were made on the CPU
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            teacher_args("t", "out", 10, ["--device", "cuda"])
+        assert "torch sees no CUDA device here" in capsys.readouterr().err
