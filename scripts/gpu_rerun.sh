@@ -2,7 +2,8 @@
 # The fair benchmark's whole rerun (issue 37) on one GPU, in order, from the repository root:
 #   (a) the headline: ray, no_ray, lcm, no_ts, seeds 0-4, 2400 steps      -> docs/results/quality_fair_2400.json
 #   (b) the learning-rate sweep: lcm at 3e-4 / 1e-3, ray and no_ray at 3e-4, seeds 0-2 (same out and results)
-#   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results)
+#   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results); then the diagnosis arms of item 4
+#       (anchor0.5, sigma0.03, rank64: start point, sigma-ball, capacity), seeds 0-2
 #   (d) the one-step preset against the tuned LCM (the learning rate (b) chose on the held-out set) at the
 #       preset's budget: 72 x 64 trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
 #   (e) the flow-matching proxy (issue 33): ray, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
@@ -73,6 +74,8 @@ stage() {     # stage NAME ARGS...: one bench.quality run, timed
 stage a-headline --seeds $seeds5 --variants ray,no_ray,lcm,no_ts "${fair[@]}"
 stage b-lr-sweep --seeds $seeds3 --variants lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4 "${fair[@]}"
 stage c-lcm-ema --seeds $seeds3 --variants lcm_ema "${fair[@]}"
+# why ray sits far from the teacher's distribution (issue 37 item 4): the start point, the sigma-ball, capacity
+stage c2-diagnosis --seeds $seeds3 --variants anchor0.5,sigma0.03,rank64 "${fair[@]}"
 
 # the tuned LCM: the learning rate the sweep chose on the held-out set (lr_selection of the summary)
 lcm=$("$PY" -c "import json, os, sys; p = sys.argv[1]; d = json.load(open(p)) if os.path.isfile(p) else {}

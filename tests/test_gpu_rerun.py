@@ -34,16 +34,17 @@ def test_the_plan_runs_the_headline_the_sweeps_and_the_one_step_preset_in_order(
 
     plan = _plan(tmp_path)
     flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
-    assert [name for name, _ in plan] == ["a-headline", "b-lr-sweep", "c-lcm-ema", "d-one-step"] + ["e-flow"] * flow
-    (_, a), (_, b), (_, c), (_, d) = plan[:4]
+    assert [name for name, _ in plan] == ["a-headline", "b-lr-sweep", "c-lcm-ema", "c2-diagnosis", "d-one-step"] + \
+        ["e-flow"] * flow
+    (_, a), (_, b), (_, c), (_, c2), (_, d) = plan[:5]
     if flow:          # the flow proxy's verdict: its own summary, the VP arms without LCM
-        e = plan[4][1]
+        e = plan[5][1]
         assert (e.proxy, e.seeds, e.variants, e.train_steps) == ("flow", [0, 1, 2], "ray,no_ray,no_ts", 2400)
         assert e.results == "docs/results/quality_flow_2400.json" and e.holm_family == "ray:no_ts,no_ray"
     assert a.seeds == [0, 1, 2, 3, 4] and a.variants == "ray,no_ray,lcm,no_ts" and a.train_steps == 2400
     assert b.seeds == c.seeds == [0, 1, 2] and b.variants == "lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4"
-    assert c.variants == "lcm_ema"
-    for args in (a, b, c):        # one summary, one headline family
+    assert c.variants == "lcm_ema" and c2.variants == "anchor0.5,sigma0.03,rank64" and c2.seeds == [0, 1, 2]
+    for args in (a, b, c, c2):        # one summary, one headline family
         assert (args.out, args.results) == ("outputs/quality_fair_2400", "docs/results/quality_fair_2400.json")
         assert args.holm_family == "ray:no_ts,no_ray,lcm" and args.seeds_per_prompt == 8 and args.captions == 72
     assert d.seeds == [0, 1, 2, 3] and d.train_steps == 7200 and d.seeds_per_prompt == 64
@@ -58,7 +59,7 @@ def test_the_tiny_plan_shrinks_every_stage_and_stage_d_takes_the_lcm_the_sweep_c
     results.parent.mkdir()
     results.write_text(json.dumps({"lr_selection": {"lcm": {"chosen": "lcm_lr3e-4"}}}))
     plan = _plan(tmp_path, "--tiny", "--workers", "1", "--device", "cpu")
-    assert len(plan) == 4 + os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
+    assert len(plan) == 5 + os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
     for _, args in plan:
         assert args.out.startswith(str(tmp_path)) and args.results.startswith(str(tmp_path))
         assert args.seeds == [0] and args.train_steps <= 3 and args.captions == 3 and args.eval_per_caption == 2
@@ -96,7 +97,7 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
-    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 4 + flow     # per-stage timings
+    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 5 + flow     # per-stage timings
     with open(tmp_path / "results" / "quality_fair_2400.json") as f:
         fair = json.load(f)
     assert set(fair["variants"]) >= {"ray", "no_ray", "lcm", "no_ts", "lcm_lr3e-4", "lcm_lr1e-3", "ray_lr3e-4",
@@ -108,8 +109,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     device = device_info(choose("auto")).split(",")[0]           # the thread count may differ in the job
     records = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) if d.endswith(os.path.join("runs", "seed0"))
                for f in files if f.endswith(".json")]
-    # <out>/runs and the archive: 9 jobs of the fair run, 2 of the one-step, 3 of the flow proxy's
-    assert len(records) == 2 * (9 + 2 + 3 * flow)
+    # <out>/runs and the archive: 12 jobs of the fair run (diagnosis arms included), 2 of the one-step, 3 of the flow proxy's
+    assert len(records) == 2 * (12 + 2 + 3 * flow)
     for path in records:
         with open(path) as f:
             record = json.load(f)
