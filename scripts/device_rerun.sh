@@ -21,8 +21,9 @@ shift
 out=${OUT:-outputs/device_rerun}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || { echo "device_rerun: the carried wheels did not install" >&2; exit 1; }
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH} || { echo "device_rerun: the carried wheels did not install" >&2; exit 1; }
 fi
 [ -x .venv/bin/python ] || export PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
