@@ -151,8 +151,8 @@ def work(args, ev: Evaluation, summarise: Callable) -> None:
 def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
     """Evaluate every archived job of ``args.seeds`` x ``args.variants`` at ``args.train_steps`` again
     from its archived LoRA (no training), merge the metrics into its archived record (new metrics
-    are added; the curve is computed again where ``<out>/runs`` still holds the job's snapshots, else kept; ``<out>/runs``' copy of the record likewise, or the next summary
-    would archive the old one again) and return ``(seed, variant, largest change of a metric that was
+    are added; the curve is computed again where ``<out>/runs`` still holds the job's snapshots, else
+    kept; ``<out>/runs``' copy of the record likewise, or the next summary would archive the old one again) and return ``(seed, variant, largest change of a metric that was
     already archived)`` per job: 0.0 when the archive reproduces exactly."""
     changes = []
     for seed, variant in jobs(args):
@@ -165,15 +165,16 @@ def reevaluate(args, ev: Evaluation) -> List[Tuple[int, str, float]]:
         if old.get("train_steps") != args.train_steps:
             continue
         new = evaluate_lora(ev, variant, lora)
-        snapshots = os.path.join(job_paths(args.out, seed, variant)[0], f"lora_{variant}.safetensors")
-        if any(os.path.isfile(snapshot_path(snapshots, k)) for k in range(SNAPSHOT_EVERY, args.train_steps, SNAPSHOT_EVERY)):
-            new["curve"] = training_curve(ev, variant, snapshots, args.train_steps, new["rows"])   # snapshots are not archived
+        folder, runs_copy, _ = job_paths(args.out, seed, variant)
+        # snapshots are not archived: the curve is new only where <out>/runs still holds some (more than the final row)
+        curve = training_curve(ev, variant, os.path.join(folder, f"lora_{variant}.safetensors"), args.train_steps, new["rows"])
+        if len(curve) > 1:
+            new["curve"] = curve
         change = max((abs(cell[m] - old[key][row][n][m]) for key in ("rows", "heldout") for row, cells in new[key].items()
                       for n, cell in cells.items() for m in cell if m in old.get(key, {}).get(row, {}).get(n, {})),
                      default=0.0)
         merged = {**old, **new, "reevaluated_on": device_info(ev.device)}
         write_json(record, merged)
-        runs_copy = job_paths(args.out, seed, variant)[1]
         if os.path.isfile(runs_copy):       # the next summary archives <out>/runs' copy again: it must agree
             write_json(runs_copy, merged)
         changes.append((seed, variant, change))
