@@ -239,6 +239,23 @@ def lcm_scheduler(model):
 
 
 @torch.no_grad()
+def lcm_sample(model, unet, x: torch.Tensor, ehs: torch.Tensor, steps: int, generator: torch.Generator,
+               on_step=None) -> torch.Tensor:
+    """The latents ``[N, C, H, W]`` the LCM-LoRA ``unet`` reaches from the noise ``x`` in ``steps``
+    LCMScheduler steps with the text states ``ehs``; ``generator`` (on the CPU) draws the noise LCM
+    injects between steps, and ``on_step(denoised)``, where given, sees the denoised sample of every
+    step (the last one is the result)."""
+    sched = lcm_scheduler(model)
+    sched.set_timesteps(steps)          # its timesteps and tables stay on the CPU; the UNet gets t on the device
+    for t in sched.timesteps:
+        out = sched.step(unet(x, t.to(x.device).expand(len(x)), encoder_hidden_states=ehs).sample, t, x,
+                         generator=generator)
+        x = out.prev_sample             # the last step returns the denoised sample
+        if on_step is not None:
+            on_step(out.denoised)
+    return x
+
+
 def lcm_samples(model, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: int, sample_seed: int = 0):
     """Images ``[N, 3, H, W]`` of the LCM-LoRA ``unet`` in ``steps`` LCMScheduler steps for proxy
     captions ``labels`` ``[N, 4]`` and per-item initial-noise seeds ``seeds`` ``[N]`` (the same noise
@@ -247,10 +264,5 @@ def lcm_samples(model, unet, labels: torch.Tensor, seeds: torch.Tensor, steps: i
     device = model_device(model)      # the LoRA ``unet`` lies there too
     ehs = model.encode_prompts(captions, device)["cond"]
     x = item_noise(0, seeds, (model.latent_channels, 16, 16)).to(device)
-    sched = lcm_scheduler(model)
-    sched.set_timesteps(steps)          # its timesteps and tables stay on the CPU; the UNet gets t on the device
-    g = torch.Generator().manual_seed(sample_seed)        # the noise LCM injects between steps (drawn on the CPU)
-    for t in sched.timesteps:
-        eps = unet(x, t.to(device).expand(len(x)), encoder_hidden_states=ehs).sample
-        x = sched.step(eps, t, x, generator=g).prev_sample     # the last step returns the denoised sample
+    x = lcm_sample(model, unet, x, ehs, steps, torch.Generator().manual_seed(sample_seed))
     return model.decode(x).cpu(), steps

@@ -38,7 +38,7 @@ from training.models import load_base_model
 
 from .archive import archived_lora, measurement_args, measurement_parser, unmeasured
 from .evaluation import STEPS, rmse
-from .lcm_baseline import consistency_fn, lcm_scheduler, x0_from_eps
+from .lcm_baseline import consistency_fn, lcm_sample, x0_from_eps
 from .variants import LCM_VARIANTS
 
 NOISE_SEED = 7
@@ -85,13 +85,9 @@ class Probe:
             consistency[str(t)] = rmse(consistency_fn(eps_fn, xt, tt, self.ac), self.x0)
         multistep = {}
         for n in STEPS:
-            sched, x, g = lcm_scheduler(self.model), self.z.clone(), torch.Generator().manual_seed(0)
-            sched.set_timesteps(n)
             stds = []
-            for t in sched.timesteps:
-                out = sched.step(eps_fn(x, t.expand(len(x))), t, x, generator=g)
-                x = out.prev_sample
-                stds.append(float(out.denoised.flatten(1).std(1).mean()))
+            lcm_sample(self.model, unet, self.z.clone(), self.cond, n, torch.Generator().manual_seed(0),
+                       on_step=lambda d: stds.append(float(d.flatten(1).std(1).mean())))
             multistep[str(n)] = stds
         return {"consistency": consistency, "multistep": multistep}
 
