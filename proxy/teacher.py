@@ -120,7 +120,7 @@ def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) ->
 
 
 def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
-        checkpoint: str = "", checkpoint_every: int = 200, device: str = "cpu") -> None:
+        checkpoint: str = "", checkpoint_every: int = 200, device: str = "cpu", settings: dict = None) -> None:
     """The proxy teachers' training loop (this one and ``proxy/teacher_flow.py``): AdamW over every
     parameter of ``modules`` (weight decay 1e-4, 200 warm-up steps then cosine decay, gradients clipped
     at 1.0) on ``loss_fn(x0, captions, noise, generator)`` for batches of proxy images ``x0`` ``[B, 3, R, R]``
@@ -130,7 +130,8 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
     the state is saved there every ``checkpoint_every`` steps and a run finding it continues from it,
     exactly as if it had not stopped. The modules train on ``device`` (``cpu`` or ``cuda``) and end on
     the CPU; the data, captions and noise are drawn on the CPU from the one generator either way, so a
-    GPU run differs from a CPU run by floating-point rounding only."""
+    GPU run differs from a CPU run by floating-point rounding only. ``settings`` (JSON values) join the
+    run's own (steps, batch, seed, lr) in the checkpoint: a state saved with other values is refused."""
     from training.trainer import warmup_cosine
 
     for m in modules:
@@ -140,7 +141,7 @@ def fit(modules, loss_fn, steps: int, batch: int, seed: int, lr: float, log_ever
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     labels_all = all_labels()
     g = torch.Generator().manual_seed(seed)
-    run = {"steps": steps, "batch": batch, "seed": seed, "lr": lr}
+    run = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, **(settings or {})}
     start = _load_state(checkpoint, run, modules, emas, opt, g) if checkpoint and os.path.isdir(checkpoint) else 0
     sched = warmup_cosine(opt, 200, steps)
     for _ in range(start):
@@ -195,10 +196,10 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
     print(f"saved teacher to {out_dir}")
 
 
-def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.Namespace:
-    """The proxy teachers' command line (this one and ``proxy/teacher_flow.py``): ``--out``, ``--steps``,
-    ``--batch``, ``--lr``, ``--seed``, ``--checkpoint`` and ``--threads`` (applied here), with the
-    teacher's defaults."""
+def teacher_parser(description: str, out: str, steps: int) -> argparse.ArgumentParser:
+    """The proxy teachers' command line (this one and ``proxy/teacher_flow.py``, which adds its own
+    options): ``--out``, ``--steps``, ``--batch``, ``--lr``, ``--seed``, ``--checkpoint``, ``--device``
+    and ``--threads``, with the teacher's defaults; read it with :func:`teacher_args`."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", default=out, help="output diffusers folder")
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
@@ -211,6 +212,12 @@ def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.
     ap.add_argument("--checkpoint", default="", metavar="DIR",
                     help="keep the training state in DIR (every 200 steps); the same command finding it continues "
                          "from it exactly (default: no checkpoint)")
+    return ap
+
+
+def teacher_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``argv`` read by ``ap`` (a :func:`teacher_parser`): a CUDA device torch cannot see is one line
+    before any work; ``--threads`` is applied here."""
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device here")
@@ -220,8 +227,8 @@ def teacher_args(description: str, out: str, steps: int, argv=None) -> argparse.
 
 
 def main(argv=None) -> int:
-    args = teacher_args("Train the proxy teacher (small SD-shaped text-to-image model).", "proxy/weights/teacher",
-                        3000, argv)
+    args = teacher_args(teacher_parser("Train the proxy teacher (small SD-shaped text-to-image model).",
+                                       "proxy/weights/teacher", 3000), argv)
     os.makedirs(args.out, exist_ok=True)
     train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint, device=args.device)
     return 0

@@ -2,32 +2,32 @@
 proxy data with the rectified-flow objective.
 
 Same kind as the SD3 / SD3.5 models the trainer distils (``training/flow_models.py``): a diffusers
-``SD3Transformer2DModel`` (joint text-image attention with RMS q/k norm as in SD3.5, patch 2, timestep
-input ``1000 t``) predicting the velocity ``v = n - x0`` of ``x_t = (1 - t) x0 + t n``, conditioned on
-CLIP-L and CLIP-G (``CLIPTextModelWithProjection``, hidden states and pooled projections) and T5
-(``T5EncoderModel``) through diffusers' own ``StableDiffusion3Pipeline.encode_prompt``, on SD3's
-time-shifted schedule (``FlowMatchEulerDiscreteScheduler``, shift 3), saved as a
-``StableDiffusion3Pipeline`` folder. It works in pixel space (3 x 16 x 16; 64 image tokens), so the
-folder has no ``vae/`` and ``training.flow_models`` treats the images as the latents; its tokenizers
-read at most 16 tokens and ``model_index.json`` declares the 16 T5 tokens it was trained on
+``SD3Transformer2DModel`` (joint text-image attention with RMS q/k norm as in SD3.5, ``--patch-size``
+2 by default, timestep input ``1000 t``) predicting the velocity ``v = n - x0`` of
+``x_t = (1 - t) x0 + t n``, conditioned on CLIP-L and CLIP-G (``CLIPTextModelWithProjection``, hidden
+states and pooled projections) and T5 (``T5EncoderModel``) through diffusers' own
+``StableDiffusion3Pipeline.encode_prompt``, on a time-shifted schedule (``FlowMatchEulerDiscreteScheduler``
+with ``--shift``, 1 by default: see ``SHIFT``), saved as a ``StableDiffusion3Pipeline`` folder. It
+works in pixel space (3 x 16 x 16; 64 image tokens at patch 2, 256 at patch 1), so the folder has no
+``vae/`` and ``training.flow_models`` treats the images as the latents; its tokenizers read at most 16
+tokens and ``model_index.json`` declares the 16 T5 tokens it was trained on
 (``training.flow_models.T5_LENGTH_KEY``), so phase 1 caches 16 + 16 text tokens (the real SD3: 77 + 256).
 
 Training: the teacher loop of ``proxy/teacher.py`` (same data, caption dropout, optimizer, EMA) on the
 rectified-flow loss ``|v_theta(x_t, t, c) - (n - x0)|^2``, the noise level ``t`` from the model's own
 table at ``u`` drawn logit-normal (SD3's training density) or, one time in ten, uniform (so the top of
-the schedule, where every sampler starts, is trained too). Train::
+the schedule, where every sampler starts, is trained too). A run keeps its state with
+``--checkpoint DIR`` (every 200 steps; the shift and patch size are part of it) and continues from it
+exactly when the same command runs again, so it can span several sessions::
 
-    python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 2400 --batch 64 --seed 0 --threads 1
-
-(61 min on a 2-core CPU shared with two other jobs: 28 min of CPU time). At 2400 steps the teacher draws
-sizes, colours and backgrounds but misses many shapes, where the VP teacher aligns with every caption
-(its rows: ``python -m bench.quality --proxy flow --seeds 0 --teacher-only --out DIR``), so those weights
-are not committed: the teacher needs more training before the flow benchmark runs on it. A long
-run keeps its state with ``--checkpoint DIR`` (every 200 steps) and continues from it when the same
-command runs again, so it can span several sessions::
-
-    python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 6000 --batch 64 --seed 0 --threads 1 \
+    python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 4000 --batch 64 --seed 0 --threads 1 \
         --checkpoint outputs/flow_teacher_state
+
+No weights are committed yet: every teacher trained so far draws sizes, colours and backgrounds
+but misses the shape of small objects, where the VP teacher aligns with every caption
+(``docs/experiments.md``, "The flow-matching proxy teacher"; its rows: ``python -m bench.quality
+--proxy flow --seeds 0 --teacher-only --out DIR``; where it loses them: ``python -m
+bench.teacher_recovery``).
 """
 
 from __future__ import annotations
@@ -44,15 +44,20 @@ from training.flow_family import FAMILIES
 from training.flow_models import T5_LENGTH_KEY, text_conditioning
 
 from .data import vocabulary
-from .teacher import RESOLUTION, fit, teacher_args
+from .teacher import RESOLUTION, fit, teacher_args, teacher_parser
 
-SHIFT = 3.0            # SD3's time shift (its scheduler's static ``shift``)
+# the time shift of the schedule (the scheduler's static ``shift``). SD3 uses 3 at 1024 x 1024; its
+# paper's rule (shift sqrt(m / n) for m image dimensions against a base of n) gives a shift of at most
+# 1 for a 16 x 16 pixel image. With shift 3 the logit-normal density puts under 8 % of training below
+# t = 0.4; shift 1 kept more shapes at every noise level after 4000 steps than shift 3 after 6000
+# (docs/experiments.md)
+SHIFT = 1.0
 MAX_TOKENS = 16        # CLIP and T5 tokens (the longest caption has 9 words)
 CLIP_WIDTH, T5_WIDTH = 64, 128          # CLIP-L and CLIP-G are 64 wide; SD3 pads both (64 + 64) to T5's width
-TRANSFORMER_CONFIG = dict(sample_size=RESOLUTION, patch_size=2, in_channels=3, out_channels=3, num_layers=4,
+PATCH_SIZE = 2         # pixels per image token side (SD3: 2 latent pixels)
+TRANSFORMER_CONFIG = dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, num_layers=4,
                           attention_head_dim=32, num_attention_heads=4, joint_attention_dim=T5_WIDTH,
-                          caption_projection_dim=128, pooled_projection_dim=2 * CLIP_WIDTH,
-                          pos_embed_max_size=RESOLUTION // 2, qk_norm="rms_norm")
+                          caption_projection_dim=128, pooled_projection_dim=2 * CLIP_WIDTH, qk_norm="rms_norm")
 UNIFORM_SHARE = 0.1    # share of the noise levels drawn at uniform u instead of logit-normal
 
 
@@ -69,8 +74,9 @@ def _tokenizers(folder: str):
     return [*clip, t5]
 
 
-def build(tokenizers, seed: int = 0):
-    """Fresh random-weight ``(transformer, [CLIP-L, CLIP-G, T5])`` for the loaded ``tokenizers``."""
+def build(tokenizers, seed: int = 0, patch_size: int = PATCH_SIZE):
+    """Fresh random-weight ``(transformer, [CLIP-L, CLIP-G, T5])`` for the loaded ``tokenizers``, the
+    transformer cutting the image into ``patch_size`` x ``patch_size`` tokens."""
     from diffusers import SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -84,11 +90,13 @@ def build(tokenizers, seed: int = 0):
     encoders.append(T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=T5_WIDTH, d_kv=32, d_ff=2 * T5_WIDTH,
                                             num_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0,
                                             eos_token_id=1)))
-    return SD3Transformer2DModel(**TRANSFORMER_CONFIG), encoders
+    transformer = SD3Transformer2DModel(**TRANSFORMER_CONFIG, patch_size=patch_size,
+                                        pos_embed_max_size=RESOLUTION // patch_size)
+    return transformer, encoders
 
 
-def save(out_dir: str, transformer, encoders) -> None:
-    """The diffusers folder (fp16 weights, tokenizers, shift-3 scheduler, ``model_index.json``), written whole."""
+def save(out_dir: str, transformer, encoders, shift: float = SHIFT) -> None:
+    """The diffusers folder (fp16 weights, tokenizers, the scheduler with ``shift``, ``model_index.json``), written whole."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     with atomic_path(out_dir) as tmp:
@@ -97,7 +105,7 @@ def save(out_dir: str, transformer, encoders) -> None:
         transformer.to(torch.float16).save_pretrained(os.path.join(tmp, "transformer"))
         for sub, enc in zip(("text_encoder", "text_encoder_2", "text_encoder_3"), encoders):
             enc.to(torch.float16).save_pretrained(os.path.join(tmp, sub))
-        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT).save_pretrained(os.path.join(tmp, "scheduler"))
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift).save_pretrained(os.path.join(tmp, "scheduler"))
         write_json(os.path.join(tmp, "model_index.json"), {
             "_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.42.1",
             "transformer": ["diffusers", "SD3Transformer2DModel"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -118,11 +126,11 @@ def noise_levels(batch: int, g: torch.Generator, schedule: FlowSchedule) -> torc
 
 
 def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every: int = 100,
-          checkpoint: str = "", device: str = "cpu") -> None:
+          checkpoint: str = "", device: str = "cpu", shift: float = SHIFT, patch_size: int = PATCH_SIZE) -> None:
     with tempfile.TemporaryDirectory() as folder:
         tokenizers = _tokenizers(folder)
-    transformer, encoders = build(tokenizers, seed)
-    schedule = FlowSchedule.shifted(SHIFT, 1000)
+    transformer, encoders = build(tokenizers, seed, patch_size)
+    schedule = FlowSchedule.shifted(shift, 1000)
 
     def loss_fn(x0, captions, noise, g):       # rectified flow: the velocity n - x0 at x_t = (1 - t) x0 + t n
         t = noise_levels(len(x0), g, schedule).view(-1, 1, 1, 1).to(x0.device)
@@ -133,15 +141,22 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
         return (v - (noise - x0)).pow(2).mean()
 
     t0 = time.time()
-    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every, checkpoint, device=device)
-    save(out_dir, transformer, encoders)
+    fit([transformer, *encoders], loss_fn, steps, batch, seed, lr, log_every, checkpoint, device=device,
+        settings={"shift": shift, "patch_size": patch_size})
+    save(out_dir, transformer, encoders, shift)
     print(f"saved the flow teacher to {out_dir} ({(time.time() - t0) / 60:.1f} min of training)")
 
 
 def main(argv=None) -> int:
-    args = teacher_args("Train the flow-matching proxy teacher (small SD3-shaped model).", "proxy/weights/flow_teacher",
-                        2400, argv)
-    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint, device=args.device)
+    ap = teacher_parser("Train the flow-matching proxy teacher (small SD3-shaped model).", "proxy/weights/flow_teacher", 2400)
+    ap.add_argument("--shift", type=float, default=SHIFT, help=f"time shift of the flow schedule (default {SHIFT:g})")
+    ap.add_argument("--patch-size", type=int, choices=(1, 2, 4), default=PATCH_SIZE,
+                    help=f"pixels per image token side (default {PATCH_SIZE})")
+    args = teacher_args(ap, argv)
+    if args.shift <= 0:
+        ap.error("--shift must be positive")
+    train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint, device=args.device,
+          shift=args.shift, patch_size=args.patch_size)
     return 0
 
 

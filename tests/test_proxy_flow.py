@@ -50,8 +50,20 @@ def tiny_flow_teacher(tmp_path_factory):
     from proxy.teacher_flow import train
 
     out = str(tmp_path_factory.mktemp("flow") / "flow_teacher")
-    train(out, steps=1, batch=2, seed=0, lr=1e-3)
+    train(out, steps=1, batch=2, seed=0, lr=1e-3, shift=2.0, patch_size=1)
     return out
+
+
+def test_the_flow_teacher_folder_declares_its_time_shift_and_patch_size(tiny_flow_teacher):
+    """The shift the teacher trained with is the one its scheduler (and so the trainer's schedule) reads;
+    its transformer declares the patch size it was built with."""
+    with open(os.path.join(tiny_flow_teacher, "scheduler", "scheduler_config.json")) as f:
+        assert json.load(f)["shift"] == 2.0
+    with open(os.path.join(tiny_flow_teacher, "transformer", "config.json")) as f:
+        assert json.load(f)["patch_size"] == 1
+    m = load_base_model(tiny_flow_teacher, resolution=16)
+    # shifted sigma at u = 0.5: s u / (1 + (s - 1) u) = 2/3 for s = 2
+    assert abs(float(m.schedule.sigmas[len(m.schedule.sigmas) // 2]) - 2 / 3) < 5e-3
 
 
 def test_a_tiny_flow_benchmark_job_runs_end_to_end(tiny_flow_teacher, tmp_path, monkeypatch, capsys):
@@ -106,3 +118,19 @@ def test_the_vp_family_samples_as_before_the_generalisation():
                         generator=torch.Generator().manual_seed(ETA_SEED))
         images, _ = rayflow_samples(model, model.unet, labels, seeds, 2, process, mode, eta)
         assert torch.equal(images, model.decode(x0)), (mode, eta)
+
+
+def test_teacher_recovery_measures_a_flow_teacher_and_refuses_a_vp_one(tiny_flow_teacher):
+    """``bench.teacher_recovery``: one row per noise level (attribute accuracies and RMSE to the real
+    images); from a low level the image barely moves, from pure noise it is the teacher's own sample."""
+    from bench.teacher_recovery import ATTRIBUTES, SIZES, recovery
+
+    labels = all_labels()[[0, 1, 36, 37]]          # two small captions, two large
+    assert labels[:, 0].tolist() == [0, 0, 1, 1]
+    rows = recovery(load_base_model(tiny_flow_teacher, resolution=16), labels, [0.05, 1.0], steps=2)
+    assert set(rows) == {"0.05", "1"} and all(set(r) == {*ATTRIBUTES, *(f"shape_{s}" for s in SIZES), "rmse"} for r in rows.values())
+    for r in rows.values():      # 2 of the 4 captions are small, 2 large: shape is their mean
+        assert abs(r["shape"] - (r["shape_small"] + r["shape_large"]) / 2) < 1e-6
+    assert rows["0.05"]["rmse"] < 0.2 < rows["1"]["rmse"]
+    with pytest.raises(SystemExit, match="flow-matching teachers"):
+        recovery(load_base_model(TEACHER), all_labels()[:4], [0.5], steps=1)

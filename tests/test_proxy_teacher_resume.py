@@ -63,13 +63,29 @@ def test_a_state_from_other_settings_is_one_line_and_left_alone(tmp_path):
     with pytest.raises(SystemExit, match="belongs to a run with steps 2 .*this one: steps 3"):
         fit([model], _loss(model), steps=3, batch=4, seed=3, lr=1e-2, log_every=100, checkpoint=str(tmp_path / "s"))
     assert (tmp_path / "s" / "state.safetensors").read_bytes() == before
+    # a teacher's own settings (the flow teacher's time shift) are checked the same way
+    with pytest.raises(SystemExit, match="belongs to a run with shift None .*this one: shift 1.0"):
+        fit([model], _loss(model), steps=2, batch=4, seed=3, lr=1e-2, log_every=100, checkpoint=str(tmp_path / "s"),
+            settings={"shift": 1.0})
+    assert (tmp_path / "s" / "state.safetensors").read_bytes() == before
+
+
+def test_the_flow_teachers_own_options_are_checked_before_any_work(capsys):
+    from proxy import teacher_flow
+
+    with pytest.raises(SystemExit):
+        teacher_flow.main(["--shift", "0", "--steps", "1"])
+    assert "--shift must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        teacher_flow.main(["--patch-size", "3", "--steps", "1"])
+    assert "--patch-size: invalid choice" in capsys.readouterr().err
 
 
 def test_the_device_option_is_checked_before_any_work(capsys):
-    from proxy.teacher import teacher_args
+    from proxy.teacher import teacher_args, teacher_parser
 
-    assert teacher_args("t", "out", 10, []).device == "cpu"          # the committed weights were made on the CPU
+    assert teacher_args(teacher_parser("t", "out", 10), []).device == "cpu"     # the committed weights were made on the CPU
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
-            teacher_args("t", "out", 10, ["--device", "cuda"])
+            teacher_args(teacher_parser("t", "out", 10), ["--device", "cuda"])
         assert "torch sees no CUDA device here" in capsys.readouterr().err
