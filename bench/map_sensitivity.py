@@ -7,6 +7,11 @@ count of ``--steps`` (eta 0, target mean from the noise, as the headline samples
 
 * ``rmse_train``: RMSE of the student's sample from the item's training noise ``z`` to the teacher
   sample it was trained on (the cache's ``x0``): how well the map is learnt where it was taught;
+* ``rmse_top``: the same from the centre of the student's own training distribution at the top
+  timestep (``training.trainer.training_pair_of`` at ``T - 1`` without Ray noise: ``sqrt(a) x0 +
+  sqrt(1 - a) mu`` for the Ray arms, where sampling from ``z`` puts ``z`` in place of
+  ``sqrt(1 - a) mu + sqrt(a) x0``; the ReFlow pair's for ``no_ray``): how well the map is learnt from
+  the start it was taught, so that ``rmse_train - rmse_top`` is what starting from ``z`` costs;
 * ``rmse_fresh``: the same from fresh noise (a fixed generator, the same captions) to the teacher's
   sample from that noise (the phase-1 solver): how well it generalises to the noise users sample;
 * ``start`` (once, over the whole cache): how far the Theorem-1 target mean ``mu`` around which the
@@ -40,12 +45,14 @@ from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.data import load_cache, teacher_trajectory
 from training.models import load_base_model
+from training.trainer import training_pair_of
 
 from .archive import archived_lora, measurement_args, measurement_parser, unmeasured
 from .evaluation import rmse
-from .variants import VARIANTS, process_of
+from .variants import VARIANTS, config_of, process_of
 
 FRESH_SEED, DELTA_SEED = 5, 6
+METRICS = ("rmse_train", "rmse_top", "rmse_fresh", "sensitivity")      # per step count, in this order
 
 
 class Probe:
@@ -61,6 +68,7 @@ class Probe:
                       "z_var": float(z.flatten(1).var(0).mean()), "items": len(z)}
         idx = torch.arange(0, len(cache.noise), max(1, len(cache.noise) // items))[:items]
         self.z, self.x0, self.cond = cache.noise[idx], cache.x0[idx], {"cond": cache.cond["cond"][idx]}
+        self.mu = cache.eps_mu[idx]
         self.fresh = torch.randn(self.z.shape, generator=torch.Generator().manual_seed(FRESH_SEED))
         self.shift = delta * torch.randn(self.z.shape, generator=torch.Generator().manual_seed(DELTA_SEED))
         self.x0_fresh = self.teacher(self.fresh)
@@ -73,8 +81,11 @@ class Probe:
 
     @torch.no_grad()
     def measure(self, variant: str, lora: str, steps: List[int]) -> Dict[str, Dict[str, float]]:
-        """``{steps: {rmse_train, rmse_fresh, sensitivity}}`` of one LoRA of ``variant``."""
-        unet, process = load_lora_unet(TEACHER, lora), process_of(variant)
+        """``{steps: {rmse_train, rmse_top, rmse_fresh, sensitivity}}`` of one LoRA of ``variant``."""
+        unet, process, cfg = load_lora_unet(TEACHER, lora), process_of(variant), config_of(variant)
+        top = torch.full((len(self.z),), self.model.schedule.num_timesteps - 1)
+        x_top, _ = training_pair_of(self.model, process, cfg, self.x0, self.mu, self.z, top,
+                                    None if cfg.no_ray else torch.zeros_like(self.x0))
 
         def sample(z, n):        # eta 0, the target mean from the noise: the headline's sampler
             return self.model.ray_sample(unet, z, self.cond, process, n, RESOLUTION)
@@ -82,7 +93,8 @@ class Probe:
         rows = {}
         for n in steps:
             base = sample(self.z, n)
-            rows[str(n)] = {"rmse_train": rmse(base, self.x0), "rmse_fresh": rmse(sample(self.fresh, n), self.x0_fresh),
+            rows[str(n)] = {"rmse_train": rmse(base, self.x0), "rmse_top": rmse(sample(x_top.float(), n), self.x0),
+                            "rmse_fresh": rmse(sample(self.fresh, n), self.x0_fresh),
                             "sensitivity": rmse(sample(self.z + self.shift, n), base)}
         return rows
 
@@ -99,7 +111,7 @@ def main(argv: List[str] = None) -> int:
     """Measure every archived (seed, variant) not yet in ``--save``; returns 0."""
     args = parse_args(argv)
     torch.set_num_threads(1)
-    same = {"items": args.items, "delta": args.delta, "steps": args.steps}
+    same = {"items": args.items, "delta": args.delta, "steps": args.steps, "metrics": list(METRICS)}
     saved, todo = unmeasured(args, same)
     if not todo:
         print("nothing to measure (every archived LoRA asked for is in the results)")

@@ -82,9 +82,14 @@ def is_lcm(variant: str) -> bool:
     return variant in LCM_VARIANTS
 
 
+def config_of(variant: str, recipe: ProxyRecipe = VP):
+    """The variant's ``DistillConfig`` (no files named): what its LoRA is trained with."""
+    return recipe.config("", "", "", **VARIANTS[variant])
+
+
 def process_of(variant: str, recipe: ProxyRecipe = VP) -> RayProcess:
     """The process the variant's LoRA is trained with, and sampled with."""
-    return recipe.config("", "", "", **VARIANTS[variant]).training_process()
+    return config_of(variant, recipe).training_process()
 
 
 def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int, seeds: int, seed: int,

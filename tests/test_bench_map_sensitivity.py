@@ -19,8 +19,15 @@ def test_the_probe_compares_like_with_like_and_measures_a_lora(small_cache, monk
     rows = probe.measure("ray", str(out / "ray.safetensors"), [1, 2])
     assert set(rows) == {"1", "2"}
     for row in rows.values():
-        assert set(row) == {"rmse_train", "rmse_fresh", "sensitivity"}
+        assert set(row) == set(map_sensitivity.METRICS)
         assert all(v > 0 and v == v for v in row.values())
+    # rmse_top samples from the centre of the Ray marginal at T - 1, sqrt(a) x0 + sqrt(1 - a) mu: with the
+    # target mean that puts that centre on z, it is the sample from z
+    a = probe.model.schedule.alpha_bar(torch.tensor(float(probe.model.schedule.num_timesteps - 1))).double()
+    probe.mu = ((probe.z.double() - a.sqrt() * probe.x0.double()) / (1 - a).sqrt()).float()
+    same = probe.measure("ray", str(out / "ray.safetensors"), [1, 2])
+    assert all(abs(same[n]["rmse_top"] - same[n]["rmse_train"]) < 1e-4 for n in same)
+    assert all(abs(same[n]["rmse_top"] - rows[n]["rmse_top"]) > 1e-3 for n in same)     # and mu matters
     probe.shift = torch.zeros_like(probe.shift)                        # no perturbation: no change of the image
     assert probe.measure("ray", str(out / "ray.safetensors"), [1])["1"]["sensitivity"] == 0.0
 

@@ -103,6 +103,23 @@ def phase2_generator(seed: int, stream: str, process_index: int = 0) -> torch.Ge
     return torch.Generator().manual_seed(seed * 7919 + STREAMS[stream] + process_index)
 
 
+def training_pair_of(model: BaseModel, process, cfg: DistillConfig, x0: torch.Tensor, mu: torch.Tensor,
+                     z: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, target)`` the recipe ``cfg`` trains on for cached items (teacher samples ``x0``, target
+    means ``mu``, seeded noises ``z``, each ``[B, C, H, W]``) at timesteps ``t`` ``[B]`` with the Ray
+    noise ``noise`` (unused, and None, for ``no_ray``): the Ray process's pair (eq. 4.2, with the
+    start anchoring of eq. 7.3 / 7.4 where ``cfg`` asks for it) or the ReFlow pair ``(x0, z)``."""
+    if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z (flow: z - x0_hat)
+        return model.training_pair(process, x0, torch.zeros_like(x0), t, z)
+    if cfg.start_anchor > 0:       # eq. 7.3: the top of the process centred on the seeded start z
+        T = model.schedule.num_timesteps
+        w_z = process.start_anchor_weight(t, T, cfg.start_anchor)
+        mu = process.start_anchored_mean(mu, x0, z, model.schedule.alpha_bar(torch.tensor(float(T - 1))), w_z)
+        if cfg.anchor_taper:       # eq. 7.4: the Ray noise fades out where the start point is the mean
+            noise = noise * per_sample_coef(1.0 - w_z, noise)
+    return model.training_pair(process, x0, mu, t, noise)
+
+
 class Trainer:
     def __init__(self, cfg: DistillConfig, model: BaseModel, cache: Cache, accelerator):
         self.cfg, self.model, self.cache, self.acc = cfg, model, cache, accelerator
@@ -238,20 +255,11 @@ class Trainer:
         """``(x_t, target, alpha_bar(t))`` of cache items ``idx`` at timesteps ``t`` (each ``[B]``): the
         Ray process's pair (``RayProcess.training_pair``, its noise from ``gen_noise``) or, for
         ``no_ray``, the ReFlow pair."""
-        cfg, cache, T = self.cfg, self.cache, self.model.schedule.num_timesteps
-        x0, mu, z = cache.x0[idx], cache.eps_mu[idx], cache.noise[idx]
+        cfg, cache = self.cfg, self.cache
+        x0 = cache.x0[idx]
         a = self.model.schedule.alpha_bar(t.double())
-        if cfg.no_ray:      # ReFlow / Rectified Diffusion pairs: x_t from (x0_hat, z), target z (flow: z - x0_hat)
-            x_t, target = self.model.training_pair(self.process, x0, torch.zeros_like(x0), t, z)
-        else:
-            noise = torch.randn(x0.shape, generator=self.gen_noise)
-            if cfg.start_anchor > 0:       # eq. 7.3: the top of the process centred on the seeded start z
-                a_top = self.model.schedule.alpha_bar(torch.tensor(float(T - 1)))
-                w_z = self.process.start_anchor_weight(t, T, cfg.start_anchor)
-                mu = self.process.start_anchored_mean(mu, x0, z, a_top, w_z)
-                if cfg.anchor_taper:       # eq. 7.4: the Ray noise fades out where the start point is the mean
-                    noise = noise * per_sample_coef(1.0 - w_z, noise)
-            x_t, target = self.model.training_pair(self.process, x0, mu, t, noise)
+        noise = None if cfg.no_ray else torch.randn(x0.shape, generator=self.gen_noise)
+        x_t, target = training_pair_of(self.model, self.process, cfg, x0, cache.eps_mu[idx], cache.noise[idx], t, noise)
         return x_t, target, a
 
     def weighted_loss(self, idx: torch.Tensor, t: torch.Tensor, w: torch.Tensor):
