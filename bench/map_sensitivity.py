@@ -49,7 +49,7 @@ from training.trainer import training_pair_of
 
 from .archive import archived_lora, measurement_args, measurement_parser, unmeasured
 from .evaluation import rmse
-from .variants import VARIANTS, config_of, process_of
+from .variants import VARIANTS, config_of
 
 FRESH_SEED, DELTA_SEED = 5, 6
 METRICS = ("rmse_train", "rmse_top", "rmse_fresh", "sensitivity")      # per step count, in this order
@@ -82,7 +82,8 @@ class Probe:
     @torch.no_grad()
     def measure(self, variant: str, lora: str, steps: List[int]) -> Dict[str, Dict[str, float]]:
         """``{steps: {rmse_train, rmse_top, rmse_fresh, sensitivity}}`` of one LoRA of ``variant``."""
-        unet, process, cfg = load_lora_unet(TEACHER, lora), process_of(variant), config_of(variant)
+        unet, cfg = load_lora_unet(TEACHER, lora), config_of(variant)
+        process = cfg.training_process()
         top = torch.full((len(self.z),), self.model.schedule.num_timesteps - 1)
         x_top, _ = training_pair_of(self.model, process, cfg, self.x0, self.mu, self.z, top,
                                     None if cfg.no_ray else torch.zeros_like(self.x0))

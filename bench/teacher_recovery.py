@@ -4,8 +4,8 @@ A diagnostic of the flow proxy teacher (issue 33): real proxy images ``x0`` of e
 noised to ``x_t = (1 - t) x0 + t n`` and integrated back to ``t = 0`` by ``--steps`` Euler steps of
 the teacher with CFG; the attribute classifier then reads size, colour, shape and background of the
 result (shape also for small and large objects apart), and the RMSE to ``x0`` says how far the
-teacher moved the image. A teacher that has learned the data keeps every attribute from low levels (the classifier reads the real images perfectly) and
-loses them only where the noise hides them; one that loses an attribute already at low ``t`` has not
+teacher moved the image. A teacher that has learned the data keeps every attribute from low levels
+(the classifier reads the real images perfectly) and loses them only where the noise hides them; one that loses an attribute already at low ``t`` has not
 learned that part of the schedule. Run::
 
     python -m bench.teacher_recovery --teacher proxy/weights/flow_teacher --save outputs/recovery.json
@@ -33,8 +33,8 @@ SIZES = tuple(VALUES["size"])         # small, large
 @torch.no_grad()
 def recovery(model, labels: torch.Tensor, levels: Sequence[float], steps: int, cfg: float = TEACHER_CFG,
              seed: int = 5) -> Dict[str, Dict[str, float]]:
-    """``{level: {attribute accuracies, shape accuracy of small / large objects, "rmse"}}`` of the flow ``model`` for captions ``labels`` ``[N, 4]``
-    (real images and noise drawn from ``seed``; ``steps`` Euler steps with CFG ``cfg`` from each level)."""
+    """``{level: {attribute accuracies, shape accuracy of small / large objects, "rmse"}}`` of the flow
+    ``model`` for captions ``labels`` ``[N, 4]`` (real images and noise drawn from ``seed``; ``steps`` Euler steps with CFG ``cfg`` from each level)."""
     if model.schedule.interpolation is not FLOW:
         raise SystemExit("bench.teacher_recovery measures flow-matching teachers; this model is not one")
     g = torch.Generator().manual_seed(seed)
