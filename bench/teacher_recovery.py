@@ -21,6 +21,7 @@ import torch
 from proxy.classifier import attribute_hits, load_classifier
 from proxy.data import ATTR_NAMES, ATTRIBUTES as VALUES, all_labels, caption_of, render
 from proxy.recipe import CLASSIFIER, FLOW_TEACHER, RESOLUTION, TEACHER_CFG
+from proxy.sampling import guided_velocity
 from rayflow import FLOW
 from rayflow.atomic_write import write_json
 from training.models import load_base_model
@@ -42,7 +43,7 @@ def recovery(model, labels: torch.Tensor, levels: Sequence[float], steps: int, c
     noise = torch.randn(x0.shape, generator=g)
     cpu = torch.device("cpu")
     cond = model.encode_prompts([caption_of(label) for label in labels.tolist()], cpu)
-    both = {k: torch.cat([u.expand_as(cond[k]), cond[k]]) for k, u in model.encode_prompts([""], cpu).items()}
+    velocity = guided_velocity(model, cond, cfg)
     classifier = load_classifier(CLASSIFIER)
     out = {}
     for level in levels:
@@ -50,8 +51,7 @@ def recovery(model, labels: torch.Tensor, levels: Sequence[float], steps: int, c
         ts = torch.linspace(level, 0.0, steps + 1, dtype=torch.float64)
         for a, b in zip(ts[:-1], ts[1:]):
             s = torch.full((len(x),), float(a))
-            vu, vc = model.velocity(torch.cat([x, x]), torch.cat([s, s]), both).float().chunk(2)
-            x = x + float(b - a) * (vu + cfg * (vc - vu))
+            x = x + float(b - a) * velocity(x, s)
         images = model.decode(x)
         hits = attribute_hits(classifier, images, labels).float()
         row = dict(zip(ATTRIBUTES, hits.mean(0).tolist()))

@@ -73,20 +73,30 @@ def teacher_samples(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor,
     return model.decode(x0).cpu()
 
 
+def guided_velocity(model: BaseModel, cond, cfg: float = TEACHER_CFG):
+    """The flow teacher's classifier-free-guided velocity ``v(x, s) = v_u + cfg (v_c - v_u)`` as a function
+    of ``x`` ``[N, C, H, W]`` and sigmas ``s`` ``[N]``, for the conditioning ``cond`` (a dict of ``[N, ...]``
+    tensors, :meth:`BaseModel.encode_prompts`; one batched call of both halves per evaluation)."""
+    both = {k: torch.cat([u, cond[k]]) for k, u in _uncond(model, len(next(iter(cond.values())))).items()}
+
+    def velocity(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        vu, vc = model.velocity(torch.cat([x, x]), torch.cat([s, s]), both).float().chunk(2)
+        return vu + cfg * (vc - vu)
+
+    return velocity
+
+
 @torch.no_grad()
 def probe_target_mean(model: BaseModel, z: torch.Tensor, cond, probe_steps: int, process: RayProcess,
                       cfg: float = TEACHER_CFG) -> torch.Tensor:
     """The Theorem-1 target mean ``[N, C, H, W]`` of a ``probe_steps``-step deterministic probe of the
     teacher with CFG ``cfg`` (2 evaluations per probe step) from the seeded noise ``z`` (the Ray Target
     Mean node's ``probe`` mode): DDIM on the VP teacher, flow Euler on the flow teacher."""
-    both = {k: torch.cat([u, cond[k]]) for k, u in _uncond(model, len(z)).items()}
     if model.schedule.interpolation is FLOW:
-        def teacher_v(x, s):
-            vu, vc = model.velocity(torch.cat([x, x]), torch.cat([s, s]), both).float().chunk(2)
-            return vu + cfg * (vc - vu)
-
-        return estimate_target_mean(denoiser_from_velocity(teacher_v), z, model.schedule.ray_sigmas(probe_steps, torch.float64),
-                                    process, interpolation=FLOW).eps_mu
+        return estimate_target_mean(denoiser_from_velocity(guided_velocity(model, cond, cfg)), z,
+                                    model.schedule.ray_sigmas(probe_steps, torch.float64), process,
+                                    interpolation=FLOW).eps_mu
+    both = {k: torch.cat([u, cond[k]]) for k, u in _uncond(model, len(z)).items()}
 
     def teacher_eps(x, t):       # the base model with CFG
         eu, ec = model.denoise(torch.cat([x, x]), torch.cat([t, t]).round().long(), both, RESOLUTION).chunk(2)
