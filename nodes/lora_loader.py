@@ -86,8 +86,9 @@ def load_lora(model, lora_name, strength, min_coverage=1.0):
     out.add_patches(patches, strength)
     settings = sampler_settings(meta)
     out.model_options["rayflow"] = settings
-    logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s%s; %d of %d layers",
+    logging.info("RayFlow LoRA %s (%s): sigma %s, path %s; recommended %d steps, cfg %s, eta %g%s; %d of %d layers",
                  name, settings["architecture"], settings["sigma"], settings["path"], settings["steps"], settings["cfg"],
+                 settings["eta"],
                  "" if settings.get("guidance") is None else f", FluxGuidance {settings['guidance']:g}",
                  info.fitting, info.declared)
     return out

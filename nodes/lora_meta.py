@@ -45,4 +45,5 @@ def sampler_settings(meta: Dict[str, str]) -> Dict:
     guidance = meta.get("recommended_guidance")
     return {"sigma": float(meta.get("sigma", "0.3")), "path": meta.get("path", "sigma"),
             "steps": int(meta.get("recommended_steps", "4")), "cfg": float(meta.get("recommended_cfg", "1.0")),
+            "eta": float(meta.get("recommended_eta", "0")),
             "architecture": meta["architecture"], "guidance": None if guidance is None else float(guidance)}

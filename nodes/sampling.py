@@ -38,6 +38,12 @@ def resolve_process(model_options: Optional[Dict], sigma: float, interpolation: 
     return RayProcess(sigma=s, path="sigma" if path == "flow" else path)
 
 
+def resolve_eta(model_options: Optional[Dict], eta: float) -> float:
+    """``eta < 0`` (the nodes' default) means: the RayFlow LoRA's recommended eta (``rayflow.recommended_eta``:
+    1 for Ray LoRAs, 0 for ``--no-ray`` ones), 0 without a RayFlow LoRA or for a LoRA that predates the key."""
+    return float(eta) if eta >= 0 else float(rayflow_settings(model_options).get("eta", 0.0))
+
+
 def interpolation_of(model_sampling) -> Interpolation:
     """``FLOW`` for ComfyUI's CONST (rectified-flow) model sampling, ``EPS`` for the sigma-form ones."""
     import comfy.model_sampling
@@ -72,6 +78,7 @@ def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     interpolation = _denoiser_interpolation(model)
     if process is None:
         process = resolve_process(extra_args.get("model_options"), sigma, interpolation)
+    eta = resolve_eta(extra_args.get("model_options"), eta)
     eps_mu = _target_tensor(ray_target, extra_args.get("seed"))
     if eps_mu is not None:
         if tuple(eps_mu.shape) != tuple(x.shape):
@@ -83,7 +90,7 @@ def _ray_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 
 def ray_ksampler(sigma: float, eta: float, ray_target: Optional[Dict] = None):
-    """``comfy.samplers.KSAMPLER`` running the Ray sampler; ``sigma = 0`` takes the LoRA's value."""
+    """``comfy.samplers.KSAMPLER`` running the Ray sampler; ``sigma = 0`` and ``eta < 0`` take the LoRA's values."""
     import comfy.samplers
 
     return comfy.samplers.KSAMPLER(_ray_sample, extra_options={"sigma": sigma, "ray_target": ray_target, "eta": eta})

@@ -72,9 +72,10 @@ class Node:
 SIGMA = Input("sigma", "FLOAT", "Ray variance coefficient. 0 = use the value stored in the RayFlow LoRA "
                                 "(0.3 without one). Only matters with eta > 0.",
               default=0.0, min=0.0, max=10.0, step=0.01)
-ETA = Input("eta", "FLOAT", "0 = deterministic Ray steps; 1 = full stochastic Ray posterior steps "
-                            "(fresh noise scaled by sigma).",
-            default=0.0, min=0.0, max=1.0, step=0.01)
+ETA = Input("eta", "FLOAT", "-1 = the value stored in the RayFlow LoRA (1 for RayFlow LoRAs, 0 for fidelity / "
+                            "no-Ray ones and without one); 0 = deterministic Ray steps; 1 = full stochastic Ray "
+                            "posterior steps (fresh noise scaled by sigma). Same cost either way.",
+            default=-1.0, min=-1.0, max=1.0, step=0.01)
 SEED_MAX = 0xffffffffffffffff
 
 SAMPLER = Node(
@@ -154,8 +155,8 @@ TARGET_MEAN = Node(
 
 LORA_LOADER = Node(
     "RayFlowLoraLoader", "RayFlow LoRA Loader",
-    "Applies a RayFlow LoRA and passes its settings (variance coefficient, path, recommended steps "
-    "and cfg) to the RayFlow nodes. Refuses LoRAs made for another model family, and damaged, "
+    "Applies a RayFlow LoRA and passes its settings (variance coefficient, path, recommended steps, "
+    "cfg and eta) to the RayFlow nodes. Refuses LoRAs made for another model family, and damaged, "
     "partial or no-op files.",
     inputs=(
         Input("model", "MODEL", "The SD1.5 / SDXL / PixArt / SD3.5 / FLUX.1 model the RayFlow LoRA was trained for."),

@@ -77,6 +77,7 @@ SCHEMA: Dict[str, Callable[[str], object]] = {
     "target_mean": _target_mean,
     "recommended_steps": _number(*STEPS_RANGE, integer=True),
     "recommended_cfg": _number(0, 100),
+    "recommended_eta": _number(0, 1),
     "recipe": _choice("ray", "rectified"),
     "teacher_steps": _number(1, 10_000, integer=True),
     "teacher_cfg": _number(0, 100),
@@ -89,7 +90,8 @@ SCHEMA: Dict[str, Callable[[str], object]] = {
     "lora_alpha": _number(0, 1e6, low_open=True),
     "lora_modules": _number(1, 1_000_000, integer=True),
 }
-DEFAULTS = {"sigma": "0.3", "path": "sigma", "recommended_steps": "4", "recommended_cfg": "1.0"}
+# LoRAs made before a key existed: what the sampler did then (recommended_eta: deterministic steps)
+DEFAULTS = {"sigma": "0.3", "path": "sigma", "recommended_steps": "4", "recommended_cfg": "1.0", "recommended_eta": "0"}
 
 
 def _no_duplicates(pairs):

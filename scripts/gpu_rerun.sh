@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The fair benchmark's whole rerun (issue 37) on one GPU, in order, from the repository root:
-#   (a) the headline: ray, no_ray, lcm, no_ts, seeds 0-4, 2400 steps      -> docs/results/quality_fair_2400.json
-#   (b) the learning-rate sweep: lcm at 3e-4 / 1e-3, ray and no_ray at 3e-4, seeds 0-2 (same out and results)
-#   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results); then the diagnosis arms of item 4
-#       (anchor0.5, sigma0.03, rank64: start point, sigma-ball, capacity), seeds 0-2
+#   (a) the headline: ray, anchor0.5 (the few-step preset), no_ray, lcm, no_ts, seeds 0-4, 2400 steps
+#       -> docs/results/quality_fair_2400.json; its Holm family: anchor0.5 against ray, no_ray and lcm
+#   (b) the learning-rate sweep: lcm at 1e-5 / 3e-5 / 3e-4 / 1e-3, ray, anchor0.5 and no_ray at 3e-4, seeds 0-2
+#       (same out and results)
+#   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results); then the other diagnosis arms of
+#       item 4 (sigma0.03, rank64: sigma-ball, capacity), seeds 0-2
 #   (d) the one-step preset against the tuned LCM (the learning rate (b) chose on the held-out set) at the
 #       preset's budget: 72 x 64 trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
-#   (e) the flow-matching proxy (issue 33): ray, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
+#   (e) the flow-matching proxy (issue 33): ray, anchor0.5, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
 #       (skipped while proxy/weights/flow_teacher is not committed)
 # Every stage is `python -m bench.quality --seeds ...`: a finished job (in <out>/runs or the archive beside
 # the results) is not trained again and a killed one resumes from its checkpoint, so the same command
@@ -49,9 +51,9 @@ else
   sets=() one_sets=(--seeds-per-prompt 64)
 fi
 fair=(--train-steps "$steps" --out "$out/quality_fair_2400" --results "$res/quality_fair_2400.json"
-      --holm-family ray:no_ts,no_ray,lcm "${sets[@]}")
+      --holm-family anchor0.5:ray,no_ray,lcm "${sets[@]}")
 flow=(--train-steps "$steps" --out "$out/quality_flow_2400" --results "$res/quality_flow_2400.json"
-      --holm-family ray:no_ts,no_ray "${sets[@]}")
+      --holm-family anchor0.5:ray,no_ray "${sets[@]}")
 
 if [ "$dry" = 0 ]; then
   "$PY" - <<'PYEOF'          # what it runs on, before anything starts
@@ -71,11 +73,12 @@ stage() {     # stage NAME ARGS...: one bench.quality run, timed
   echo "== stage $name done in $((SECONDS - t0)) s ($SECONDS s since the start)"
 }
 
-stage a-headline --seeds $seeds5 --variants ray,no_ray,lcm,no_ts "${fair[@]}"
-stage b-lr-sweep --seeds $seeds3 --variants lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4 "${fair[@]}"
+stage a-headline --seeds $seeds5 --variants ray,anchor0.5,no_ray,lcm,no_ts "${fair[@]}"
+stage b-lr-sweep --seeds $seeds3 --variants lcm_lr3e-5,lcm_lr1e-5,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr3e-4,lcm_lr1e-3 "${fair[@]}"
 stage c-lcm-ema --seeds $seeds3 --variants lcm_ema "${fair[@]}"
-# why ray sits far from the teacher's distribution (issue 37 item 4): the start point, the sigma-ball, capacity
-stage c2-diagnosis --seeds $seeds3 --variants anchor0.5,sigma0.03,rank64 "${fair[@]}"
+# why ray sits far from the teacher's distribution (issue 37 item 4; the start point, anchor0.5, is in stage a):
+# the sigma-ball, capacity
+stage c2-diagnosis --seeds $seeds3 --variants sigma0.03,rank64 "${fair[@]}"
 
 # the tuned LCM: the learning rate the sweep chose on the held-out set (lr_selection of the summary)
 lcm=$("$PY" -c "import json, os, sys; p = sys.argv[1]; d = json.load(open(p)) if os.path.isfile(p) else {}
@@ -86,7 +89,7 @@ stage d-one-step --seeds $seeds4 --variants "one_step,$lcm" --train-steps "$one_
 
 # (e) issue 33: the flow-matching proxy's verdict on the same yardstick, once its teacher is committed
 if [ -f proxy/weights/flow_teacher/model_index.json ]; then
-  stage e-flow --proxy flow --seeds $seeds3 --variants ray,no_ray,no_ts "${flow[@]}"
+  stage e-flow --proxy flow --seeds $seeds3 --variants ray,anchor0.5,no_ray,no_ts "${flow[@]}"
 else
   echo "gpu_rerun: proxy/weights/flow_teacher is absent (python -m proxy.teacher_flow makes it): stage e skipped"
 fi

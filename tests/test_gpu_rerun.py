@@ -39,14 +39,14 @@ def test_the_plan_runs_the_headline_the_sweeps_and_the_one_step_preset_in_order(
     (_, a), (_, b), (_, c), (_, c2), (_, d) = plan[:5]
     if flow:          # the flow proxy's verdict: its own summary, the VP arms without LCM
         e = plan[5][1]
-        assert (e.proxy, e.seeds, e.variants, e.train_steps) == ("flow", [0, 1, 2], "ray,no_ray,no_ts", 2400)
-        assert e.results == "docs/results/quality_flow_2400.json" and e.holm_family == "ray:no_ts,no_ray"
-    assert a.seeds == [0, 1, 2, 3, 4] and a.variants == "ray,no_ray,lcm,no_ts" and a.train_steps == 2400
-    assert b.seeds == c.seeds == [0, 1, 2] and b.variants == "lcm_lr3e-4,lcm_lr1e-3,ray_lr3e-4,no_ray_lr3e-4"
-    assert c.variants == "lcm_ema" and c2.variants == "anchor0.5,sigma0.03,rank64" and c2.seeds == [0, 1, 2]
+        assert (e.proxy, e.seeds, e.variants, e.train_steps) == ("flow", [0, 1, 2], "ray,anchor0.5,no_ray,no_ts", 2400)
+        assert e.results == "docs/results/quality_flow_2400.json" and e.holm_family == "anchor0.5:ray,no_ray"
+    assert a.seeds == [0, 1, 2, 3, 4] and a.variants == "ray,anchor0.5,no_ray,lcm,no_ts" and a.train_steps == 2400
+    assert b.seeds == c.seeds == [0, 1, 2] and b.variants == "lcm_lr3e-5,lcm_lr1e-5,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr3e-4,lcm_lr1e-3"
+    assert c.variants == "lcm_ema" and c2.variants == "sigma0.03,rank64" and c2.seeds == [0, 1, 2]
     for args in (a, b, c, c2):        # one summary, one headline family
         assert (args.out, args.results) == ("outputs/quality_fair_2400", "docs/results/quality_fair_2400.json")
-        assert args.holm_family == "ray:no_ts,no_ray,lcm" and args.seeds_per_prompt == 8 and args.captions == 72
+        assert args.holm_family == "anchor0.5:ray,no_ray,lcm" and args.seeds_per_prompt == 8 and args.captions == 72
     assert d.seeds == [0, 1, 2, 3] and d.train_steps == 7200 and d.seeds_per_prompt == 64
     assert d.results == "docs/results/quality_onestep_fair_7200.json"
     for _, args in plan:

@@ -130,12 +130,16 @@ GOOD = {"rayflow.format": "1", "rayflow.architecture": "sd15", "rayflow.sigma": 
 def test_metadata_round_trip_and_sampler_settings(tmp_path):
     meta = lora_meta.read_rayflow_metadata(_lora(tmp_path / "a.safetensors", GOOD))
     assert meta["architecture"] == "sd15"
-    assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0,
-                                                "architecture": "sd15", "guidance": None}
+    assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0, "eta": 0.0,
+                                                "architecture": "sd15", "guidance": None}   # no recommended_eta: 0
+    meta = lora_meta.read_rayflow_metadata(_lora(tmp_path / "e.safetensors", {**GOOD, "rayflow.recommended_eta": "1.0"}))
+    assert lora_meta.sampler_settings(meta)["eta"] == 1.0
+    with pytest.raises(lora_meta.LoraFileError, match="recommended_eta"):
+        lora_meta.read_rayflow_metadata(_lora(tmp_path / "b.safetensors", {**GOOD, "rayflow.recommended_eta": "2"}))
     flux = {**GOOD, "rayflow.architecture": "flux_dev", "rayflow.recommended_guidance": "3.5", "rayflow.shift": "3.16"}
     del flux["rayflow.path"]                  # a flow family's path defaults to "flow"
     meta = lora_meta.read_rayflow_metadata(_lora(tmp_path / "f.safetensors", flux))
-    assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "flow", "steps": 4, "cfg": 1.0,
+    assert lora_meta.sampler_settings(meta) == {"sigma": 0.3, "path": "flow", "steps": 4, "cfg": 1.0, "eta": 0.0,
                                                 "architecture": "flux_dev", "guidance": 3.5}
 
 
@@ -229,6 +233,13 @@ def test_flow_ray_sigmas_follow_the_model_table_and_denoise():
                                expected.float(), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="must end at noise level 1"):       # an eps table is not a flow table
         schedule.ray_sigmas_for(table[:-1], 4, interpolation=flow)
+
+
+def test_eta_default_follows_the_lora():
+    assert sampling.resolve_eta(None, -1.0) == 0.0 and sampling.resolve_eta({}, -1.0) == 0.0    # no RayFlow LoRA
+    ray, fidelity = {"rayflow": {"eta": 1.0}}, {"rayflow": {"eta": 0.0}}
+    assert sampling.resolve_eta(ray, -1.0) == 1.0 and sampling.resolve_eta(fidelity, -1.0) == 0.0
+    assert sampling.resolve_eta(ray, 0.0) == 0.0 and sampling.resolve_eta(fidelity, 0.5) == 0.5   # given: kept
 
 
 def test_process_defaults_follow_the_lora_settings():

@@ -47,6 +47,7 @@ def test_end_to_end_sd15_produces_a_lora_that_diffusers_loads(tiny, tmp_path):
     sigma_star = load_cache(str(tmp_path / "out" / "ray.work" / "cache")).sigma_star
     assert meta["rayflow.sigma"] == str(round(float(sigma_star.double().mean()), 4)) != "0.3"
     assert meta["rayflow.path"] == "sigma" and meta["rayflow.recipe"] == "ray" and meta["rayflow.preset"] == "few-step"
+    assert meta["rayflow.start_anchor"] == "0.5" and meta["rayflow.recommended_eta"] == "1.0"   # the default preset
     assert meta["rayflow.schedule"] == "scaled_linear" and meta["rayflow.time_sampler"] == "on"
     assert meta["rayflow.train_steps"] == "12" and meta["rayflow.teacher_solver"] == "dpmsolver++"
     assert keys and all(k.startswith("lora_unet_") for k in keys)
@@ -90,6 +91,7 @@ def test_ablation_flags(tiny, tmp_path, flags, recipe, ts, weighting):
     assert meta["rayflow.recipe"] == recipe and meta["rayflow.time_sampler"] == ts
     assert meta["rayflow.loss_weighting"] == weighting
     assert meta["rayflow.preset"] == (flags[1] if flags[0] == "--preset" else "few-step")
+    assert meta["rayflow.recommended_eta"] == ("0.0" if recipe == "rectified" else "1.0")
 
 
 def test_start_anchor_changes_training_and_is_recorded(tiny, tmp_path):
@@ -189,11 +191,17 @@ def test_preset_values_sit_under_file_and_flag_values(tmp_path):
     toml.write_text('preset = "one-step"\nstart-anchor = 0.25\n')
     cfg = parse_args(base + ["--config", str(toml)])
     assert cfg.start_anchor == 0.25 and cfg.top_share == 0.75
-    few = parse_args(base)
-    assert few.preset == "few-step" and few.sigma == "auto" and few.top_share == 0.0 and not PRESETS["few-step"]
+    few = parse_args(base)          # the default: start anchoring over the upper half, nothing else
+    assert few.preset == "few-step" and few.sigma == "auto" and few.top_share == 0.0 and PRESETS["few-step"] == {"start_anchor": 0.5}
+    assert (few.start_anchor, few.anchor_taper) == (0.5, False)
+    assert parse_args(base + ["--preset", "paper"]).start_anchor == 0.0      # the paper's process
     fid = parse_args(base + ["--preset", "fidelity"])
-    assert fid.no_ray and fid.training_process().sigma == 1.0 and not few.no_ray
-    with pytest.raises(ConfigError, match="--preset must be one of few-step, one-step, fidelity"):
+    assert fid.no_ray and fid.training_process().sigma == 1.0 and not few.no_ray and fid.start_anchor == 0.0
+    plain = parse_args(base + ["--no-ray"])           # the default preset's anchoring does not apply to ReFlow pairs
+    assert plain.no_ray and plain.start_anchor == 0.0 and plain.preset == "few-step"
+    with pytest.raises(ConfigError, match="--start-anchor changes the Ray target mean"):    # given both: one line
+        parse_args(base + ["--no-ray", "--start-anchor", "0.3"])
+    with pytest.raises(ConfigError, match="--preset must be one of few-step, paper, one-step, fidelity"):
         parse_args(base + ["--preset", "fast"])
     with pytest.raises(ConfigError, match="--sigma"):
         parse_args(base + ["--sigma", "big"])

@@ -37,12 +37,19 @@ LORA_TARGETS = ATTENTION_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb
 # named recipes: option values a preset sets unless the option is given explicitly (docs/benchmarks.md
 # has each preset's measured numbers)
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "few-step": {},
+    # start anchoring (eq. 7.3): closer to the teacher than the paper's process at 1-8 steps on every
+    # training seed of the fair benchmark (docs/benchmarks.md, "Fair headline"; docs/method.md section 9)
+    "few-step": {"start_anchor": 0.5},
+    # the paper's process as published (no start anchoring)
+    "paper": {},
     "one-step": {"start_anchor": 0.5, "anchor_taper": True, "top_share": 0.75, "recommended_steps": 1},
     # ReFlow pairs without Ray noise: the measured best at reproducing the teacher's own samples
     # (FD to the teacher, 1-8 steps, 1200 and 2400 training steps, 5 seeds; docs/benchmarks.md)
     "fidelity": {"no_ray": True},
 }
+
+
+RAY_ONLY = ("start_anchor", "anchor_taper")     # preset options that --no-ray (ReFlow pairs) has no use for
 
 
 class ConfigError(ValueError):
@@ -85,7 +92,7 @@ class DistillConfig:
     ray_path: str = field(default="sigma", metadata={"help": "Ray path shape: sigma or linear (docs/method.md section 2)"})
     no_ray: bool = field(default=False, metadata={"help": "ablation: ReFlow / Rectified-Diffusion pairs (x_t from z and x0_hat, target z) instead of the Ray process"})
     loss_weighting: str = field(default="truncated-snr", metadata={"help": "per-timestep loss weight (docs/method.md eq. 7.2): eps (plain noise-space MSE) or truncated-snr (max(1, (1-a_t)/a_t): x0-space error where the noise dominates, as in progressive distillation)"})
-    start_anchor: float = field(default=0.0, metadata={"help": "centre the top of the Ray process on the seeded start point: blend the target mean toward the start's noise over this top fraction of the timesteps (docs/method.md eq. 7.3; 0 = the paper's process, 0.5 = linearly over the upper half)"})
+    start_anchor: float = field(default=0.0, metadata={"help": "centre the top of the Ray process on the seeded start point: blend the target mean toward the start's noise over this top fraction of the timesteps (docs/method.md eq. 7.3; 0 = the paper's process, 0.5 = linearly over the upper half; the default preset few-step sets 0.5, --preset paper leaves 0)"})
     anchor_taper: bool = field(default=False, metadata={"help": "with --start-anchor: scale the Ray noise by 1 - w(t), so at the top timestep the training input is the seeded start itself and the target the teacher's sample, the one-step map exactly (docs/method.md eq. 7.4)"})
     top_share: float = field(default=0.0, metadata={"help": "fraction of every batch trained at the top timestep T-1, the one-step sampler's only timestep, with weight 1; the rest from the Time Sampler (docs/method.md eq. 7.4; 0 = off)"})
     no_time_sampler: bool = field(default=False, metadata={"help": "ablation: uniform timesteps instead of the Time Sampler"})
@@ -109,7 +116,7 @@ class DistillConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output file that this run's work dir did not write "
                                                               "(without it such a file is never overwritten)"})
-    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the paper's process, 2-8 steps), fidelity (--no-ray: ReFlow pairs, the closest to the teacher's own samples on the proxy, farther from real images) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
+    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the default, 2-8 steps: the Ray process with start anchoring, --start-anchor 0.5), paper (the paper's process as published, no start anchoring), fidelity (--no-ray: ReFlow pairs, the closest to the teacher's own samples on the proxy, farther from real images) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
     # ---- export metadata
     save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
     recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
@@ -325,7 +332,9 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
     given = dict(values)
     arch = family_of(str(values.get("model", "")), str(values.get("architecture", "auto")))
     family = FLOW_FAMILIES[arch].defaults if arch in FLOW_FAMILIES else {}
-    values = {**family, **PRESETS[preset], **values}   # the family's defaults, the preset's values, then the file's and the flags
+    preset_values = {k: v for k, v in PRESETS[preset].items()      # start anchoring moves the Ray target mean,
+                     if not (values.get("no_ray") and k in RAY_ONLY)}    # which --no-ray does not have
+    values = {**family, **preset_values, **values}   # the family's defaults, the preset's values, then the file's and the flags
     try:
         cfg = DistillConfig(**values)
     except TypeError as exc:

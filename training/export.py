@@ -23,6 +23,9 @@ FORMAT_VERSION = "1"
 
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the sampler's eta each recipe's LoRA recommends (``rayflow.recommended_eta``): the setting the fair benchmark
+# chose on held-out noise, 1 for every Ray arm and 0 for ReFlow pairs (docs/method.md section 9)
+RECOMMENDED_ETA = {"ray": 1.0, "rectified": 0.0}
 
 
 def kohya_unet_state_dict(peft_state: Dict[str, torch.Tensor], rank: int, alpha: float,
@@ -103,6 +106,7 @@ def lora_metadata(cfg, architecture: str, schedule_name: str, num_timesteps: int
         "rayflow.target_mean": "noise",
         "rayflow.recommended_steps": cfg.recommended_steps,
         "rayflow.recommended_cfg": "1.0",
+        "rayflow.recommended_eta": RECOMMENDED_ETA["rectified" if cfg.no_ray else "ray"],
         "rayflow.teacher_solver": cfg.teacher_solver,
         "rayflow.teacher_steps": cfg.teacher_steps,
         "rayflow.teacher_cfg": cfg.teacher_cfg,

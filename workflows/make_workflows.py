@@ -113,7 +113,7 @@ def base(ckpt, lora):
 
 def ray_sampler(latent, steps, denoise=1.0, seed=42, **extra):
     return node("RayFlowSampler", "RayFlow Sampler", model=["2", 0], seed=seed, steps=steps, cfg=1.0,
-                positive=["3", 0], negative=["4", 0], latent_image=latent, denoise=denoise, sigma=0.0, eta=0.0, **extra)
+                positive=["3", 0], negative=["4", 0], latent_image=latent, denoise=denoise, sigma=0.0, eta=-1.0, **extra)
 
 
 def t2i(steps, size, ckpt, lora, prefix):
@@ -191,7 +191,7 @@ def custom_advanced():
     wf["5"] = node("EmptyLatentImage", "Empty Latent Image", width=512, height=512, batch_size=1)
     wf["12"] = node("RandomNoise", "Random Noise", noise_seed=42)
     wf["13"] = node("CFGGuider", "CFG Guider", model=["2", 0], positive=["3", 0], negative=["4", 0], cfg=1.0)
-    wf["14"] = node("RayFlowSamplerSelect", "RayFlow Sampler (SAMPLER)", sigma=0.0, eta=0.0)
+    wf["14"] = node("RayFlowSamplerSelect", "RayFlow Sampler (SAMPLER)", sigma=0.0, eta=-1.0)
     wf["15"] = node("RayFlowScheduler", "RayFlow Scheduler (SIGMAS)", model=["2", 0], steps=4, denoise=1.0)
     wf["6"] = node("SamplerCustomAdvanced", "SamplerCustomAdvanced", noise=["12", 0], guider=["13", 0],
                    sampler=["14", 0], sigmas=["15", 0], latent_image=["5", 0])

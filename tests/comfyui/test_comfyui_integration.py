@@ -51,8 +51,8 @@ def test_object_info_lists_our_nodes_with_their_inputs(server):
 OUR_NODES = ("RayFlowSampler", "RayFlowSamplerSelect", "RayFlowScheduler", "RayFlowTargetMean", "RayFlowLoraLoader")
 # the classic (pre-V3) nodes' widget defaults: a node a user adds starts from these
 CLASSIC_DEFAULTS = {
-    "RayFlowSampler": {"seed": 0, "steps": 4, "cfg": 1.0, "denoise": 1.0, "sigma": 0.0, "eta": 0.0},
-    "RayFlowSamplerSelect": {"sigma": 0.0, "eta": 0.0},
+    "RayFlowSampler": {"seed": 0, "steps": 4, "cfg": 1.0, "denoise": 1.0, "sigma": 0.0, "eta": -1.0},
+    "RayFlowSamplerSelect": {"sigma": 0.0, "eta": -1.0},
     "RayFlowScheduler": {"steps": 4, "denoise": 1.0},
     "RayFlowTargetMean": {"seed": 0, "probe_steps": 4, "cfg": 1.0},
     "RayFlowLoraLoader": {"strength": 1.0, "min_coverage": 1.0},
