@@ -67,24 +67,25 @@ def parse_args(argv: List[str] = None) -> argparse.Namespace:
     ap.add_argument("--teacher", default=FLOW_TEACHER, help="flow teacher's diffusers folder")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS), help="noise levels t in (0, 1]")
     ap.add_argument("--steps", type=int, default=20, help="Euler steps from each level to 0")
+    ap.add_argument("--cfg", type=float, default=TEACHER_CFG, help=f"classifier-free guidance scale (default {TEACHER_CFG:g}, the proxy recipes')")
     ap.add_argument("--per-caption", type=int, default=3, help="images per caption (72 captions)")
     ap.add_argument("--save", default="", help="write the results to this JSON file")
     args = ap.parse_args(argv)
-    if any(not 0 < t <= 1 for t in args.levels) or args.steps < 1 or args.per_caption < 1:
-        ap.error("--levels must lie in (0, 1], --steps and --per-caption must be at least 1")
+    if any(not 0 < t <= 1 for t in args.levels) or args.steps < 1 or args.per_caption < 1 or args.cfg < 0:
+        ap.error("--levels must lie in (0, 1], --steps and --per-caption must be at least 1, --cfg at least 0")
     return args
 
 
 def main(argv: List[str] = None) -> int:
     args = parse_args(argv)
     model = load_base_model(args.teacher, resolution=RESOLUTION)
-    rows = recovery(model, all_labels().repeat_interleave(args.per_caption, 0), args.levels, args.steps)
+    rows = recovery(model, all_labels().repeat_interleave(args.per_caption, 0), args.levels, args.steps, args.cfg)
     columns = [*ATTRIBUTES, *(f"shape_{name}" for name in SIZES)]
     print("| from t | " + " | ".join(columns) + " | RMSE to x0 |\n|---|" + "---|" * (len(columns) + 1))
     for level, row in rows.items():
         print(f"| {level} | " + " | ".join(f"{row[a]:.3f}" if a in row else "" for a in columns) + f" | {row['rmse']:.3f} |")
     if args.save:
-        write_json(args.save, {"teacher": args.teacher, "steps": args.steps, "per_caption": args.per_caption,
+        write_json(args.save, {"teacher": args.teacher, "steps": args.steps, "cfg": args.cfg, "per_caption": args.per_caption,
                                "levels": rows}, indent=2)
     return 0
 
