@@ -134,3 +134,14 @@ def test_teacher_recovery_measures_a_flow_teacher_and_refuses_a_vp_one(tiny_flow
     assert rows["0.05"]["rmse"] < 0.2 < rows["1"]["rmse"]
     with pytest.raises(SystemExit, match="flow-matching teachers"):
         recovery(load_base_model(TEACHER), all_labels()[:4], [0.5], steps=1)
+
+
+def test_teacher_recovery_cli_takes_the_guidance_and_refuses_bad_values(capsys):
+    from bench.teacher_recovery import parse_args
+    from proxy.recipe import TEACHER_CFG
+
+    assert parse_args([]).cfg == TEACHER_CFG and parse_args(["--cfg", "5", "--levels", "1"]).cfg == 5.0
+    for bad in (["--cfg", "-1"], ["--levels", "0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+        assert "--cfg at least 0" in capsys.readouterr().err
