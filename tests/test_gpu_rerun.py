@@ -100,8 +100,9 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 5 + flow     # per-stage timings
     with open(tmp_path / "results" / "quality_fair_2400.json") as f:
         fair = json.load(f)
-    assert set(fair["variants"]) >= {"ray", "no_ray", "lcm", "no_ts", "lcm_lr3e-4", "lcm_lr1e-3", "ray_lr3e-4",
-                                     "no_ray_lr3e-4", "lcm_ema"}
+    assert set(fair["variants"]) >= {"ray", "anchor0.5", "no_ray", "lcm", "no_ts", "lcm_lr1e-5", "lcm_lr3e-5",
+                                     "lcm_lr3e-4", "lcm_lr1e-3", "ray_lr3e-4", "anchor0.5_lr3e-4", "no_ray_lr3e-4",
+                                     "lcm_ema", "sigma0.03", "rank64"}
     chosen = fair["lr_selection"]["lcm"]["chosen"]
     with open(tmp_path / "results" / "quality_onestep_fair_7200.json") as f:
         onestep = json.load(f)
@@ -109,8 +110,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     device = device_info(choose("auto")).split(",")[0]           # the thread count may differ in the job
     records = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) if d.endswith(os.path.join("runs", "seed0"))
                for f in files if f.endswith(".json")]
-    # <out>/runs and the archive: 12 jobs of the fair run (diagnosis arms included), 2 of the one-step, 3 of the flow proxy's
-    assert len(records) == 2 * (12 + 2 + 3 * flow)
+    # <out>/runs and the archive: 15 jobs of the fair run (diagnosis arms included), 2 of the one-step, 4 of the flow proxy's
+    assert len(records) == 2 * (15 + 2 + 4 * flow)
     for path in records:
         with open(path) as f:
             record = json.load(f)

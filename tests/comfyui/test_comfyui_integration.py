@@ -319,8 +319,8 @@ def test_rayflow_lora_loads_fully_in_the_stock_loader_and_ours(tiny, base_dir, m
                         lambda kind, name: path if name == "rayflow-sd15.safetensors" else None)
     (m3,) = comfy_nodes()["RayFlowLoraLoader"].execute(model, "rayflow-sd15.safetensors", 1.0)
     assert len(m3.patches) - len(model.patches) == len(modules)
-    assert m3.model_options["rayflow"] == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0, "architecture": "sd15",
-                                           "guidance": None}
+    assert m3.model_options["rayflow"] == {"sigma": 0.3, "path": "sigma", "steps": 4, "cfg": 1.0, "eta": 0.0,
+                                           "architecture": "sd15", "guidance": None}      # no recommended_eta: 0
     assert "rayflow" not in model.model_options            # the input MODEL is not modified
 
 
