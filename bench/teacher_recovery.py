@@ -5,8 +5,8 @@ noised to ``x_t = (1 - t) x0 + t n`` and integrated back to ``t = 0`` by ``--ste
 the teacher with CFG; the attribute classifier then reads size, colour, shape and background of the
 result (shape also for small and large objects apart), and the RMSE to ``x0`` says how far the
 teacher moved the image. A teacher that has learned the data keeps every attribute from low levels
-(the classifier reads the real images perfectly) and loses them only where the noise hides them; one that loses an attribute already at low ``t`` has not
-learned that part of the schedule. Run::
+(the classifier reads the real images perfectly) and loses them only where the noise hides them; one
+that loses an attribute already at low ``t`` has not learned that part of the schedule. Run::
 
     python -m bench.teacher_recovery --teacher proxy/weights/flow_teacher --save outputs/recovery.json
 """
@@ -35,7 +35,8 @@ SIZES = tuple(VALUES["size"])         # small, large
 def recovery(model, labels: torch.Tensor, levels: Sequence[float], steps: int, cfg: float = TEACHER_CFG,
              seed: int = 5) -> Dict[str, Dict[str, float]]:
     """``{level: {attribute accuracies, shape accuracy of small / large objects, "rmse"}}`` of the flow
-    ``model`` for captions ``labels`` ``[N, 4]`` (real images and noise drawn from ``seed``; ``steps`` Euler steps with CFG ``cfg`` from each level)."""
+    ``model`` for captions ``labels`` ``[N, 4]`` (real images and noise drawn from ``seed``; ``steps`` Euler
+    steps with CFG ``cfg`` from each level)."""
     if model.schedule.interpolation is not FLOW:
         raise SystemExit("bench.teacher_recovery measures flow-matching teachers; this model is not one")
     g = torch.Generator().manual_seed(seed)
@@ -67,7 +68,8 @@ def parse_args(argv: List[str] = None) -> argparse.Namespace:
     ap.add_argument("--teacher", default=FLOW_TEACHER, help="flow teacher's diffusers folder")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS), help="noise levels t in (0, 1]")
     ap.add_argument("--steps", type=int, default=20, help="Euler steps from each level to 0")
-    ap.add_argument("--cfg", type=float, default=TEACHER_CFG, help=f"classifier-free guidance scale (default {TEACHER_CFG:g}, the proxy recipes')")
+    ap.add_argument("--cfg", type=float, default=TEACHER_CFG,
+                    help=f"classifier-free guidance scale (default {TEACHER_CFG:g}, the proxy recipes')")
     ap.add_argument("--per-caption", type=int, default=3, help="images per caption (72 captions)")
     ap.add_argument("--save", default="", help="write the results to this JSON file")
     args = ap.parse_args(argv)
@@ -85,8 +87,8 @@ def main(argv: List[str] = None) -> int:
     for level, row in rows.items():
         print(f"| {level} | " + " | ".join(f"{row[a]:.3f}" if a in row else "" for a in columns) + f" | {row['rmse']:.3f} |")
     if args.save:
-        write_json(args.save, {"teacher": args.teacher, "steps": args.steps, "cfg": args.cfg, "per_caption": args.per_caption,
-                               "levels": rows}, indent=2)
+        write_json(args.save, {"teacher": args.teacher, "steps": args.steps, "cfg": args.cfg,
+                               "per_caption": args.per_caption, "levels": rows}, indent=2)
     return 0
 
 
