@@ -40,10 +40,10 @@ def check_architecture(lora_name: str, lora_arch: str, model_config_class: Optio
 
 
 def sampler_settings(meta: Dict[str, str]) -> Dict:
-    """The settings the RayFlow Sampler takes from a loaded LoRA (``guidance``: FLUX.1-dev's
-    FluxGuidance value the LoRA was trained at, else None)."""
+    """The settings the RayFlow Sampler takes from a loaded LoRA's metadata ``meta`` as
+    :func:`read_rayflow_metadata` returns it (absent keys already hold ``rayflow.lora_header.DEFAULTS``;
+    ``guidance``: FLUX.1-dev's FluxGuidance value the LoRA was trained at, else None)."""
     guidance = meta.get("recommended_guidance")
-    return {"sigma": float(meta.get("sigma", "0.3")), "path": meta.get("path", "sigma"),
-            "steps": int(meta.get("recommended_steps", "4")), "cfg": float(meta.get("recommended_cfg", "1.0")),
-            "eta": float(meta.get("recommended_eta", "0")),
+    return {"sigma": float(meta["sigma"]), "path": meta["path"], "steps": int(meta["recommended_steps"]),
+            "cfg": float(meta["recommended_cfg"]), "eta": float(meta["recommended_eta"]),
             "architecture": meta["architecture"], "guidance": None if guidance is None else float(guidance)}

@@ -93,6 +93,20 @@ def _save_state(path: str, step: int, run: dict, modules, emas, opt, g: torch.Ge
         write_json(os.path.join(tmp, "step.json"), {"step": step, **run})
 
 
+def load_ema(path: str, modules) -> dict:
+    """Load the EMA weights of the training state :func:`_save_state` wrote in the folder ``path`` into
+    ``modules`` (the run's modules, in its order) and return its ``step.json`` (``step`` and the run's
+    settings): a teacher as it stood at that step, while its run goes on."""
+    from safetensors.torch import load_file
+
+    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    tensors = load_file(os.path.join(path, "state.safetensors"))
+    for i, m in enumerate(modules):
+        m.load_state_dict({k: tensors[f"ema{i}.{k}"] for k in m.state_dict()})
+    return saved
+
+
 def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) -> int:
     """Restore what :func:`_save_state` wrote into ``modules``, ``emas``, ``opt`` and ``g``; returns the
     step. A state saved by a run with other settings than ``run`` is one line, and nothing is changed."""

@@ -18,7 +18,8 @@ rectified-flow loss ``|v_theta(x_t, t, c) - (n - x0)|^2``, the noise level ``t``
 table at ``u`` drawn logit-normal (SD3's training density) or, one time in ten, uniform (so the top of
 the schedule, where every sampler starts, is trained too). A run keeps its state with
 ``--checkpoint DIR`` (every 200 steps; the shift and patch size are part of it) and continues from it
-exactly when the same command runs again, so it can span several sessions::
+exactly when the same command runs again, so it can span several sessions (``--export-state`` writes
+the teacher of a state's EMA weights without training, to check a long run midway)::
 
     python -m proxy.teacher_flow --out proxy/weights/flow_teacher --steps 4000 --batch 64 --seed 0 --threads 1 \
         --checkpoint outputs/flow_teacher_state
@@ -32,6 +33,7 @@ bench.teacher_recovery``).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -44,7 +46,7 @@ from training.flow_family import FAMILIES
 from training.flow_models import T5_LENGTH_KEY, text_conditioning
 
 from .data import vocabulary
-from .teacher import RESOLUTION, fit, teacher_args, teacher_parser
+from .teacher import RESOLUTION, fit, load_ema, teacher_args, teacher_parser
 
 # the time shift of the schedule (the scheduler's static ``shift``). SD3 uses 3 at 1024 x 1024; its
 # paper's rule (shift sqrt(m / n) for m image dimensions against a base of n) gives a shift of at most
@@ -147,14 +149,38 @@ def train(out_dir: str, steps: int, batch: int, seed: int, lr: float, log_every:
     print(f"saved the flow teacher to {out_dir} ({(time.time() - t0) / 60:.1f} min of training)")
 
 
+def export_state(checkpoint: str, out_dir: str) -> int:
+    """Write the teacher of the EMA weights in the training state ``checkpoint`` (with its run's shift
+    and patch size) to ``out_dir`` as :func:`train` would at the end; returns the state's step."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizers = _tokenizers(folder)
+    with open(os.path.join(checkpoint, "step.json"), encoding="utf-8") as f:
+        run = json.load(f)
+    transformer, encoders = build(tokenizers, run["seed"], run["patch_size"])
+    load_ema(checkpoint, [transformer, *encoders])
+    save(out_dir, transformer, encoders, run["shift"])
+    return int(run["step"])
+
+
 def main(argv=None) -> int:
     ap = teacher_parser("Train the flow-matching proxy teacher (small SD3-shaped model).", "proxy/weights/flow_teacher", 2400)
     ap.add_argument("--shift", type=float, default=SHIFT, help=f"time shift of the flow schedule (default {SHIFT:g})")
     ap.add_argument("--patch-size", type=int, choices=(1, 2, 4), default=PATCH_SIZE,
                     help=f"pixels per image token side (default {PATCH_SIZE})")
+    ap.add_argument("--export-state", action="store_true",
+                    help="train nothing: write the EMA weights of the --checkpoint state, at its step, to --out "
+                         "(a new folder), to check a long run midway")
     args = teacher_args(ap, argv)
     if args.shift <= 0:
         ap.error("--shift must be positive")
+    if args.export_state:
+        if not os.path.isfile(os.path.join(args.checkpoint, "step.json")):
+            ap.error("--export-state needs --checkpoint DIR with a training state in it")
+        if os.path.exists(args.out):
+            ap.error(f"--export-state writes a new folder and {args.out} exists; give another --out")
+        step = export_state(args.checkpoint, args.out)
+        print(f"wrote the flow teacher of {args.checkpoint} at step {step} to {args.out}")
+        return 0
     train(args.out, args.steps, args.batch, args.seed, args.lr, checkpoint=args.checkpoint, device=args.device,
           shift=args.shift, patch_size=args.patch_size)
     return 0

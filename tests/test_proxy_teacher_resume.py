@@ -89,3 +89,29 @@ def test_the_device_option_is_checked_before_any_work(capsys):
         with pytest.raises(SystemExit):
             teacher_args(teacher_parser("t", "out", 10), ["--device", "cuda"])
         assert "torch sees no CUDA device here" in capsys.readouterr().err
+
+
+def test_export_state_writes_the_teacher_a_run_would_write_at_that_step(tmp_path, capsys):
+    """``--export-state`` builds the teacher of a state's EMA weights with the run's own settings: at
+    the last step that is the folder the run itself wrote; bad use is one line and writes nothing."""
+    from safetensors.torch import load_file
+
+    from proxy import teacher_flow
+
+    ckpt, trained, exported = (str(tmp_path / n) for n in ("state", "trained", "exported"))
+    teacher_flow.train(trained, steps=2, batch=2, seed=1, lr=1e-3, checkpoint=ckpt, shift=2.0, patch_size=4)
+    assert teacher_flow.main(["--export-state", "--checkpoint", ckpt, "--out", exported]) == 0
+    assert "at step 2" in capsys.readouterr().out
+    for sub, name in (("transformer", "diffusion_pytorch_model"), ("text_encoder", "model"), ("text_encoder_2", "model"),
+                      ("text_encoder_3", "model")):
+        a, b = (load_file(str(tmp_path / d / sub / f"{name}.safetensors")) for d in ("trained", "exported"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+    with open(tmp_path / "exported" / "scheduler" / "scheduler_config.json") as f:
+        assert '"shift": 2.0' in f.read()
+    for argv, msg in ((["--export-state", "--checkpoint", ckpt, "--out", exported], "exists; give another --out"),
+                      (["--export-state", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x")],
+                       "needs --checkpoint DIR with a training state")):
+        with pytest.raises(SystemExit):
+            teacher_flow.main(argv)
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
