@@ -49,6 +49,10 @@ def test_config_key_separates_modes_and_settings():
     assert config_key("full", full) == config_key("full", demo.distil_config(args, demo.SETTINGS["full"], "p.txt",
                                                                               "o.safetensors"))
     assert config_key("full", full) != config_key("full", quick)
+    # the demo trains what python -m training.distill trains by default
+    from training.config import DEFAULT_PRESET, PRESETS
+
+    assert PRESETS[DEFAULT_PRESET] and all(getattr(full, k) == v for k, v in PRESETS[DEFAULT_PRESET].items())
     assert config_key("full", full).startswith("full-") and config_key("quick", quick).startswith("quick-")
 
 
@@ -126,6 +130,10 @@ def test_stopped_demo_then_quick_then_resume(tiny_demo, tmp_path, monkeypatch, c
     with open(os.path.join(out, "metrics.json")) as f:
         final = json.load(f)
     assert final["mode"] == "full" and final["snapshot_step"] is None and "RayFlow 2" in final["metrics"]
+    # the RayFlow rows sample with the eta the LoRA records (a Ray LoRA: 1), every row is scored against the teacher
+    assert {final["metrics"][f"RayFlow {n}"]["eta"] for n in (1, 2, 4)} == {1.0}
+    assert all(r["fd_teacher"] > 0 for r in final["metrics"].values())
+    assert "| FD to teacher | FD to data |" in open(os.path.join(out, "report.md")).read()
 
 
 def test_grid_has_a_caption_under_each_column(tmp_path):

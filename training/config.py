@@ -36,6 +36,7 @@ LORA_TARGETS = ATTENTION_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb
 
 # named recipes: option values a preset sets unless the option is given explicitly (docs/benchmarks.md
 # has each preset's measured numbers)
+DEFAULT_PRESET = "few-step"
 PRESETS: Dict[str, Dict[str, Any]] = {
     # start anchoring (eq. 7.3): closer to the teacher than the paper's process at 1-8 steps on every
     # training seed of the fair benchmark (docs/benchmarks.md, "Fair headline"; docs/method.md section 9)
@@ -116,7 +117,7 @@ class DistillConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in work_dir"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output file that this run's work dir did not write "
                                                               "(without it such a file is never overwritten)"})
-    preset: str = field(default="few-step", metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the default, 2-8 steps: the Ray process with start anchoring, --start-anchor 0.5), paper (the paper's process as published, no start anchoring), fidelity (--no-ray: ReFlow pairs, the closest to the teacher's own samples on the proxy, farther from real images) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
+    preset: str = field(default=DEFAULT_PRESET, metadata={"help": f"named recipe, one of {', '.join(PRESETS)}: few-step (the default, 2-8 steps: the Ray process with start anchoring, --start-anchor 0.5), paper (the paper's process as published, no start anchoring), fidelity (--no-ray: ReFlow pairs, the closest to the teacher's own samples on the proxy, farther from real images) or one-step (start anchoring with the taper and three quarters of every batch at T-1: --start-anchor 0.5 --anchor-taper --top-share 0.75 --recommended-steps 1; give it 8x the prompts x seeds and 6x the steps of a few-step run, docs/experiments.md); options given explicitly win"})
     # ---- export metadata
     save_precision: str = field(default="fp32", metadata={"help": "dtype of the exported LoRA weights: fp32, fp16 or bf16 (half the file size)"})
     recommended_steps: int = field(default=4, metadata={"help": "default steps written into the LoRA metadata"})
@@ -326,7 +327,7 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
-    preset = values.get("preset", "few-step")
+    preset = values.get("preset", DEFAULT_PRESET)
     if preset not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     given = dict(values)
