@@ -84,6 +84,17 @@ def consistency_fn(eps_fn, x: torch.Tensor, t: torch.Tensor, alphas_cumprod: tor
     return (c_skip * x64 + c_out * x0_from_eps(x64, eps_fn(x, t).double(), a)).to(x.dtype)
 
 
+def guided_ddim_step(teacher, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor,
+                     uncond: torch.Tensor, alphas_cumprod: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """The teacher's DDIM step ``x_t -> x_s`` ``[B, C, H, W]`` from timesteps ``t`` to ``s`` ``[B]`` with
+    classifier-free guidance ``cfg_scale`` (``cond`` / ``uncond`` ``[B, L, D]``; ``teacher`` maps
+    ``(x, t, ehs)`` to noise predictions); the schedule math in float64, the result in float32."""
+    e_u, e_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).double().chunk(2)
+    eps = e_u + cfg_scale * (e_c - e_u)
+    a_t, a_s = alphas_cumprod[t].view(-1, 1, 1, 1), alphas_cumprod[s].view(-1, 1, 1, 1)
+    return (a_s.sqrt() * x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()
+
+
 def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
              alphas_cumprod: torch.Tensor, cfg_scale: float, t: torch.Tensor, noise: torch.Tensor,
              skip: int = SKIP, loss: str = "l2", target_net=None) -> torch.Tensor:
@@ -97,10 +108,7 @@ def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: tor
     x_t = (a_t.sqrt() * x0.double() + (1 - a_t).sqrt() * noise.double()).float()
     pred = consistency_fn(lambda x, tt: student(x, tt, cond), x_t, t, alphas_cumprod)
     with torch.no_grad():
-        e_u, e_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).double().chunk(2)
-        eps = e_u + cfg_scale * (e_c - e_u)
-        a_s = alphas_cumprod[s].view(-1, 1, 1, 1)
-        x_s = (a_s.sqrt() * x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()   # DDIM step
+        x_s = guided_ddim_step(teacher, x_t, t, s, cond, uncond, alphas_cumprod, cfg_scale)
         target = consistency_fn(lambda x, tt: (target_net or student)(x, tt, cond), x_s, s, alphas_cumprod)
     d2 = (pred.float() - target.float()) ** 2
     if loss == "huber":

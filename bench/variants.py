@@ -56,10 +56,13 @@ VARIANTS = {              # each changes one thing of the proxy recipe (proxy.re
 # the LCM-LoRA baseline (bench/lcm_baseline.py) on the same cache: the published recipe (LCM_RECIPE: lr 1e-4)
 # and the sweep of its learning rate, and the LCM paper's EMA target (0.95) measured once
 # (and below it: at 1e-4 every seed's 8-step FD is lowest at the 300-step snapshot and rises after, with the EMA
-# target too on seed 0; docs/experiments.md)
+# target too on seed 0, and at 3e-5 after 600 steps on seed 0: the L2 loss trades the low noise levels for the
+# top one, bench/lcm_diagnosis.py; docs/experiments.md)
 LCM_VARIANTS = {"lcm": dict(), "lcm_lr3e-4": dict(learning_rate=3e-4), "lcm_lr1e-3": dict(learning_rate=1e-3),
                 "lcm_lr3e-5": dict(learning_rate=3e-5), "lcm_lr1e-5": dict(learning_rate=1e-5),
-                "lcm_ema": dict(ema_target=0.95)}
+                "lcm_ema": dict(ema_target=0.95),
+                # the loss and LoRA rank of diffusers' README examples of LCM-LoRA (pseudo-Huber; rank 64)
+                "lcm_huber": dict(loss="huber"), "lcm_rank64": dict(lora_rank=64, lora_alpha=64.0)}
 COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that combine two of the above
             "top50_taper_anchor0.5": ("top50", "taper_anchor0.5"),
             "top75_taper_anchor0.5": ("top75", "taper_anchor0.5"),
@@ -119,8 +122,8 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
         return distil_lcm(teacher, shared, path, train_steps=train_steps, cfg_scale=TEACHER_CFG,
                           seed=seed if train_seed < 0 else train_seed, resolution=RESOLUTION, progress=False,
                           checkpoint_dir=os.path.join(out, f"work_{variant}", "checkpoint"), save_every=save_every,
-                          save_precision=SAVE_PRECISION, device=device, **LCM_VARIANTS[variant],
-                          **{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")})   # the same LoRA and batch
+                          save_precision=SAVE_PRECISION, device=device,    # the same LoRA and batch unless the variant says
+                          **{**{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")}, **LCM_VARIANTS[variant]})
     cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every, recipe, compile)
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \

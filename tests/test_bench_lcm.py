@@ -225,3 +225,17 @@ def test_an_lcm_checkpoint_of_another_run_is_refused(small_cache, tmp_path):
         distil_lcm(TEACHER, str(out / "w" / "cache"), str(tmp_path / "x.safetensors"), train_steps=6, batch_size=4,
                    lora_rank=4, lora_alpha=4.0, progress=False, checkpoint_dir=ckpt)
     assert os.path.isdir(ckpt)                          # nothing lost
+
+
+@pytest.mark.parametrize("variant, want", [("lcm", dict(lora_rank=16, lora_alpha=16.0, loss="l2", learning_rate=1e-4)),
+                                           ("lcm_huber", dict(lora_rank=16, loss="huber")),
+                                           ("lcm_rank64", dict(lora_rank=64, lora_alpha=64.0, loss="l2"))])
+def test_an_lcm_variants_options_reach_the_trainer_over_the_shared_lora_shape(tmp_path, monkeypatch, variant, want):
+    from bench import variants
+
+    (tmp_path / "work_ray" / "cache").mkdir(parents=True)
+    seen = {}
+    monkeypatch.setattr(variants, "distil_lcm", lambda *a, **kw: seen.update(kw) or "lora")
+    variants.distil(variant, str(tmp_path), TEACHER, "p.txt", train_steps=2, seeds=1, seed=0)
+    # what the variant leaves out is distil_lcm's default, the published recipe
+    assert {k: seen.get(k, LCM_RECIPE.get(k)) for k in want} == want and seen["batch_size"] == 32
