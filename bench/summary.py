@@ -50,19 +50,30 @@ def per_seed_values(runs: Dict[tuple, Dict], seeds: List[int], key: str = "rows"
     return per
 
 
+SELECTION_SEEDS = 3        # the training seeds a setting needs before it is chosen (issue 37: >= 3)
+
+
 def heldout_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int],
                       candidates: Dict[str, tuple], what: str) -> Dict:
     """For each arm of ``candidates`` (arm -> its candidate rows: one per setting of ``what``) with two
-    or more rows measured on the held-out set: each row's score (the headline metric at 1, 2, 4 and 8
-    steps, averaged over the step counts and over the training seeds every row has) and the chosen
-    one, the lowest."""
+    or more rows measured on the held-out set on enough training seeds (``SELECTION_SEEDS``, or as
+    many as the best-covered row has where that is fewer): each row's score (the headline metric at
+    1, 2, 4 and 8 steps, averaged over the step counts and over the training seeds every such row
+    has) and the chosen one, the lowest."""
+    def measured(v: str) -> List[int]:       # the seed indices row v has at every step count
+        return [i for i in range(len(seeds)) if all(
+            heldout[v][HEADLINE].get(str(n), [None] * len(seeds))[i] is not None for n in STEPS)]
+
     out = {}
     for arm, settings in candidates.items():
-        present = [v for v in settings if HEADLINE in heldout.get(v, {})]
+        present = {v: measured(v) for v in settings if HEADLINE in heldout.get(v, {})}
+        # a setting joins once it has as many seeds as the best-covered one, up to SELECTION_SEEDS: a sweep
+        # that is still running chooses nothing from one seed against three
+        need = min(SELECTION_SEEDS, max((len(m) for m in present.values()), default=0))
+        present = [v for v, m in present.items() if len(m) >= need]
         if len(present) < 2:
             continue
-        common = [i for i in range(len(seeds)) if all(
-            heldout[v][HEADLINE].get(str(n), [None] * len(seeds))[i] is not None for v in present for n in STEPS)]
+        common = [i for i in range(len(seeds)) if all(i in measured(v) for v in present)]
         if not common:
             continue
         score = {v: sum(heldout[v][HEADLINE][str(n)][i] for n in STEPS for i in common) / (len(STEPS) * len(common))

@@ -236,12 +236,12 @@ def test_the_headline_family_is_judged_after_holm(tmp_path):
 def test_learning_rates_are_chosen_on_the_held_out_set():
     from bench.summary import lr_selection
 
-    low, high = [10.0, 12.0, None], [20.0, 22.0, 21.0]
+    low, high = [10.0, 12.0, 11.0, None], [20.0, 22.0, 21.0, 99.0]
     heldout = {"lcm": {"fd_indep": {str(n): high for n in STEPS}},
                "lcm_lr3e-4": {"fd_indep": {str(n): low for n in STEPS}},
                "ray": {"fd_indep": {str(n): low for n in STEPS}}}
-    sel = lr_selection(heldout, [0, 1, 2])
-    assert sel["lcm"]["chosen"] == "lcm_lr3e-4" and sel["lcm"]["seeds"] == [0, 1]     # the seeds both have
+    sel = lr_selection(heldout, [0, 1, 2, 3])
+    assert sel["lcm"]["chosen"] == "lcm_lr3e-4" and sel["lcm"]["seeds"] == [0, 1, 2]     # the seeds both have
     assert sel["lcm"]["score"] == {"lcm": 21.0, "lcm_lr3e-4": 11.0}
     assert "ray" not in sel                               # one setting: nothing to choose
 
@@ -274,3 +274,18 @@ def test_the_headline_compares_each_arm_at_its_held_out_choices():
     fam = headline(per, "ray:lcm", chosen)
     assert fam["arm_row"] == "ray [noise, eta 1]" and {c["baseline_row"] for c in fam["comparisons"]} == {"lcm_lr3e-4"}
     assert all(c["mean"] < -15 for c in fam["comparisons"])      # eta 1 against the tuned LCM, not eta 0 against lcm
+
+
+def test_a_setting_with_fewer_seeds_than_the_others_is_not_chosen_yet():
+    """A sweep still running: one seed of lcm_lr3e-5 against three of lcm chooses nothing; with three it joins."""
+    from bench.summary import lr_selection
+
+    heldout = {"lcm": {"fd_indep": {str(n): [30.0, 31.0, 32.0] for n in STEPS}},
+               "lcm_lr3e-5": {"fd_indep": {str(n): [5.0, None, None] for n in STEPS}}}
+    assert "lcm" not in lr_selection(heldout, [0, 1, 2])
+    heldout["lcm_lr3e-5"]["fd_indep"] = {str(n): [5.0, 6.0, 7.0] for n in STEPS}
+    assert lr_selection(heldout, [0, 1, 2])["lcm"]["chosen"] == "lcm_lr3e-5"
+    # a third setting with one seed stays out, and does not shrink the others' common seeds
+    heldout["lcm_lr1e-5"] = {"fd_indep": {str(n): [1.0, None, None] for n in STEPS}}
+    sel = lr_selection(heldout, [0, 1, 2])
+    assert sel["lcm"]["seeds"] == [0, 1, 2] and set(sel["lcm"]["score"]) == {"lcm", "lcm_lr3e-5"}
