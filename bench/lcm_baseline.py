@@ -84,6 +84,11 @@ def consistency_fn(eps_fn, x: torch.Tensor, t: torch.Tensor, alphas_cumprod: tor
     return (c_skip * x64 + c_out * x0_from_eps(x64, eps_fn(x, t).double(), a)).to(x.dtype)
 
 
+def eps_net(unet):
+    """``unet`` as the ``(x, t, ehs) -> noise prediction`` function :func:`lcm_loss` takes."""
+    return lambda x, t, ehs: unet(x, t, encoder_hidden_states=ehs).sample
+
+
 def guided_ddim_step(teacher, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor,
                      uncond: torch.Tensor, alphas_cumprod: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """The teacher's DDIM step ``x_t -> x_s`` ``[B, C, H, W]`` from timesteps ``t`` to ``s`` ``[B]`` with
@@ -170,9 +175,6 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         target_unet = copy.deepcopy(student_unet).requires_grad_(False).eval()
     ema_named = {} if target_unet is None else {n: p for n, p in target_unet.named_parameters() if n in named}
 
-    def net(unet):
-        return lambda x, t, ehs: unet(x, t, encoder_hidden_states=ehs).sample
-
     # the batches of the RayFlow trainer with the same seed (paired), then the LCM timesteps and noise
     g_data, g = phase2_generator(seed, "batches"), torch.Generator().manual_seed(seed)
     N, grid = cache.x0.shape[0], skipping_grid(len(ac))
@@ -214,8 +216,8 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
         t = grid[torch.randint(len(grid), (batch_size,), generator=g)].to(device)
         x0, cond = cache.x0[idx].to(device), cache.cond["cond"][idx].to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)      # drawn on the CPU, as every random number here
-        value = lcm_loss(net(student_unet), net(teacher_unet), x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t,
-                         noise, loss=loss, target_net=None if target_unet is None else net(target_unet))
+        value = lcm_loss(eps_net(student_unet), eps_net(teacher_unet), x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t,
+                         noise, loss=loss, target_net=None if target_unet is None else eps_net(target_unet))
         opt.zero_grad(set_to_none=True)
         value.backward()
         if max_grad_norm > 0:

@@ -31,13 +31,13 @@ from typing import Dict, List
 import torch
 
 from proxy.data import caption_of
-from proxy.recipe import TEACHER, TEACHER_CFG, TEACHER_STEPS
-from proxy.sampling import load_lora_unet, teacher_samples
+from proxy.recipe import TEACHER, TEACHER_CFG
+from proxy.sampling import load_lora_unet
 from rayflow.atomic_write import write_json
 from training.data import load_cache
 
 from .evaluation import Evaluation
-from .lcm_baseline import SKIP, consistency_fn, guided_ddim_step, lcm_samples, skipping_grid
+from .lcm_baseline import SKIP, consistency_fn, eps_net, guided_ddim_step, lcm_samples, skipping_grid
 
 LEVELS = (299, 699, 999)
 PROBES = 96          # images per consistency probe (training and unseen each)
@@ -47,10 +47,9 @@ PROBES = 96          # images per consistency probe (training and unseen each)
 def ode_endpoint(model, x: torch.Tensor, t0: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     """The teacher's guided DDIM solution ``[B, C, H, W]`` from ``x`` at level ``t0`` down to 0 along the skipping grid."""
     ac = model.schedule.alphas_cumprod.double()
-    teacher = lambda x, t, ehs: model.unet(x, t, encoder_hidden_states=ehs).sample   # noqa: E731
     for t in [int(t) for t in skipping_grid(len(ac)) if t <= t0][::-1]:
         tt = torch.full((len(x),), t)
-        x = guided_ddim_step(teacher, x, tt, (tt - SKIP).clamp(min=0), cond, uncond, ac, TEACHER_CFG)
+        x = guided_ddim_step(eps_net(model.unet), x, tt, (tt - SKIP).clamp(min=0), cond, uncond, ac, TEACHER_CFG)
     return x
 
 
@@ -70,7 +69,7 @@ class Probe:
         """RMSE of the consistency function of ``unet`` against the ODE endpoints, per level."""
         out = {}
         for t in LEVELS:
-            f = consistency_fn(lambda x, tt: unet(x, tt, encoder_hidden_states=self.cond).sample, self.xt[t],
+            f = consistency_fn(lambda x, tt: eps_net(unet)(x, tt, self.cond), self.xt[t],
                                torch.full((len(self.cond),), t), self.ac)
             out[str(t)] = float((f - self.end[t]).pow(2).mean().sqrt())
         return out
@@ -125,9 +124,8 @@ def diagnose(out: str, variant: str, seed: int, eval_per_caption: int = 6, data_
                 row["nearest_training_rmse_8"] = nearest_training_rmse(images, captions, train_images, cache.prompts)
         return row
 
-    teacher = teacher_samples(model, es.labels, es.seeds, "dpmsolver++", TEACHER_STEPS)
-    result = {"variant": variant, "seed": seed, "levels": list(LEVELS),
-              "teacher_nearest_training_rmse": nearest_training_rmse(teacher, captions, train_images, cache.prompts),
+    result = {"variant": variant, "seed": seed, "levels": list(LEVELS),     # es.teacher: the phase-1 target's samples
+              "teacher_nearest_training_rmse": nearest_training_rmse(es.teacher, captions, train_images, cache.prompts),
               "rows": {"base (no LoRA)": {**quality(model.unet),
                                           **{f"consistency_{k}": p.error(model.unet) for k, p in probes.items()}}}}
     for step, path in loras.items():

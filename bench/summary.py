@@ -66,14 +66,14 @@ def heldout_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: Lis
 
     out = {}
     for arm, settings in candidates.items():
-        present = {v: measured(v) for v in settings if HEADLINE in heldout.get(v, {})}
+        coverage = {v: measured(v) for v in settings if HEADLINE in heldout.get(v, {})}
         # a setting joins once it has as many seeds as the best-covered one, up to SELECTION_SEEDS: a sweep
         # that is still running chooses nothing from one seed against three
-        need = min(SELECTION_SEEDS, max((len(m) for m in present.values()), default=0))
-        present = [v for v, m in present.items() if len(m) >= need]
+        need = min(SELECTION_SEEDS, max((len(m) for m in coverage.values()), default=0))
+        present = [v for v, m in coverage.items() if len(m) >= need]
         if len(present) < 2:
             continue
-        common = [i for i in range(len(seeds)) if all(i in measured(v) for v in present)]
+        common = [i for i in range(len(seeds)) if all(i in coverage[v] for v in present)]
         if not common:
             continue
         score = {v: sum(heldout[v][HEADLINE][str(n)][i] for n in STEPS for i in common) / (len(STEPS) * len(common))

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Dict, List
 
-from training.config import DEFAULT_PRESET, PRESETS
+from training.config import DEFAULT_PRESET, preset_options
 from training.distill import INPUT_ERRORS, run
 
 from .data import all_labels
@@ -64,7 +64,7 @@ def distil_config(args, s: Dict, prompts_path: str, lora_path: str):
     """The ``DistillConfig`` of this demo run (the proxy recipe at this mode's size, with the values of
     ``python -m training.distill``'s default preset), its work folder not yet chosen."""
     every = s["checkpoint_every"]
-    return proxy_config(lora_path, "", prompts_path, **PRESETS[DEFAULT_PRESET], model=args.teacher,
+    return proxy_config(lora_path, "", prompts_path, **preset_options(DEFAULT_PRESET), model=args.teacher,
                         seeds_per_prompt=s["seeds_per_prompt"],
                         seed=args.seed, train_steps=s["train_steps"], batch_size=s["batch_size"],
                         lora_rank=s["lora_rank"], lora_alpha=float(s["lora_rank"]), checkpoint_every=every,

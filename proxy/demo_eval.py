@@ -21,7 +21,7 @@ from rayflow.lora_header import read_metadata
 from training.grid import save_grid
 from training.models import load_base_model
 
-from .classifier import evaluate, load_classifier
+from .classifier import evaluate, frechet_distance, load_classifier
 from .data import caption_of, render
 from .recipe import SIGMA, TEACHER_SOLVER
 from .sampling import evaluation_set, load_lora_unet, rayflow_samples, teacher_samples
@@ -46,13 +46,13 @@ class DemoEvaluation:
         self.labels, self.seeds, self.real = evaluation_set(labels[::stride], per_caption, seed)
         self.runs = [(f"teacher DDIM {teacher_steps}", "ddim", teacher_steps)] \
             + [(f"RayFlow {n}", "rayflow", n) for n in (1, 2, 4)] + [(f"DDIM {n}", "ddim", n) for n in (1, 2, 4)]
-        self.model = self.classifier = self.teacher_ref = None
+        self.model = self.classifier = self.f_teacher = None
         self.fixed: Dict[str, tuple] = {}          # name -> (images, metrics) of the rows without the LoRA
 
     def _metrics(self, images: torch.Tensor, real: Optional[torch.Tensor] = None) -> Dict[str, float]:
         """FD to the teacher (``fd_teacher``), then ``proxy.classifier.evaluate`` against ``real`` (default:
         the real images of the evaluation set)."""
-        to_teacher = evaluate(self.classifier, images, self.labels, self.teacher_ref, self.labels)["fd_proxy"]
+        to_teacher = frechet_distance(self.classifier.features(images), self.f_teacher)
         return {"fd_teacher": to_teacher,
                 **evaluate(self.classifier, images, self.labels, self.real if real is None else real, self.labels)}
 
@@ -62,8 +62,9 @@ class DemoEvaluation:
         self.model = load_base_model(self.teacher)
         self.classifier = load_classifier(self.classifier_path)
         # the distillation target from noise no other row uses
-        self.teacher_ref = teacher_samples(self.model, self.labels, self.seeds + len(self.seeds), TEACHER_SOLVER,
-                                           self.teacher_steps)
+        teacher_ref = teacher_samples(self.model, self.labels, self.seeds + len(self.seeds), TEACHER_SOLVER,
+                                      self.teacher_steps)
+        self.f_teacher = self.classifier.features(teacher_ref)
         reference = render(self.labels, torch.Generator().manual_seed(self.seed + 7))
         self.fixed["real data"] = (None, self._metrics(self.real, reference))
 

@@ -53,6 +53,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 RAY_ONLY = ("start_anchor", "anchor_taper")     # preset options that --no-ray (ReFlow pairs) has no use for
 
 
+def preset_options(preset: str, no_ray: bool = False) -> Dict[str, Any]:
+    """The options the named ``preset`` sets (``PRESETS``); with ``no_ray``, without those of ``RAY_ONLY``:
+    start anchoring moves the Ray target mean, which ReFlow pairs do not have."""
+    return {k: v for k, v in PRESETS[preset].items() if not (no_ray and k in RAY_ONLY)}
+
+
 class ConfigError(ValueError):
     """Bad option or config file; the CLI prints it as one line."""
 
@@ -333,9 +339,8 @@ def parse_args(argv: Optional[List[str]] = None) -> DistillConfig:
     given = dict(values)
     arch = family_of(str(values.get("model", "")), str(values.get("architecture", "auto")))
     family = FLOW_FAMILIES[arch].defaults if arch in FLOW_FAMILIES else {}
-    preset_values = {k: v for k, v in PRESETS[preset].items()      # start anchoring moves the Ray target mean,
-                     if not (values.get("no_ray") and k in RAY_ONLY)}    # which --no-ray does not have
-    values = {**family, **preset_values, **values}   # the family's defaults, the preset's values, then the file's and the flags
+    # the family's defaults, the preset's values, then the file's and the flags
+    values = {**family, **preset_options(preset, bool(values.get("no_ray"))), **values}
     try:
         cfg = DistillConfig(**values)
     except TypeError as exc:
