@@ -1,13 +1,16 @@
 """What a demo run will do and roughly how long it takes on a 2-core CPU (an estimate, not a promise).
 
-The unit costs are scaled from one measurement (``docs/experiments.md``, "Proxy demo, seed 0": the
-full demo on 2 CPU cores with nothing else running, distillation 636 s, whole run 755 s) and from
-the phase-1 rate noted there (2304 teacher trajectories of 25 CFG steps in about 6 minutes):
+The unit costs come from one measurement (``docs/experiments.md``, "Proxy demo, seed 0": the full
+demo with the default preset on 2 CPU cores with nothing else running, whole run 624 s), read off its
+work folder's file times and ``log.csv``:
 
-* phase 1: 0.156 s per trajectory of 50 evaluations, i.e. about 3.1 ms per denoiser evaluation of one item;
-* phase 2: the rest of the 636 s over 1200 steps of batch 32, about 14 ms per sample and step;
-* evaluation: the last 119 s over 432 images x 71 evaluations (teacher 25 x 2, RayFlow 1+2+4,
-  DDIM (1+2+4) x 2), about 3.9 ms per image and evaluation, loading and metrics included.
+* phase 1: 54 s for 576 trajectories of 25 CFG steps (28 800 evaluations), 1.9 ms per denoiser
+  evaluation of one item;
+* phase 2: 388 s of training for 1200 steps of batch 32 (the median logged rate, 98 samples/s, over
+  the intervals without an evaluation), 10.1 ms per sample and step;
+* evaluation: 181 s over 432 images x (121 + 3 x 7) evaluations: the rows without the LoRA once
+  (teacher reference 25 x 2, teacher DDIM 25 x 2, DDIM (1+2+4) x 2), the RayFlow rows (1+2+4) at each
+  of the 3 snapshots and at the end; 2.9 ms per image and evaluation, loading and metrics included.
 
 A busy machine is slower by whatever share of the cores other work takes.
 """
@@ -16,11 +19,12 @@ from __future__ import annotations
 
 from typing import Dict
 
-PHASE1_S_PER_EVAL = 0.156 / 50
-PHASE2_S_PER_SAMPLE = (636 - 576 * 0.156) / (1200 * 32)
-EVAL_S_PER_EVAL = (755 - 636) / (432 * 71)
-EVAL_NFE = 25 * 2 + (1 + 2 + 4) + (1 + 2 + 4) * 2     # the demo's sample grid rows, per image
+PHASE1_S_PER_EVAL = 54.1 / (576 * 50)
+PHASE2_S_PER_SAMPLE = 388.0 / (1200 * 32)
 SNAPSHOT_NFE = 1 + 2 + 4                              # a snapshot's evaluation redoes only the RayFlow rows
+FIXED_NFE = 25 * 2 + 25 * 2 + (1 + 2 + 4) * 2         # the rows without the LoRA, computed once per run
+EVAL_NFE = FIXED_NFE + SNAPSHOT_NFE                   # the first evaluation, per image
+EVAL_S_PER_EVAL = 180.7 / (432 * (EVAL_NFE + 3 * SNAPSHOT_NFE))
 
 
 def estimate_seconds(trajectories: int, teacher_steps: int, teacher_cfg: float, train_steps: int,

@@ -93,18 +93,22 @@ def _save_state(path: str, step: int, run: dict, modules, emas, opt, g: torch.Ge
         write_json(os.path.join(tmp, "step.json"), {"step": step, **run})
 
 
-def load_ema(path: str, modules) -> dict:
+def state_settings(path: str) -> dict:
+    """The ``step.json`` of the training state :func:`_save_state` wrote in the folder ``path``: its
+    ``step`` and the run's settings."""
+    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_ema(path: str, modules) -> None:
     """Load the EMA weights of the training state :func:`_save_state` wrote in the folder ``path`` into
-    ``modules`` (the run's modules, in its order) and return its ``step.json`` (``step`` and the run's
-    settings): a teacher as it stood at that step, while its run goes on."""
+    ``modules`` (the run's modules, in its order): a teacher as it stood at that step, while its run
+    goes on."""
     from safetensors.torch import load_file
 
-    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
-        saved = json.load(f)
     tensors = load_file(os.path.join(path, "state.safetensors"))
     for i, m in enumerate(modules):
         m.load_state_dict({k: tensors[f"ema{i}.{k}"] for k in m.state_dict()})
-    return saved
 
 
 def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) -> int:
@@ -112,8 +116,7 @@ def _load_state(path: str, run: dict, modules, emas, opt, g: torch.Generator) ->
     step. A state saved by a run with other settings than ``run`` is one line, and nothing is changed."""
     from safetensors.torch import load_file
 
-    with open(os.path.join(path, "step.json"), encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = state_settings(path)
     other = {k: saved.get(k) for k in run if saved.get(k) != run[k]}
     if other:
         raise SystemExit(f"the training state in {path} belongs to a run with "

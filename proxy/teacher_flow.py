@@ -34,7 +34,6 @@ bench.teacher_recovery``).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -47,7 +46,7 @@ from training.flow_family import FAMILIES
 from training.flow_models import T5_LENGTH_KEY, text_conditioning
 
 from .data import vocabulary
-from .teacher import RESOLUTION, fit, load_ema, teacher_args, teacher_parser
+from .teacher import RESOLUTION, fit, load_ema, state_settings, teacher_args, teacher_parser
 
 # the time shift of the schedule (the scheduler's static ``shift``). SD3 uses 3 at 1024 x 1024; its
 # paper's rule (shift sqrt(m / n) for m image dimensions against a base of n) gives a shift of at most
@@ -155,8 +154,7 @@ def export_state(checkpoint: str, out_dir: str) -> int:
     and patch size) to ``out_dir`` as :func:`train` would at the end; returns the state's step."""
     with tempfile.TemporaryDirectory() as folder:
         tokenizers = _tokenizers(folder)
-    with open(os.path.join(checkpoint, "step.json"), encoding="utf-8") as f:
-        run = json.load(f)
+    run = state_settings(checkpoint)
     transformer, encoders = build(tokenizers, run["seed"], run["patch_size"])
     load_ema(checkpoint, [transformer, *encoders])
     save(out_dir, transformer, encoders, run["shift"])
