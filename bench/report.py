@@ -67,7 +67,7 @@ def fair_report(data: Dict) -> List[str]:
             lines.append(f"| {name} | {_nfe(v.get('nfe', {}))} | " + " | ".join(
                 " / ".join(fmt(v.get(m, {}).get(str(n)), 3 if m == "rmse" else 2 if m == "alignment" else 1)
                            for m in ("fd", "rmse", "fd_data", "alignment")) for n in STEPS) + " |")
-    for key, what in (("lr_selection", "Learning rates"), ("eta_selection", "The sampler's eta (equal cost)")):
+    for key, what in (("lr_selection", "Learning rates (LCM: and losses)"), ("eta_selection", "The sampler's eta (equal cost)")):
         if data.get(key):
             lines += ["", f"{what} chosen on the held-out set (mean over 1/2/4/8 steps of the held-out "
                       f"{HEADLINE}, over the seeds every setting has):", "", "| arm | setting: score | chosen |", "|---|---|---|"]

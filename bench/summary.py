@@ -84,8 +84,9 @@ def heldout_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: Lis
 
 
 def lr_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int]) -> Dict:
-    """The learning rate of each arm of ``LR_SWEEP``, chosen on the held-out set (:func:`heldout_selection`)."""
-    return heldout_selection(heldout, seeds, LR_SWEEP, "learning rate")
+    """The learning rate of each arm of ``LR_SWEEP`` (and LCM's loss), chosen on the held-out set
+    (:func:`heldout_selection`)."""
+    return heldout_selection(heldout, seeds, LR_SWEEP, "learning rate (LCM: and loss)")
 
 
 def eta_selection(heldout: Dict[str, Dict[str, Dict[str, List]]], seeds: List[int]) -> Dict:

@@ -62,7 +62,10 @@ LCM_VARIANTS = {"lcm": dict(), "lcm_lr3e-4": dict(learning_rate=3e-4), "lcm_lr1e
                 "lcm_lr3e-5": dict(learning_rate=3e-5), "lcm_lr1e-5": dict(learning_rate=1e-5),
                 "lcm_ema": dict(ema_target=0.95),
                 # the loss and LoRA rank of diffusers' README examples of LCM-LoRA (pseudo-Huber; rank 64)
-                "lcm_huber": dict(loss="huber"), "lcm_rank64": dict(lora_rank=64, lora_alpha=64.0)}
+                "lcm_huber": dict(loss="huber"), "lcm_rank64": dict(lora_rank=64, lora_alpha=64.0),
+                # the pseudo-Huber loss stops the rise (seed 0, docs/experiments.md): its learning rate swept too
+                "lcm_huber_lr3e-4": dict(loss="huber", learning_rate=3e-4),
+                "lcm_huber_lr1e-3": dict(loss="huber", learning_rate=1e-3)}
 COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that combine two of the above
             "top50_taper_anchor0.5": ("top50", "taper_anchor0.5"),
             "top75_taper_anchor0.5": ("top75", "taper_anchor0.5"),
@@ -71,10 +74,12 @@ COMBINED = {"rank64_anchor0.5": ("rank64", "anchor0.5"),      # variants that co
             "no_ray_lr3e-4": ("no_ray", "ray_lr3e-4"), "anchor0.5_lr3e-4": ("anchor0.5", "ray_lr3e-4")}
 VARIANTS.update({name: {k: v for part in parts for k, v in VARIANTS[part].items()} for name, parts in COMBINED.items()})
 ALL_VARIANTS = (*VARIANTS, *LCM_VARIANTS)
-# the learning rates swept per arm (the fair benchmark: every arm tuned with the same care, on held-out noise)
+# the learning rates swept per arm (the fair benchmark: every arm tuned with the same care, on held-out noise);
+# LCM's candidates are both published losses (L2, pseudo-Huber) at each of their learning rates
 LR_SWEEP = {"ray": ("ray", "ray_lr3e-4"), "no_ray": ("no_ray", "no_ray_lr3e-4"),
             "anchor0.5": ("anchor0.5", "anchor0.5_lr3e-4"),
-            "lcm": ("lcm_lr1e-5", "lcm_lr3e-5", "lcm", "lcm_lr3e-4", "lcm_lr1e-3")}
+            "lcm": ("lcm_lr1e-5", "lcm_lr3e-5", "lcm", "lcm_lr3e-4", "lcm_lr1e-3",
+                    "lcm_huber", "lcm_huber_lr3e-4", "lcm_huber_lr1e-3")}
 MULTISEED_VARIANTS = ("ray", "no_ts", "no_ray", "lcm")      # the --seeds default: the recipe and its baselines
 SNAPSHOT_EVERY = 300        # every job also saves its LoRA every SNAPSHOT_EVERY steps: FD vs training steps
 # how the benchmark's phase-2 step runs (recorded in every job's record): torch.compile, 1.15-1.2x faster

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The fair benchmark's whole rerun (issue 37) on one GPU, in order, from the repository root:
-#   (a) the headline: ray, anchor0.5 (the few-step preset), no_ray, lcm, no_ts, seeds 0-4, 2400 steps
-#       -> docs/results/quality_fair_2400.json; its Holm family: anchor0.5 against ray, no_ray and lcm
-#   (b) the learning-rate sweep: lcm at 1e-5 / 3e-5 / 3e-4 / 1e-3, ray, anchor0.5 and no_ray at 3e-4, seeds 0-2
-#       (same out and results)
+#   (a) the sweep, seeds 0-2, 2400 steps: every arm's learning rate (ray, anchor0.5, no_ray at 1e-3 and 3e-4;
+#       LCM with the L2 loss at 1e-5 to 1e-3 and with the pseudo-Huber loss at 1e-4 to 1e-3), chosen on the
+#       held-out set -> docs/results/quality_fair_2400.json (lr_selection)
+#   (b) the headline: each arm at the setting (a) chose, and no_ts, seeds 0-4 (same out and results);
+#       its Holm family: anchor0.5 against ray, no_ray and lcm
 #   (c) LCM with the EMA target (0.95), seeds 0-2 (same out and results); then the other diagnosis arms of
 #       item 4 (sigma0.03, rank64: sigma-ball, capacity), seeds 0-2
-#   (d) the one-step preset against the tuned LCM (the learning rate (b) chose on the held-out set) at the
-#       preset's budget: 72 x 64 trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
+#   (d) the one-step preset against the tuned LCM (the setting (a) chose) at the preset's budget: 72 x 64
+#       trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
 #   (e) the flow-matching proxy (issue 33): ray, anchor0.5, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
 #       (skipped while proxy/weights/flow_teacher is not committed)
 # Every stage is `python -m bench.quality --seeds ...`: a finished job (in <out>/runs or the archive beside
@@ -20,7 +21,7 @@
 # --tiny (or GPU_RERUN_TINY=1): everything shrunk (1 seed, 2-3 training steps, 3 captions, 1-2 trajectories
 #   per caption, 2 evaluation images per caption, eager step) so that it runs on a CPU in minutes; it writes
 #   under $GPU_RERUN_TINY_DIR (default outputs/gpu_rerun_tiny), never docs/results.
-# --dry-run: print each stage's command (stage d with the LCM choice as it stands) and run nothing.
+# --dry-run: print each stage's command (stages b and d with the choices as they stand) and run nothing.
 # Python: $PYTHON, else .venv/bin/python, else python3 (it needs torch, diffusers, peft, accelerate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,17 +74,20 @@ stage() {     # stage NAME ARGS...: one bench.quality run, timed
   echo "== stage $name done in $((SECONDS - t0)) s ($SECONDS s since the start)"
 }
 
-stage a-headline --seeds $seeds5 --variants ray,anchor0.5,no_ray,lcm,no_ts "${fair[@]}"
-stage b-lr-sweep --seeds $seeds3 --variants lcm_lr3e-5,lcm_lr1e-5,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr3e-4,lcm_lr1e-3 "${fair[@]}"
+# (a) every arm's learning rate (and LCM's loss) on the held-out set; L2 LCM at 1e-4 (lcm) is a candidate too
+stage a-sweep --seeds $seeds3 --variants ray,anchor0.5,no_ray,lcm,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr1e-5,lcm_lr3e-5,lcm_lr3e-4,lcm_lr1e-3,lcm_huber,lcm_huber_lr3e-4,lcm_huber_lr1e-3 "${fair[@]}"
+# the setting each arm of bench.variants.LR_SWEEP got (the summary's lr_selection; the arm itself where none was made)
+chosen=$("$PY" -c "import json, os, sys; from bench.variants import LR_SWEEP; p = sys.argv[1]
+d = json.load(open(p)) if os.path.isfile(p) else {}
+print(','.join(d.get('lr_selection', {}).get(a, {}).get('chosen', a) for a in LR_SWEEP))" "$res/quality_fair_2400.json")
+lcm=${chosen##*,}
+echo "gpu_rerun: the settings the held-out sweep chose (ray, no_ray, anchor0.5, lcm): $chosen"
+stage b-headline --seeds $seeds5 --variants "$chosen,no_ts" "${fair[@]}"
 stage c-lcm-ema --seeds $seeds3 --variants lcm_ema "${fair[@]}"
 # why ray sits far from the teacher's distribution (issue 37 item 4; the start point, anchor0.5, is in stage a):
 # the sigma-ball, capacity
 stage c2-diagnosis --seeds $seeds3 --variants sigma0.03,rank64 "${fair[@]}"
 
-# the tuned LCM: the learning rate the sweep chose on the held-out set (lr_selection of the summary)
-lcm=$("$PY" -c "import json, os, sys; p = sys.argv[1]; d = json.load(open(p)) if os.path.isfile(p) else {}
-print(d.get('lr_selection', {}).get('lcm', {}).get('chosen', 'lcm'))" "$res/quality_fair_2400.json")
-echo "gpu_rerun: tuned LCM (the held-out choice of stage b; lcm where none was made): $lcm"
 stage d-one-step --seeds $seeds4 --variants "one_step,$lcm" --train-steps "$one_steps" "${one_sets[@]}" \
   --out "$out/quality_onestep_fair_7200" --results "$res/quality_onestep_fair_7200.json" --holm-family "one_step:$lcm"
 

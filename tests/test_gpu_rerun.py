@@ -29,21 +29,27 @@ def _plan(tmp_path, *flags, env=None):
     return [(name, parser().parse_args(shlex.split(args))) for name, args in stages]
 
 
-def test_the_plan_runs_the_headline_the_sweeps_and_the_one_step_preset_in_order(tmp_path):
-    from bench.variants import ALL_VARIANTS
+SWEEP = ("ray,anchor0.5,no_ray,lcm,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr1e-5,lcm_lr3e-5,lcm_lr3e-4,lcm_lr1e-3,"
+         "lcm_huber,lcm_huber_lr3e-4,lcm_huber_lr1e-3")
+
+
+def test_the_plan_runs_the_sweep_the_headline_and_the_one_step_preset_in_order(tmp_path):
+    from bench.variants import ALL_VARIANTS, LR_SWEEP
 
     plan = _plan(tmp_path)
     flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
-    assert [name for name, _ in plan] == ["a-headline", "b-lr-sweep", "c-lcm-ema", "c2-diagnosis", "d-one-step"] + \
+    assert [name for name, _ in plan] == ["a-sweep", "b-headline", "c-lcm-ema", "c2-diagnosis", "d-one-step"] + \
         ["e-flow"] * flow
     (_, a), (_, b), (_, c), (_, c2), (_, d) = plan[:5]
     if flow:          # the flow proxy's verdict: its own summary, the VP arms without LCM
         e = plan[5][1]
         assert (e.proxy, e.seeds, e.variants, e.train_steps) == ("flow", [0, 1, 2], "ray,anchor0.5,no_ray,no_ts", 2400)
         assert e.results == "docs/results/quality_flow_2400.json" and e.holm_family == "anchor0.5:ray,no_ray"
-    assert a.seeds == [0, 1, 2, 3, 4] and a.variants == "ray,anchor0.5,no_ray,lcm,no_ts" and a.train_steps == 2400
-    assert b.seeds == c.seeds == [0, 1, 2] and b.variants == "lcm_lr3e-5,lcm_lr1e-5,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr3e-4,lcm_lr1e-3"
-    assert c.variants == "lcm_ema" and c2.variants == "sigma0.03,rank64" and c2.seeds == [0, 1, 2]
+    # the sweep holds every candidate setting of every arm, ray first (the others train on its phase-1 cache)
+    assert a.seeds == [0, 1, 2] and a.variants == SWEEP and a.train_steps == 2400
+    assert set(a.variants.split(",")) == {v for settings in LR_SWEEP.values() for v in settings}
+    assert b.seeds == [0, 1, 2, 3, 4] and b.variants.split(",")[-1] == "no_ts" and b.variants.startswith("ray")
+    assert c.seeds == [0, 1, 2] and c.variants == "lcm_ema" and c2.variants == "sigma0.03,rank64" and c2.seeds == [0, 1, 2]
     for args in (a, b, c, c2):        # one summary, one headline family
         assert (args.out, args.results) == ("outputs/quality_fair_2400", "docs/results/quality_fair_2400.json")
         assert args.holm_family == "anchor0.5:ray,no_ray,lcm" and args.seeds_per_prompt == 8 and args.captions == 72
@@ -54,17 +60,20 @@ def test_the_plan_runs_the_headline_the_sweeps_and_the_one_step_preset_in_order(
         assert set(args.variants.split(",")) <= set(ALL_VARIANTS)
 
 
-def test_the_tiny_plan_shrinks_every_stage_and_stage_d_takes_the_lcm_the_sweep_chose(tmp_path):
+def test_the_tiny_plan_shrinks_every_stage_and_the_headline_takes_the_settings_the_sweep_chose(tmp_path):
     results = tmp_path / "results" / "quality_fair_2400.json"
     results.parent.mkdir()
-    results.write_text(json.dumps({"lr_selection": {"lcm": {"chosen": "lcm_lr3e-4"}}}))
-    plan = _plan(tmp_path, "--tiny", "--workers", "1", "--device", "cpu")
+    results.write_text(json.dumps({"lr_selection": {"lcm": {"chosen": "lcm_huber_lr3e-4"},
+                                                    "no_ray": {"chosen": "no_ray_lr3e-4"}}}))
+    plan = dict(_plan(tmp_path, "--tiny", "--workers", "1", "--device", "cpu"))
     assert len(plan) == 5 + os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
-    for _, args in plan:
+    for args in plan.values():
         assert args.out.startswith(str(tmp_path)) and args.results.startswith(str(tmp_path))
         assert args.seeds == [0] and args.train_steps <= 3 and args.captions == 3 and args.eval_per_caption == 2
         assert args.workers == 1 and args.device == "cpu" and args.no_compile
-    assert plan[-1][1].variants == "one_step,lcm_lr3e-4" and plan[-1][1].holm_family == "one_step:lcm_lr3e-4"
+    assert plan["b-headline"].variants == "ray,no_ray_lr3e-4,anchor0.5,lcm_huber_lr3e-4,no_ts"
+    assert plan["d-one-step"].variants == "one_step,lcm_huber_lr3e-4"
+    assert plan["d-one-step"].holm_family == "one_step:lcm_huber_lr3e-4"
 
 
 def test_the_device_is_chosen_once_and_named(monkeypatch):
@@ -86,7 +95,7 @@ def test_the_device_is_chosen_once_and_named(monkeypatch):
 @pytest.mark.slow
 def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_device(tmp_path):
     """``gpu_rerun.sh --tiny`` through ``device_rerun.sh`` (what a lent GPU runs) on this machine's device
-    (the CPU here; about 2-4 minutes on a busy 2-core CPU): both summaries are written, stage d trains the
+    (the CPU here; about 4 minutes on a busy 2-core CPU): both summaries are written, stage d trains the
     LCM the sweep chose, every job's record names the device it ran on and its eager step, and the
     results come back packed in ``$OUT``."""
     from bench.device import choose, device_info
@@ -100,9 +109,7 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 5 + flow     # per-stage timings
     with open(tmp_path / "results" / "quality_fair_2400.json") as f:
         fair = json.load(f)
-    assert set(fair["variants"]) >= {"ray", "anchor0.5", "no_ray", "lcm", "no_ts", "lcm_lr1e-5", "lcm_lr3e-5",
-                                     "lcm_lr3e-4", "lcm_lr1e-3", "ray_lr3e-4", "anchor0.5_lr3e-4", "no_ray_lr3e-4",
-                                     "lcm_ema", "sigma0.03", "rank64"}
+    assert set(fair["variants"]) >= {*SWEEP.split(","), "no_ts", "lcm_ema", "sigma0.03", "rank64"}
     chosen = fair["lr_selection"]["lcm"]["chosen"]
     with open(tmp_path / "results" / "quality_onestep_fair_7200.json") as f:
         onestep = json.load(f)
@@ -110,8 +117,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     device = device_info(choose("auto")).split(",")[0]           # the thread count may differ in the job
     records = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) if d.endswith(os.path.join("runs", "seed0"))
                for f in files if f.endswith(".json")]
-    # <out>/runs and the archive: 15 jobs of the fair run (diagnosis arms included), 2 of the one-step, 4 of the flow proxy's
-    assert len(records) == 2 * (15 + 2 + 4 * flow)
+    # <out>/runs and the archive: 18 jobs of the fair run (diagnosis arms included), 2 of the one-step, 4 of the flow proxy's
+    assert len(records) == 2 * (18 + 2 + 4 * flow)
     for path in records:
         with open(path) as f:
             record = json.load(f)
