@@ -31,8 +31,11 @@ def test_the_flow_teacher_is_an_sd3_model_in_pixel_space_that_samples_its_captio
     m = flow_teacher
     assert isinstance(m, FlowModel) and m.architecture == "sd3" and m.vae is None
     assert m.latent_channels == 3 and m.latent_size(16) == 16 and m.text_length == 16
-    # SD3's table shifted by 3 (t' = 3 t / (1 + 2 t)) from t = 1 / 1000 up to t = 1
-    assert abs(float(m.schedule.sigmas[0]) - 0.003 / 1.002) < 1e-6 and abs(float(m.schedule.sigmas[-1]) - 1.0) < 1e-6
+    # SD3's table under the shift the teacher trained with (t' = s t / (1 + (s - 1) t)), t = 1 / 1000 up to 1
+    with open(os.path.join(FLOW_TEACHER, "scheduler", "scheduler_config.json")) as f:
+        shift = json.load(f)["shift"]
+    assert abs(float(m.schedule.sigmas[0]) - shift * 1e-3 / (1 + (shift - 1) * 1e-3)) < 1e-6
+    assert abs(float(m.schedule.sigmas[-1]) - 1.0) < 1e-6
     labels = all_labels()[::3]                                       # 24 captions
     seeds = torch.arange(len(labels))
     images = teacher_samples(m, labels, seeds, FLOW.solver, FLOW.steps, FLOW.cfg)
