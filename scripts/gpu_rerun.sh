@@ -10,7 +10,7 @@
 #   (d) the one-step preset against the tuned LCM (the setting (a) chose) at the preset's budget: 72 x 64
 #       trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
 #   (e) the flow-matching proxy (issue 33): ray, anchor0.5, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
-#       (skipped while proxy/weights/flow_teacher is not committed)
+#       (skipped where proxy/weights/flow_teacher is absent)
 # Every stage is `python -m bench.quality --seeds ...`: a finished job (in <out>/runs or the archive beside
 # the results) is not trained again and a killed one resumes from its checkpoint, so the same command
 # continues where it stopped; the summary is rewritten after every job. No network is needed.
