@@ -46,10 +46,10 @@ PROBES = 96          # images per consistency probe (training and unseen each)
 @torch.no_grad()
 def ode_endpoint(model, x: torch.Tensor, t0: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     """The teacher's guided DDIM solution ``[B, C, H, W]`` from ``x`` at level ``t0`` down to 0 along the skipping grid."""
-    ac = model.schedule.alphas_cumprod.double()
+    ac, teacher = model.schedule.alphas_cumprod.double(), eps_net(model.unet)
     for t in [int(t) for t in skipping_grid(len(ac)) if t <= t0][::-1]:
         tt = torch.full((len(x),), t)
-        x = guided_ddim_step(eps_net(model.unet), x, tt, (tt - SKIP).clamp(min=0), cond, uncond, ac, TEACHER_CFG)
+        x = guided_ddim_step(teacher, x, tt, (tt - SKIP).clamp(min=0), cond, uncond, ac, TEACHER_CFG)
     return x
 
 
@@ -67,9 +67,9 @@ class Probe:
     @torch.no_grad()
     def error(self, unet) -> Dict[str, float]:
         """RMSE of the consistency function of ``unet`` against the ODE endpoints, per level."""
-        out = {}
+        out, eps = {}, eps_net(unet)
         for t in LEVELS:
-            f = consistency_fn(lambda x, tt: eps_net(unet)(x, tt, self.cond), self.xt[t],
+            f = consistency_fn(lambda x, tt: eps(x, tt, self.cond), self.xt[t],
                                torch.full((len(self.cond),), t), self.ac)
             out[str(t)] = float((f - self.end[t]).pow(2).mean().sqrt())
         return out

@@ -76,11 +76,11 @@ stage() {     # stage NAME ARGS...: one bench.quality run, timed
 
 # (a) every arm's learning rate (and LCM's loss) on the held-out set; L2 LCM at 1e-4 (lcm) is a candidate too
 stage a-sweep --seeds $seeds3 --variants ray,anchor0.5,no_ray,lcm,ray_lr3e-4,anchor0.5_lr3e-4,no_ray_lr3e-4,lcm_lr1e-5,lcm_lr3e-5,lcm_lr3e-4,lcm_lr1e-3,lcm_huber,lcm_huber_lr3e-4,lcm_huber_lr1e-3 "${fair[@]}"
-# the setting each arm of bench.variants.LR_SWEEP got (the summary's lr_selection; the arm itself where none was made)
-chosen=$("$PY" -c "import json, os, sys; from bench.variants import LR_SWEEP; p = sys.argv[1]
-d = json.load(open(p)) if os.path.isfile(p) else {}
-print(','.join(d.get('lr_selection', {}).get(a, {}).get('chosen', a) for a in LR_SWEEP))" "$res/quality_fair_2400.json")
-lcm=${chosen##*,}
+pick() {     # pick ARM...: the setting the sweep chose for each arm (the summary's lr_selection; the arm itself where none was made)
+  "$PY" -c "import json, os, sys; p = sys.argv[1]; d = json.load(open(p)) if os.path.isfile(p) else {}
+print(','.join(d.get('lr_selection', {}).get(a, {}).get('chosen', a) for a in sys.argv[2:]))" "$res/quality_fair_2400.json" "$@"
+}
+chosen=$(pick ray no_ray anchor0.5 lcm) lcm=$(pick lcm)
 echo "gpu_rerun: the settings the held-out sweep chose (ray, no_ray, anchor0.5, lcm): $chosen"
 stage b-headline --seeds $seeds5 --variants "$chosen,no_ts" "${fair[@]}"
 stage c-lcm-ema --seeds $seeds3 --variants lcm_ema "${fair[@]}"
