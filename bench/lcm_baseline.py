@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import copy
 import shutil
+from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from diffusers import LCMScheduler
@@ -100,6 +101,17 @@ def guided_ddim_step(teacher, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tenso
     return (a_s.sqrt() * x0_from_eps(x_t.double(), eps, a_t) + (1 - a_s).sqrt() * eps).float()
 
 
+def distance(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """The mean distance between ``pred`` and ``target`` (same shape): ``l2`` (squared error) or ``huber``
+    (pseudo-Huber ``sqrt(d^2 + c^2) - c``, ``HUBER_C``), computed in float32."""
+    d2 = (pred.float() - target.float()) ** 2
+    if loss == "huber":
+        return (torch.sqrt(d2 + HUBER_C ** 2) - HUBER_C).mean()
+    if loss != "l2":
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return d2.mean()
+
+
 def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
              alphas_cumprod: torch.Tensor, cfg_scale: float, t: torch.Tensor, noise: torch.Tensor,
              skip: int = SKIP, loss: str = "l2", target_net=None) -> torch.Tensor:
@@ -115,12 +127,7 @@ def lcm_loss(student, teacher, x0: torch.Tensor, cond: torch.Tensor, uncond: tor
     with torch.no_grad():
         x_s = guided_ddim_step(teacher, x_t, t, s, cond, uncond, alphas_cumprod, cfg_scale)
         target = consistency_fn(lambda x, tt: (target_net or student)(x, tt, cond), x_s, s, alphas_cumprod)
-    d2 = (pred.float() - target.float()) ** 2
-    if loss == "huber":
-        return (torch.sqrt(d2 + HUBER_C ** 2) - HUBER_C).mean()
-    if loss != "l2":
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return d2.mean()
+    return distance(pred, target, loss)
 
 
 def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, total: int):
@@ -131,53 +138,97 @@ def lr_schedule(opt: torch.optim.Optimizer, kind: str, warmup: int, total: int):
     return get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=total)
 
 
-def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: int, batch_size: int = 32,
-               lora_rank: int = 16, lora_alpha: float = 16.0, cfg_scale: float = 3.0, seed: int = 0,
-               resolution: int = 16, progress: bool = True, checkpoint_dir: Optional[str] = None,
-               checkpoint_every: int = 300, save_every: int = 0, save_precision: str = "fp32",
-               learning_rate: float = LCM_RECIPE["learning_rate"], weight_decay: float = LCM_RECIPE["weight_decay"],
-               max_grad_norm: float = LCM_RECIPE["max_grad_norm"], lr_schedule_kind: str = LCM_RECIPE["lr_schedule"],
-               lr_warmup: int = LCM_RECIPE["lr_warmup"], loss: str = LCM_RECIPE["loss"],
-               ema_target: float = LCM_RECIPE["ema_target"], device="cpu") -> str:
-    """Train an LCM-LoRA on the base model at ``teacher_path`` (a diffusers folder) from the
-    phase-1 cache in ``cache_folder``; write it (kohya keys, like RayFlow LoRAs, weights in
-    ``save_precision``) to ``output``, and every ``save_every`` steps a snapshot
-    ``<output stem>-step<N>.safetensors`` (``training.distill.snapshot_path``). The optimisation
-    options default to ``LCM_RECIPE``; ``ema_target`` > 0 makes the target an EMA of the student's
-    LoRA with that decay. The UNets train on ``device``; the cache stays on the CPU and each batch is
-    moved there.
+@dataclass
+class ConsistencyTask:
+    """One model family's part of LCM distillation, for :func:`train_consistency_lora`.
+
+    Attributes:
+        teacher: the base denoiser (frozen; a copy of it with a LoRA becomes the student).
+        loss: ``(student, teacher, target, x0 [B, C, H, W], cond, t [B], noise [B, C, H, W]) -> loss``:
+            the nets as modules (``target`` None: the student without gradient), ``cond`` the cache's
+            conditioning dict of the batch, ``t`` indices of the model's schedule drawn from ``grid``.
+        grid: ``[G]`` the schedule indices the timesteps are drawn from.
+        targets: the LoRA's target module names (comma-separated, ``add_lora``'s).
+        export: ``(peft LoRA state, rank, alpha, precision) -> the LoRA file's tensors``.
+        blocks, exclude: ``add_lora``'s (the model's ``lora_blocks`` / ``lora_exclude``).
+    """
+    teacher: torch.nn.Module
+    loss: Callable[..., torch.Tensor]
+    grid: torch.Tensor
+    targets: str
+    export: Callable[..., Dict[str, torch.Tensor]]
+    blocks: tuple = ()
+    exclude: tuple = ()
+
+
+def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: int, cfg_scale: float = 3.0,
+               resolution: int = 16, loss: str = LCM_RECIPE["loss"], **options) -> str:
+    """Train an LCM-LoRA on the base model at ``teacher_path`` (a diffusers folder of an epsilon model)
+    from the phase-1 cache in ``cache_folder`` with the teacher's CFG ``cfg_scale`` and the ``loss``
+    (``LOSSES``); write it (kohya keys, like RayFlow LoRAs) to ``output``. ``options`` are those of
+    :func:`train_consistency_lora` (batch, LoRA shape, seed, snapshots, checkpoints, the optimisation
+    of ``LCM_RECIPE`` by default, EMA target, device)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    model = load_base_model(teacher_path)
+    cache = load_cache(cache_folder)
+    ac = model.schedule.alphas_cumprod.double()
+    uncond_one = model.encode_prompts([""], torch.device("cpu"))["cond"]
+
+    def vp_loss(student, teacher, target, x0, cond, t, noise):
+        c = cond["cond"]
+        return lcm_loss(eps_net(student), eps_net(teacher), x0, c, uncond_one.to(c.device).expand_as(c), ac.to(c.device),
+                        cfg_scale, t, noise, loss=loss, target_net=None if target is None else eps_net(target))
+
+    task = ConsistencyTask(model.unet, vp_loss, skipping_grid(len(ac)), DistillConfig.__dataclass_fields__["lora_targets"].default,
+                           lambda state, rank, alpha, precision: kohya_unet_state_dict(state, rank, alpha, SAVE_DTYPES[precision]))
+    meta = {"lcm.cfg": str(cfg_scale), "lcm.skip": str(SKIP), "lcm.resolution": str(resolution), "lcm.loss": loss}
+    return train_consistency_lora(task, cache, output, train_steps, meta, **options)
+
+
+def train_consistency_lora(task: ConsistencyTask, cache, output: str, train_steps: int, meta: Dict[str, str],
+                           batch_size: int = 32, lora_rank: int = 16, lora_alpha: float = 16.0, seed: int = 0,
+                           progress: bool = True, checkpoint_dir: Optional[str] = None, checkpoint_every: int = 300,
+                           save_every: int = 0, save_precision: str = "fp32", learning_rate: float = LCM_RECIPE["learning_rate"],
+                           weight_decay: float = LCM_RECIPE["weight_decay"],
+                           max_grad_norm: float = LCM_RECIPE["max_grad_norm"],
+                           lr_schedule_kind: str = LCM_RECIPE["lr_schedule"], lr_warmup: int = LCM_RECIPE["lr_warmup"],
+                           ema_target: float = LCM_RECIPE["ema_target"], device="cpu") -> str:
+    """The LCM-LoRA training loop over ``task`` (one family's loss, grid and LoRA) on the phase-1
+    ``cache`` (``training.data.load_cache``): a rank-``lora_rank`` LoRA trained for ``train_steps``
+    steps at batch ``batch_size`` and written (weights in ``save_precision``) to ``output`` with the
+    metadata ``meta`` and ``lcm.baseline``, ``lcm.train_steps``, ``lcm.learning_rate``,
+    ``lcm.ema_target``, and every ``save_every`` steps a snapshot ``<output stem>-step<N>.safetensors``
+    (``training.distill.snapshot_path``). The optimisation options default to ``LCM_RECIPE``;
+    ``ema_target`` > 0 makes the target an EMA of the student's LoRA with that decay. Batches are
+    those of the RayFlow trainer with the same ``seed`` (paired), then the timesteps and noise. The
+    nets train on ``device``; the cache stays on the CPU and each batch is moved there.
 
     With ``checkpoint_dir``, the LoRA (and its EMA), optimizer, LR schedule and generator states are
     saved there every ``checkpoint_every`` steps (``training.checkpoint``: safetensors + JSON,
     atomic), and a call that finds a checkpoint continues from it: a run killed at any point and
     called again gives the LoRA of an uninterrupted run, bit for bit. The checkpoint is removed at
     the end."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    model = load_base_model(teacher_path)
-    cache = load_cache(cache_folder)
-    ac = model.schedule.alphas_cumprod.double().to(device)
-    uncond_one = model.encode_prompts([""], torch.device("cpu"))["cond"].to(device)
-    teacher_unet = model.unet
-    student_unet = copy.deepcopy(teacher_unet)
+    teacher_net = task.teacher
+    student_net = copy.deepcopy(teacher_net)
     torch.manual_seed(seed)
-    targets = DistillConfig.__dataclass_fields__["lora_targets"].default
-    add_lora(student_unet, SimpleNamespace(lora_targets=targets, lora_rank=lora_rank, lora_alpha=lora_alpha))
-    teacher_unet.to(device)          # after the LoRA's initialisation, which draws on the CPU whatever the device
-    student_unet.to(device)
-    student_unet.train()
-    named = {n: p for n, p in student_unet.named_parameters() if p.requires_grad}
+    add_lora(student_net, SimpleNamespace(lora_targets=task.targets, lora_rank=lora_rank, lora_alpha=lora_alpha),
+             blocks=task.blocks, exclude=task.exclude)
+    teacher_net.to(device)           # after the LoRA's initialisation, which draws on the CPU whatever the device
+    student_net.to(device)
+    student_net.train()
+    named = {n: p for n, p in student_net.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     sched = lr_schedule(opt, lr_schedule_kind, lr_warmup, train_steps)
-    target_unet = None
+    target_net = None
     if ema_target > 0:           # the LCM paper's target network: an EMA of the student's LoRA
-        target_unet = copy.deepcopy(student_unet).requires_grad_(False).eval()
-    ema_named = {} if target_unet is None else {n: p for n, p in target_unet.named_parameters() if n in named}
+        target_net = copy.deepcopy(student_net).requires_grad_(False).eval()
+    ema_named = {} if target_net is None else {n: p for n, p in target_net.named_parameters() if n in named}
 
     # the batches of the RayFlow trainer with the same seed (paired), then the LCM timesteps and noise
     g_data, g = phase2_generator(seed, "batches"), torch.Generator().manual_seed(seed)
-    N, grid = cache.x0.shape[0], skipping_grid(len(ac))
+    N, grid = cache.x0.shape[0], task.grid
     start = 0
     state = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if state is not None:
@@ -202,22 +253,19 @@ def distil_lcm(teacher_path: str, cache_folder: str, output: str, train_steps: i
                                          "opt": opt.state_dict(), "sched": sched.state_dict(),
                                          "g_data": g_data.get_state(), "g": g.get_state()})
 
-    def export(path: str, steps: int) -> None:
-        tensors = kohya_unet_state_dict(lora_state(student_unet), lora_rank, lora_alpha, SAVE_DTYPES[save_precision])
-        meta = {"lcm.baseline": "1", "lcm.train_steps": str(steps), "lcm.cfg": str(cfg_scale), "lcm.skip": str(SKIP),
-                "lcm.resolution": str(resolution), "lcm.learning_rate": str(learning_rate), "lcm.loss": loss,
-                "lcm.ema_target": str(ema_target)}
-        save_atomic(tensors, path, meta)        # no rayflow.format: not a RayFlow LoRA
+    def export(path: str, steps: int) -> None:       # no rayflow.format: not a RayFlow LoRA
+        save_atomic(task.export(lora_state(student_net), lora_rank, lora_alpha, save_precision), path,
+                    {"lcm.baseline": "1", "lcm.train_steps": str(steps), **meta, "lcm.learning_rate": str(learning_rate),
+                     "lcm.ema_target": str(ema_target)})
 
     bar = tqdm(range(start, train_steps), desc="LCM-LoRA distillation", disable=not progress,
                initial=start, total=train_steps)
     for step in bar:
         idx = torch.randint(N, (batch_size,), generator=g_data)
         t = grid[torch.randint(len(grid), (batch_size,), generator=g)].to(device)
-        x0, cond = cache.x0[idx].to(device), cache.cond["cond"][idx].to(device)
+        x0, cond = cache.x0[idx].to(device), {k: v[idx].to(device) for k, v in cache.cond.items()}
         noise = torch.randn(x0.shape, generator=g).to(device)      # drawn on the CPU, as every random number here
-        value = lcm_loss(eps_net(student_unet), eps_net(teacher_unet), x0, cond, uncond_one.expand_as(cond), ac, cfg_scale, t,
-                         noise, loss=loss, target_net=None if target_unet is None else eps_net(target_unet))
+        value = task.loss(student_net, teacher_net, target_net, x0, cond, t, noise)
         opt.zero_grad(set_to_none=True)
         value.backward()
         if max_grad_norm > 0:

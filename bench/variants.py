@@ -3,8 +3,9 @@
 The recipe every RayFlow variant shares is the proxy family's (``proxy.recipe``: VP, the demo's: sigma
 0.1, truncated-SNR loss weighting, the Time Sampler, the default LoRA targets, rank 16, lr 1e-3, batch
 32; ``FLOW``: the same phase 2 on the flow teacher, through the SD3 family's code path). A variant is a
-dict of ``DistillConfig`` options on top of it; ``lcm`` is the LCM-LoRA baseline
-(``bench/lcm_baseline.py``, VP only) trained on the same phase-1 cache, LoRA shape and budget.
+dict of ``DistillConfig`` options on top of it; ``lcm`` is the LCM-LoRA baseline trained on the same
+phase-1 cache, LoRA shape and budget (``bench/lcm_baseline.py``; on the flow teacher its flow-ODE form,
+``bench/lcm_flow.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from proxy.recipe import PHASE2, RESOLUTION, TEACHER_CFG, VP, ProxyRecipe
 from proxy.sampling import rayflow_samples
 
 from .lcm_baseline import distil_lcm, lcm_samples
+from .lcm_flow import distil_lcm_flow, flow_lcm_samples
 
 VARIANTS = {              # each changes one thing of the proxy recipe (proxy.recipe.PHASE2, Time Sampler on)
     "ray": dict(),
@@ -94,6 +96,12 @@ def is_lcm(variant: str) -> bool:
     return variant in LCM_VARIANTS
 
 
+def lcm_methods(recipe: ProxyRecipe):
+    """The LCM-LoRA trainer and sampler of the proxy family ``recipe``: the published epsilon recipe
+    (``bench/lcm_baseline.py``), or its flow-ODE form (``bench/lcm_flow.py``, docs/method.md eq. 10.10)."""
+    return (distil_lcm, lcm_samples) if recipe.name == "vp" else (distil_lcm_flow, flow_lcm_samples)
+
+
 def config_of(variant: str, recipe: ProxyRecipe = VP):
     """The variant's ``DistillConfig`` (no files named): what its LoRA is trained with."""
     return recipe.config("", "", "", **VARIANTS[variant])
@@ -120,15 +128,14 @@ def distil(variant: str, out: str, teacher: str, prompts: str, train_steps: int,
     if save_every < 0:
         save_every = SNAPSHOT_EVERY
     if is_lcm(variant):
-        if recipe is not VP:
-            raise SystemExit(f"the LCM-LoRA baseline (bench/lcm_baseline.py) is the VP teacher's; the {recipe.name} proxy has none")
         if not os.path.isdir(shared):
             raise SystemExit("the lcm variants train on the phase-1 cache of the ray variant: list ray before them")
-        return distil_lcm(teacher, shared, path, train_steps=train_steps, cfg_scale=TEACHER_CFG,
-                          seed=seed if train_seed < 0 else train_seed, resolution=RESOLUTION, progress=False,
-                          checkpoint_dir=os.path.join(out, f"work_{variant}", "checkpoint"), save_every=save_every,
-                          save_precision=SAVE_PRECISION, device=device,    # the same LoRA and batch unless the variant says
-                          **{**{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")}, **LCM_VARIANTS[variant]})
+        train_lcm = lcm_methods(recipe)[0]
+        return train_lcm(teacher, shared, path, train_steps=train_steps, cfg_scale=TEACHER_CFG,
+                         seed=seed if train_seed < 0 else train_seed, resolution=RESOLUTION, progress=False,
+                         checkpoint_dir=os.path.join(out, f"work_{variant}", "checkpoint"), save_every=save_every,
+                         save_precision=SAVE_PRECISION, device=device,    # the same LoRA and batch unless the variant says
+                         **{**{k: PHASE2[k] for k in ("batch_size", "lora_rank", "lora_alpha")}, **LCM_VARIANTS[variant]})
     cfg = distil_config(variant, out, teacher, prompts, train_steps, seeds, seed, train_seed, save_every, recipe, compile)
     # every sigma-path variant reads the same phase-1 cache (same teacher, prompts, seeds): equal data and budget
     if (variant != "ray" or cache) and cfg.ray_path == "sigma" and os.path.isdir(shared) \
@@ -158,8 +165,8 @@ def lora_samples(model, unet, variant: str, labels, seeds, steps: int, mu_mode: 
                  recipe: ProxyRecipe = VP):
     """``(images, model evaluations per image)`` of the LoRA ``unet`` of ``variant`` of the proxy family
     ``recipe`` in ``steps`` steps, for captions ``labels`` ``[N, 4]`` from the noise of ``seeds`` ``[N]``:
-    LCMScheduler sampling for ``lcm``, else the Ray sampler of the teacher ``model`` with the variant's
+    LCM's multistep sampling for ``lcm`` (:func:`lcm_methods`), else the Ray sampler of the teacher ``model`` with the variant's
     process, target-mean mode ``mu_mode`` and ``eta`` (``proxy.sampling.rayflow_samples``)."""
     if is_lcm(variant):
-        return lcm_samples(model, unet, labels, seeds, steps)
+        return lcm_methods(recipe)[1](model, unet, labels, seeds, steps)
     return rayflow_samples(model, unet, labels, seeds, steps, process_of(variant, recipe), mu_mode, eta, recipe.cfg)

@@ -51,7 +51,9 @@ def model_device(model: BaseModel) -> torch.device:
     return next(model.unet.parameters()).device
 
 
-def _noise_and_cond(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor):
+def noise_and_cond(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor):
+    """``(z [N, C, 16, 16], cond)``: the seeded initial noise of ``seeds`` ``[N]`` (drawn on the CPU, the
+    same for every method) and the conditioning of the captions ``labels`` ``[N, 4]``, on the model's device."""
     device = model_device(model)
     cond = model.encode_prompts([caption_of(label) for label in labels.tolist()], device)
     z = item_noise(0, seeds, (model.latent_channels, RESOLUTION, RESOLUTION)).to(device)   # drawn on the CPU
@@ -68,16 +70,18 @@ def teacher_samples(model: BaseModel, labels: torch.Tensor, seeds: torch.Tensor,
     """Images ``[N, 3, 16, 16]`` (on the CPU) of the teacher (CFG ``cfg``, ``solver`` ``ddim`` / ``dpmsolver++``, flow:
     ``euler`` / ``dpmsolver++``, ``steps`` steps) for captions ``labels`` ``[N, 4]`` from the noise of
     ``seeds`` ``[N]``."""
-    z, cond = _noise_and_cond(model, labels, seeds)
+    z, cond = noise_and_cond(model, labels, seeds)
     x0, _, _ = teacher_trajectory(model, z, cond, _uncond(model, len(labels)), solver, steps, cfg, RESOLUTION)
     return model.decode(x0).cpu()
 
 
-def guided_velocity(model: BaseModel, cond, cfg: float = TEACHER_CFG):
+def guided_velocity(model: BaseModel, cond, cfg: float = TEACHER_CFG, uncond=None):
     """The flow teacher's classifier-free-guided velocity ``v(x, s) = v_u + cfg (v_c - v_u)`` as a function
     of ``x`` ``[N, C, H, W]`` and sigmas ``s`` ``[N]``, for the conditioning ``cond`` (a dict of ``[N, ...]``
-    tensors, :meth:`BaseModel.encode_prompts`; one batched call of both halves per evaluation)."""
-    both = {k: torch.cat([u, cond[k]]) for k, u in _uncond(model, len(next(iter(cond.values())))).items()}
+    tensors, :meth:`BaseModel.encode_prompts`; one batched call of both halves per evaluation) and the
+    negative prompt's ``uncond`` (same form; default: the empty prompt's, encoded here)."""
+    uncond = _uncond(model, len(next(iter(cond.values())))) if uncond is None else uncond
+    both = {k: torch.cat([u, cond[k]]) for k, u in uncond.items()}
 
     def velocity(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         vu, vc = model.velocity(torch.cat([x, x]), torch.cat([s, s]), both).float().chunk(2)
@@ -114,7 +118,7 @@ def rayflow_samples(model: BaseModel, unet, labels: torch.Tensor, seeds: torch.T
     ``mu_mode`` (``noise``, or ``probeP``: a P-step Theorem-1 probe of the teacher with CFG ``cfg``) and
     stochasticity ``eta`` (its noise from a fixed generator, the same for every LoRA). Returns
     ``(images [N, 3, 16, 16] on the CPU, model evaluations per image)``; ``unet`` lies on the model's device."""
-    z, cond = _noise_and_cond(model, labels, seeds)
+    z, cond = noise_and_cond(model, labels, seeds)
     mu, extra_nfe = None, 0
     if mu_mode.startswith("probe"):
         P = int(mu_mode[len("probe"):])
@@ -134,6 +138,6 @@ def load_lora_unet(teacher: str, lora_path: str, device="cpu"):
 
         cls = getattr(diffusers, read_json(os.path.join(teacher, "transformer", "config.json"))["_class_name"])
         net = cls.from_pretrained(teacher, subfolder="transformer", torch_dtype=torch.float32)
-        return load_transformer_lora(net, lora_path).eval().to(device)
+        return load_transformer_lora(net, lora_path, require_rayflow=False).eval().to(device)
     unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
     return load_unet_lora(unet, lora_path, require_rayflow=False).eval().to(device)

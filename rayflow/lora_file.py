@@ -159,15 +159,18 @@ def validate_lora(path: str, targets: Optional[Mapping[str, Sequence[int]]] = No
     the weight shape of the model layer each would patch (for ComfyUI: from ``model_lora_keys_unet``);
     with it, modules the model lacks count as not patching and shapes must match the layer.
     ``min_coverage`` in [0, 1] is the least fraction of the declared modules that must patch. With
-    ``require_rayflow=False`` a kohya-form LoRA without RayFlow metadata (e.g. the LCM-LoRA baseline
-    of the benchmarks) gets the same tensor checks instead of being refused for what it is not."""
+    ``require_rayflow=False`` a LoRA without RayFlow metadata in either form (e.g. the LCM-LoRA baselines
+    of the benchmarks: kohya keys on the VP teacher, ``transformer.`` keys on the flow teacher) gets the
+    same tensor checks instead of being refused for what it is not."""
     name = os.path.basename(path)
     if not 0 <= min_coverage <= 1:
         raise LoraFileError(f"min_coverage must be in [0, 1], got {min_coverage}")
     header = read_header(path)
     meta = read_metadata(path, header) if require_rayflow or _is_rayflow(header) else {}
     index = {k: v for k, v in header.items() if k != "__metadata__"}
-    form = FAMILIES[meta["architecture"]][1] if meta else "kohya"      # a file without RayFlow metadata: kohya keys
+    # a file without RayFlow metadata: the form its keys are in (diffusers' when every key is a transformer's)
+    form = FAMILIES[meta["architecture"]][1] if meta else (
+        "diffusers" if index and all(k.startswith(FORMS["diffusers"][0]) for k in index) else "kohya")
     modules = _group(name, index, form)
     for key, entry in index.items():
         if entry["dtype"] not in WEIGHT_DTYPES:

@@ -9,8 +9,9 @@
 #       item 4 (sigma0.03, rank64: sigma-ball, capacity), seeds 0-2
 #   (d) the one-step preset against the tuned LCM (the setting (a) chose) at the preset's budget: 72 x 64
 #       trajectories, 7200 steps, seeds 0-3   -> docs/results/quality_onestep_fair_7200.json
-#   (e) the flow-matching proxy (issue 33): ray, anchor0.5, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json
-#       (skipped where proxy/weights/flow_teacher is absent)
+#   (e) the flow-matching proxy (issue 33): ray, anchor0.5, no_ray, no_ts, seeds 0-2, 2400 steps -> docs/results/quality_flow_2400.json,
+#       then its LCM-LoRA on the flow ODE (bench/lcm_flow.py) at both losses and 1e-4, 3e-4, 1e-3, seeds 0-2 (same
+#       summary; its Holm family: anchor0.5 against ray, no_ray and lcm) (skipped where proxy/weights/flow_teacher is absent)
 # Every stage is `python -m bench.quality --seeds ...`: a finished job (in <out>/runs or the archive beside
 # the results) is not trained again and a killed one resumes from its checkpoint, so the same command
 # continues where it stopped; the summary is rewritten after every job. No network is needed.
@@ -54,7 +55,9 @@ fi
 fair=(--train-steps "$steps" --out "$out/quality_fair_2400" --results "$res/quality_fair_2400.json"
       --holm-family anchor0.5:ray,no_ray,lcm "${sets[@]}")
 flow=(--train-steps "$steps" --out "$out/quality_flow_2400" --results "$res/quality_flow_2400.json"
-      --holm-family anchor0.5:ray,no_ray "${sets[@]}")
+      --holm-family anchor0.5:ray,no_ray,lcm "${sets[@]}")
+flow_lcm=lcm,lcm_lr3e-4,lcm_lr1e-3,lcm_huber,lcm_huber_lr3e-4,lcm_huber_lr1e-3
+[ "$tiny" = 1 ] && flow_lcm=lcm,lcm_huber      # both losses: enough to check the stage
 
 if [ "$dry" = 0 ]; then
   "$PY" - <<'PYEOF'          # what it runs on, before anything starts
@@ -94,6 +97,8 @@ stage d-one-step --seeds $seeds4 --variants "one_step,$lcm" --train-steps "$one_
 # (e) issue 33: the flow-matching proxy's verdict on the same yardstick, once its teacher is committed
 if [ -f proxy/weights/flow_teacher/model_index.json ]; then
   stage e-flow --proxy flow --seeds $seeds3 --variants ray,anchor0.5,no_ray,no_ts "${flow[@]}"
+  # its consistency baseline (bench/lcm_flow.py), tuned as the VP one: both losses at 1e-4, 3e-4, 1e-3 on held-out noise
+  stage e2-flow-lcm --proxy flow --seeds $seeds3 --variants "$flow_lcm" "${flow[@]}"
 else
   echo "gpu_rerun: proxy/weights/flow_teacher is absent (python -m proxy.teacher_flow makes it): stage e skipped"
 fi

@@ -74,3 +74,14 @@ def small_cache(tmp_path_factory):
     cfg.validate()
     run(cfg, progress=False)
     return out, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_teacher(tmp_path_factory):
+    """A flow proxy teacher of ``proxy.teacher_flow`` after one training step (its shapes and files;
+    time shift 2, patch size 1)."""
+    from proxy.teacher_flow import train
+
+    out = str(tmp_path_factory.mktemp("flow") / "flow_teacher")
+    train(out, steps=1, batch=2, seed=0, lr=1e-3, shift=2.0, patch_size=1)
+    return out

@@ -39,12 +39,17 @@ def test_the_plan_runs_the_sweep_the_headline_and_the_one_step_preset_in_order(t
     plan = _plan(tmp_path)
     flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
     assert [name for name, _ in plan] == ["a-sweep", "b-headline", "c-lcm-ema", "c2-diagnosis", "d-one-step"] + \
-        ["e-flow"] * flow
+        ["e-flow", "e2-flow-lcm"] * flow
     (_, a), (_, b), (_, c), (_, c2), (_, d) = plan[:5]
-    if flow:          # the flow proxy's verdict: its own summary, the VP arms without LCM
+    if flow:          # the flow proxy's verdict: its own summary, the VP arms, then its LCM-LoRA's sweep
         e = plan[5][1]
         assert (e.proxy, e.seeds, e.variants, e.train_steps) == ("flow", [0, 1, 2], "ray,anchor0.5,no_ray,no_ts", 2400)
-        assert e.results == "docs/results/quality_flow_2400.json" and e.holm_family == "anchor0.5:ray,no_ray"
+        e2 = plan[6][1]           # its consistency baseline, swept as the VP one over both losses and three rates
+        assert (e2.proxy, e2.seeds, e2.train_steps) == ("flow", [0, 1, 2], 2400)
+        assert set(e2.variants.split(",")) == {"lcm", "lcm_lr3e-4", "lcm_lr1e-3", "lcm_huber", "lcm_huber_lr3e-4",
+                                               "lcm_huber_lr1e-3"}
+        for x in (e, e2):
+            assert x.results == "docs/results/quality_flow_2400.json" and x.holm_family == "anchor0.5:ray,no_ray,lcm"
     # the sweep holds every candidate setting of every arm, ray first (the others train on its phase-1 cache)
     assert a.seeds == [0, 1, 2] and a.variants == SWEEP and a.train_steps == 2400
     assert set(a.variants.split(",")) == {v for settings in LR_SWEEP.values() for v in settings}
@@ -66,7 +71,10 @@ def test_the_tiny_plan_shrinks_every_stage_and_the_headline_takes_the_settings_t
     results.write_text(json.dumps({"lr_selection": {"lcm": {"chosen": "lcm_huber_lr3e-4"},
                                                     "no_ray": {"chosen": "no_ray_lr3e-4"}}}))
     plan = dict(_plan(tmp_path, "--tiny", "--workers", "1", "--device", "cpu"))
-    assert len(plan) == 5 + os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
+    flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
+    assert len(plan) == 5 + 2 * flow
+    if flow:          # the tiny flow LCM stage: both losses, enough to check it
+        assert plan["e2-flow-lcm"].variants == "lcm,lcm_huber"
     for args in plan.values():
         assert args.out.startswith(str(tmp_path)) and args.results.startswith(str(tmp_path))
         assert args.seeds == [0] and args.train_steps <= 3 and args.captions == 3 and args.eval_per_caption == 2
@@ -106,7 +114,7 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     flow = os.path.isfile(os.path.join(ROOT, "proxy", "weights", "flow_teacher", "model_index.json"))
-    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 5 + flow     # per-stage timings
+    assert len(re.findall(r"^== stage \S+ done in \d+ s", run.stdout, re.M)) == 5 + 2 * flow     # per-stage timings
     with open(tmp_path / "results" / "quality_fair_2400.json") as f:
         fair = json.load(f)
     assert set(fair["variants"]) >= {*SWEEP.split(","), "no_ts", "lcm_ema", "sigma0.03", "rank64"}
@@ -117,8 +125,8 @@ def test_the_tiny_rerun_runs_every_stage_end_to_end_and_every_record_names_its_d
     device = device_info(choose("auto")).split(",")[0]           # the thread count may differ in the job
     records = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) if d.endswith(os.path.join("runs", "seed0"))
                for f in files if f.endswith(".json")]
-    # <out>/runs and the archive: 18 jobs of the fair run (diagnosis arms included), 2 of the one-step, 4 of the flow proxy's
-    assert len(records) == 2 * (18 + 2 + 4 * flow)
+    # <out>/runs and the archive: 18 jobs of the fair run (diagnosis arms included), 2 of the one-step, 4 + 2 of the flow proxy's
+    assert len(records) == 2 * (18 + 2 + 6 * flow)
     for path in records:
         with open(path) as f:
             record = json.load(f)

@@ -47,16 +47,6 @@ def test_the_flow_teacher_is_an_sd3_model_in_pixel_space_that_samples_its_captio
     assert (teacher_samples(m, labels, seeds, FLOW.solver, 1, FLOW.cfg) - images).abs().mean() > 0.05
 
 
-@pytest.fixture(scope="module")
-def tiny_flow_teacher(tmp_path_factory):
-    """A flow proxy teacher of ``proxy.teacher_flow`` after one training step (its shapes and files)."""
-    from proxy.teacher_flow import train
-
-    out = str(tmp_path_factory.mktemp("flow") / "flow_teacher")
-    train(out, steps=1, batch=2, seed=0, lr=1e-3, shift=2.0, patch_size=1)
-    return out
-
-
 def test_the_flow_teacher_folder_declares_its_time_shift_and_patch_size(tiny_flow_teacher):
     """The shift the teacher trained with is the one its scheduler (and so the trainer's schedule) reads;
     its transformer declares the patch size it was built with."""
@@ -70,9 +60,9 @@ def test_the_flow_teacher_folder_declares_its_time_shift_and_patch_size(tiny_flo
 
 
 def test_a_tiny_flow_benchmark_job_runs_end_to_end(tiny_flow_teacher, tmp_path, monkeypatch, capsys):
-    """``--teacher-only`` then one ``ray`` job (2 teacher steps, 2 LoRA steps, 3 captions) on a teacher
-    written by ``proxy.teacher_flow``: the teacher's Euler and DPM-Solver++ rows, a SD3 LoRA from
-    ``training.distill``, its metrics and the summary."""
+    """``--teacher-only`` then a ``ray`` and an ``lcm`` job (2 teacher steps, 2 LoRA steps, 3 captions) on a
+    teacher written by ``proxy.teacher_flow``: the teacher's Euler and DPM-Solver++ rows, a SD3 LoRA from
+    ``training.distill`` and the flow-ODE LCM-LoRA (``bench/lcm_flow.py``), their metrics and the summary."""
     import bench.evaluation as evaluation
     import proxy.recipe as recipe
     from bench import quality
@@ -84,7 +74,7 @@ def test_a_tiny_flow_benchmark_job_runs_end_to_end(tiny_flow_teacher, tmp_path, 
     monkeypatch.setattr(evaluation, "all_labels", lambda: labels)
     monkeypatch.setattr(recipe, "all_labels", lambda: labels)
     out, results = tmp_path / "bench", tmp_path / "s.json"
-    argv = ["--proxy", "flow", "--seeds", "0", "--variants", "ray", "--train-steps", "2", "--seeds-per-prompt", "2",
+    argv = ["--proxy", "flow", "--seeds", "0", "--variants", "ray,lcm", "--train-steps", "2", "--seeds-per-prompt", "2",
             "--eval-per-caption", "2", "--out", str(out), "--results", str(results)]
     assert quality.main(argv + ["--teacher-only"]) == 0
     assert "| teacher Euler | 25 |" in capsys.readouterr().out and not (out / "data").exists()
@@ -95,25 +85,29 @@ def test_a_tiny_flow_benchmark_job_runs_end_to_end(tiny_flow_teacher, tmp_path, 
     assert record["rows"]["ray [probe4, eta 1]"]["2"]["nfe"] == 2 + 8
     with safe_open(str(out / "runs" / "seed0" / "lora_ray.safetensors"), "pt") as f:
         assert f.metadata()["rayflow.architecture"] == "sd3"
+    lcm = json.loads((out / "runs" / "seed0" / "lcm.json").read_text())
+    assert [lcm["rows"]["lcm"][n]["nfe"] for n in ("1", "2", "4", "8")] == [1, 2, 4, 8]
+    with safe_open(str(out / "runs" / "seed0" / "lora_lcm.safetensors"), "pt") as f:
+        assert f.metadata()["lcm.path"] == "flow"
     summary = json.loads(results.read_text())
     assert summary["proxy"] == "flow" and summary["data"]["teacher"] == "proxy/weights/flow_teacher, Euler 2 steps, CFG 3"
     assert load_base_model(tiny_flow_teacher, resolution=16).text_length == 16          # model_index.json declares it
     assert {"teacher Euler", "teacher DPM-Solver++", "teacher floor"} <= set(summary["teacher"])
-    assert summary["variants"]["ray"]
+    assert summary["variants"]["ray"] and summary["variants"]["lcm"]
 
 
 def test_the_vp_family_samples_as_before_the_generalisation():
     """``rayflow_samples`` of the VP teacher through ``BaseModel.ray_sample`` equals the former inline
     ``sample_ray`` call (eps of the UNet, target mean z or the DDIM probe, eta noise from ETA_SEED)."""
     from proxy.recipe import SIGMA, TEACHER_CFG
-    from proxy.sampling import ETA_SEED, _noise_and_cond, probe_target_mean, rayflow_samples
+    from proxy.sampling import ETA_SEED, noise_and_cond, probe_target_mean, rayflow_samples
     from rayflow import RayProcess, sample_ray
 
     if not os.path.isdir(TEACHER):
         pytest.skip("proxy/weights/teacher is absent")
     model = load_base_model(TEACHER)
     labels, seeds, process = all_labels()[:4], torch.arange(4) + 7, RayProcess(sigma=SIGMA)
-    z, cond = _noise_and_cond(model, labels, seeds)
+    z, cond = noise_and_cond(model, labels, seeds)
     for mode, eta in (("noise", 0.0), ("noise", 1.0), ("probe2", 1.0)):
         mu = z if mode == "noise" else probe_target_mean(model, z, cond, 2, process, TEACHER_CFG)
         x0 = sample_ray(lambda x, t: model.unet(x, t, encoder_hidden_states=cond["cond"]).sample, z, mu, process,

@@ -174,8 +174,10 @@ def load_unet_lora(unet: torch.nn.Module, path: str, require_rayflow: bool = Tru
     return _apply_with_peft(unet, path, pixart=False, require_rayflow=require_rayflow)
 
 
-def load_transformer_lora(transformer: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Apply a PixArt-form RayFlow LoRA file to a diffusers ``PixArtTransformer2DModel`` with peft
+def load_transformer_lora(transformer: torch.nn.Module, path: str, require_rayflow: bool = True) -> torch.nn.Module:
+    """Apply a PixArt-form RayFlow LoRA file to a diffusers transformer (PixArt, SD3, FLUX) with peft
     (diffusers has no ``load_lora_weights`` for PixArt pipelines), after the checks of
-    :func:`validate_lora` against the transformer's layers. Returns ``transformer``."""
-    return _apply_with_peft(transformer, path, pixart=True)
+    :func:`validate_lora` against the transformer's layers. ``require_rayflow=False`` also takes a
+    LoRA without RayFlow metadata (the benchmarks' LCM-LoRA baseline on the flow teacher), with the
+    same tensor checks. Returns ``transformer``."""
+    return _apply_with_peft(transformer, path, pixart=True, require_rayflow=require_rayflow)
