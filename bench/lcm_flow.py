@@ -24,7 +24,7 @@ from typing import Callable, Dict, Optional
 import torch
 from diffusers import LCMScheduler
 
-from proxy.sampling import guided_velocity, model_device, noise_and_cond
+from proxy.sampling import guided_velocity, noise_and_cond
 from training.data import load_cache
 from training.export import export_state_dict
 from training.flow_family import FLOW_LORA_TARGETS
@@ -45,7 +45,7 @@ def levels(schedule, index: torch.Tensor) -> torch.Tensor:
 def flow_consistency_fn(velocity: Velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``f(x, t) = x - t v(x, t)`` (eq. 10.4's clean sample) for ``x`` ``[B, C, H, W]`` at levels ``t``
     ``[B]``: ``x`` itself at ``t = 0``. The combination runs in float64, the result in ``x.dtype``."""
-    v, tt, x64 = velocity(x, t.float()).double(), t.double().view(-1, 1, 1).unsqueeze(-1), x.double()
+    v, tt, x64 = velocity(x, t.float()).double(), t.double().view(-1, 1, 1, 1), x.double()
     return torch.where(tt == 0, x64, x64 - tt * v).to(x.dtype)      # exact at t = 0 whatever v is there
 
 
@@ -122,17 +122,16 @@ def flow_lcm_sample(model, net, x: torch.Tensor, cond: Dict[str, torch.Tensor], 
     ts = levels(model.schedule, lcm_timesteps(model.schedule.num_timesteps, steps))
     for i, t in enumerate(ts):
         x0 = flow_consistency_fn(lambda y, tt: model.velocity(y, tt, cond, net).float(), x, t.expand(len(x)))
-        if i + 1 == len(ts):
-            return x0
-        t_next = float(ts[i + 1])
-        x = ((1 - t_next) * x0.double() + t_next * torch.randn(x.shape, generator=generator).to(x.device).double()).float()
-    return x
+        if i + 1 < len(ts):
+            t_next = float(ts[i + 1])
+            x = ((1 - t_next) * x0.double() + t_next * torch.randn(x.shape, generator=generator).to(x.device).double()).float()
+    return x0
 
 
 def flow_lcm_samples(model, net, labels: torch.Tensor, seeds: torch.Tensor, steps: int, sample_seed: int = 0):
     """Images ``[N, 3, H, W]`` (on the CPU) of the flow LCM-LoRA ``net`` in ``steps`` steps for proxy
     captions ``labels`` ``[N, 4]`` from the seeded noise of ``seeds`` ``[N]`` (every method's), and the
-    model evaluations per image (``steps``)."""
+    model evaluations per image (``steps``); ``net`` lies on the model's device (``load_lora_unet``)."""
     z, cond = noise_and_cond(model, labels, seeds)
-    x = flow_lcm_sample(model, net.to(model_device(model)), z.float(), cond, steps, torch.Generator().manual_seed(sample_seed))
+    x = flow_lcm_sample(model, net, z.float(), cond, steps, torch.Generator().manual_seed(sample_seed))
     return model.decode(x).cpu(), steps
